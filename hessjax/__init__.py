@@ -1,0 +1,33 @@
+"""hessjax: the curvature of neural-network losses in JAX.
+
+Curvature-vector products (``hvp``, ``hvp_fn``, ``dataset_hvp_fn``, ``ggn_fn``) and estimators that see
+an operator only through a matvec: traces with error bars (``trace``, ``trace_until``), diagonals and
+per-block traces, Lanczos eigenpairs and spectral densities, and the Fisher-sampling trace.
+"""
+
+from hessjax.fisher import fisher_trace
+from hessjax.products import dataset_hvp_fn, ggn_fn, hvp, hvp_fn
+from hessjax.spectrum import Eigen, SpectralDensity, lanczos, spectral_density, top_eigenvalues
+from hessjax.summary import hessian_summary
+from hessjax.trace import TraceEstimate, block_traces, diagonal, trace, trace_until
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Eigen",
+    "SpectralDensity",
+    "TraceEstimate",
+    "block_traces",
+    "dataset_hvp_fn",
+    "diagonal",
+    "fisher_trace",
+    "ggn_fn",
+    "hessian_summary",
+    "hvp",
+    "hvp_fn",
+    "lanczos",
+    "spectral_density",
+    "top_eigenvalues",
+    "trace",
+    "trace_until",
+]

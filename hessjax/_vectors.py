@@ -1,0 +1,226 @@
+"""Flat views of parameter-shaped vectors, random probes, running moments and probe loops.
+
+Estimators see a vector (a pytree shaped like the parameters) as one flat array, so the linear algebra
+they need (QR, Gram-Schmidt, sketches) is plain ``jnp`` code. :class:`Layout` is the hashable description
+of that correspondence; it is a static argument of the jitted kernels, so a new layout compiles once and
+every later call with the same shapes reuses the compiled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hessjax import _checks
+
+Array = jax.Array
+PROBES = ("rademacher", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Shapes and dtypes of a vector pytree, and its flattening to one array.
+
+    Attributes:
+        treedef: the pytree structure of a vector.
+        shapes: the shape of each leaf.
+        dtypes: the dtype of each leaf.
+    """
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]
+
+    @classmethod
+    def of(cls, like: Any, name: str = "like") -> Layout:
+        """The layout of ``like`` (arrays or ``jax.ShapeDtypeStruct`` leaves of a floating dtype)."""
+        _checks.check_float_tree(like, name)
+        leaves, treedef = jax.tree_util.tree_flatten(like)
+        return cls(treedef, tuple(tuple(x.shape) for x in leaves),
+                   tuple(np.dtype(x.dtype) for x in leaves))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(shape) for shape in self.shapes)
+
+    @property
+    def size(self) -> int:
+        """The dimension ``n`` of the vector space."""
+        return sum(self.sizes)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the flat vector: the common dtype of the leaves."""
+        return np.dtype(jnp.result_type(*self.dtypes))
+
+    @property
+    def bounds(self) -> tuple[tuple[int, int], ...]:
+        """``(start, stop)`` of each leaf inside the flat vector."""
+        stops = np.cumsum(self.sizes)
+        return tuple((int(stop - size), int(stop)) for stop, size in zip(stops, self.sizes))
+
+    def ravel(self, tree: Any) -> Array:
+        leaves = self.treedef.flatten_up_to(tree)
+        return jnp.concatenate([jnp.ravel(x).astype(self.dtype) for x in leaves])
+
+    def unravel(self, flat: Array) -> Any:
+        leaves = [flat[start:stop].reshape(shape).astype(dtype)
+                  for (start, stop), shape, dtype in zip(self.bounds, self.shapes, self.dtypes)]
+        return self.treedef.unflatten(leaves)
+
+    def check(self, tree: Any, name: str) -> None:
+        """Raises ``ValueError`` if ``tree`` does not have this layout's structure and shapes."""
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        if treedef != self.treedef:
+            raise ValueError(
+                f"`{name}` has pytree structure {treedef}; expected the structure of `like`, "
+                f"{self.treedef}.")
+        for index, (leaf, shape) in enumerate(zip(leaves, self.shapes)):
+            if tuple(jnp.shape(leaf)) != shape:
+                raise ValueError(
+                    f"Leaf {index} of `{name}` has shape {tuple(jnp.shape(leaf))}; expected {shape} "
+                    "(the shape of the same leaf of `like`).")
+
+
+def draw_probes(key: Array, start: Any, count: int, layout: Layout, probe: str) -> Array:
+    """Probes ``start, ..., start + count - 1`` as the rows of a ``(count, n)`` array.
+
+    Probe ``i`` depends only on ``(key, i)``, so results do not depend on how probes are chunked, and
+    two operators given the same key see the same probes (common random numbers).
+    """
+
+    def one(index: Array) -> Array:
+        subkey = jax.random.fold_in(key, index)
+        if probe == "rademacher":
+            return jax.random.rademacher(subkey, (layout.size,), layout.dtype)
+        return jax.random.normal(subkey, (layout.size,), layout.dtype)
+
+    return jax.vmap(one)(start + jnp.arange(count))
+
+
+def check_probe(probe: str) -> str:
+    if probe not in PROBES:
+        raise ValueError(f"`probe` must be one of {PROBES}; got {probe!r}.")
+    return probe
+
+
+def apply_rows(matvec: Callable[[Any], Any], layout: Layout, rows: Array) -> Array:
+    """``A`` applied to every row of ``rows``, ``vmap``ped: the rows of ``(A rows^T)^T``."""
+    return jax.vmap(lambda row: apply_one(matvec, layout, row))(rows)
+
+
+def apply_one(matvec: Callable[[Any], Any], layout: Layout, row: Array) -> Array:
+    """``A`` applied to one flat vector; checks (at trace time) what the matvec returns."""
+    image = matvec(layout.unravel(row))
+    layout.check(image, "matvec(v)")
+    return layout.ravel(image)
+
+
+def as_pytree_fn(fn: Callable[..., Any]) -> jax.tree_util.Partial:
+    """``fn`` as a pytree, so that it can be an argument of a jitted function.
+
+    Operators built by hessjax are already ``Partial``s whose leaves are their arrays (parameters,
+    batches, linearization residuals), so they enter compiled code as arguments instead of being
+    embedded as constants, and a second operator of the same shapes reuses the compiled code.
+    """
+    if isinstance(fn, jax.tree_util.Partial):
+        return fn
+    if not callable(fn):
+        raise TypeError(f"`matvec` must be callable (v -> A v); got {type(fn).__name__}.")
+    return jax.tree_util.Partial(fn)
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _apply_rows_jit(matvec: Any, layout: Layout, rows: Array) -> Array:
+    return apply_rows(matvec, layout, rows)
+
+
+def apply_block(matvec: Any, layout: Layout, rows: Array, chunk_size: int, eager: bool) -> Array:
+    """``A`` applied to every row of ``rows``, ``chunk_size`` rows at a time (the memory knob).
+
+    Eagerly, chunks run as a Python loop of one compiled kernel: dispatch is asynchronous and XLA:CPU
+    runs convolutions inside loop bodies many times slower than at top level (see BUILD.md). Under a
+    trace, the chunks run through ``lax.map``.
+    """
+    if eager:
+        chunks = [_apply_rows_jit(matvec, layout, rows[start:start + chunk_size])
+                  for start in range(0, rows.shape[0], chunk_size)]
+        return jnp.concatenate(chunks)
+    return jax.lax.map(lambda row: apply_one(matvec, layout, row), rows, batch_size=chunk_size)
+
+
+class Moments(NamedTuple):
+    """Count, mean and sum of squared deviations of samples, merged exactly across chunks.
+
+    Attributes:
+        count: number of samples.
+        mean: their mean (any shape: one entry per estimated quantity).
+        m2: the sum of squared deviations from the mean.
+    """
+
+    count: Array
+    mean: Array
+    m2: Array
+
+    @classmethod
+    def of(cls, samples: Array) -> Moments:
+        """Moments of ``samples`` along axis 0."""
+        mean = jnp.mean(samples, axis=0)
+        m2 = jnp.sum(jnp.square(samples - mean), axis=0)
+        return cls(jnp.asarray(samples.shape[0], samples.dtype), mean, m2)
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sample sets (Chan, Golub & LeVeque 1979): stable in float32."""
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + jnp.square(delta) * (self.count * other.count / count)
+        return Moments(count, mean, m2)
+
+    @classmethod
+    def reduce(cls, stacked: Moments) -> Moments:
+        """Merges moments stacked along axis 0 (the output of ``lax.map`` over chunks)."""
+        count = jnp.sum(stacked.count)
+        weights = (stacked.count / count).reshape((-1,) + (1,) * (stacked.mean.ndim - 1))
+        mean = jnp.sum(weights * stacked.mean, axis=0)
+        m2 = jnp.sum(stacked.m2, axis=0) + jnp.sum(
+            weights * count * jnp.square(stacked.mean - mean), axis=0)
+        return Moments(count, mean, m2)
+
+    def stderr(self) -> Array:
+        """Standard error of the mean, from the unbiased sample variance."""
+        variance = self.m2 / jnp.maximum(self.count - 1, 1)
+        return jnp.sqrt(variance / self.count)
+
+
+def accumulate(chunk_moments: Callable[[Any, int], Moments], total: int, chunk_size: int,
+               eager: bool) -> Moments:
+    """Moments over ``total`` samples computed ``chunk_size`` at a time.
+
+    ``chunk_moments(start, count)`` returns the moments of samples ``start .. start + count - 1``.
+    Eagerly the chunks run as a Python loop (each chunk one compiled kernel); under a trace, full chunks
+    run through ``lax.map`` and the remainder once more.
+    """
+    if eager:
+        result = None
+        for start in range(0, total, chunk_size):
+            moments = chunk_moments(start, min(chunk_size, total - start))
+            result = moments if result is None else result.merge(moments)
+        return result
+    full, remainder = divmod(total, chunk_size)
+    result = None
+    if full:
+        stacked = jax.lax.map(lambda start: chunk_moments(start, chunk_size),
+                              jnp.arange(full) * chunk_size)
+        result = Moments.reduce(stacked)
+    if remainder:
+        moments = chunk_moments(full * chunk_size, remainder)
+        result = moments if result is None else result.merge(moments)
+    return result

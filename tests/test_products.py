@@ -1,0 +1,106 @@
+"""Curvature-vector products against dense Hessians from ``jax.hessian`` (float64)."""
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hessjax
+from tests import toy
+
+CASES = {
+    "mlp": (toy.mlp_params, toy.mlp_loss, toy.classification_batch),
+    "cnn": (toy.cnn_params, toy.cnn_loss, toy.image_batch),
+}
+
+
+def _case(name, seed=0):
+    make_params, loss, make_batch = CASES[name]
+    key = jax.random.key(seed)
+    return make_params(key), loss, make_batch(jax.random.fold_in(key, 7))
+
+
+def _random_like(params, seed):
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    return unravel(jax.random.normal(jax.random.key(seed), flat.shape, flat.dtype))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hvp_and_hvp_fn_match_dense_hessian(x64, name):
+    params, loss, batch = _case(name)
+    hessian = toy.exact_hessian(loss, params, batch)
+    v = _random_like(params, 1)
+    expected = hessian @ toy.ravel(v)
+    np.testing.assert_allclose(toy.ravel(hessjax.hvp(loss, params, batch, v)), expected,
+                               rtol=1e-10, atol=1e-12)
+    matvec = hessjax.hvp_fn(loss, params, batch)
+    np.testing.assert_allclose(toy.ravel(matvec(v)), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hvp_fn_vmaps_over_probes(x64):
+    params, loss, batch = _case("mlp")
+    hessian = toy.exact_hessian(loss, params, batch)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    probes = jax.random.normal(jax.random.key(3), (4, flat.size), flat.dtype)
+    images = jax.vmap(lambda z: jax.flatten_util.ravel_pytree(
+        hessjax.hvp_fn(loss, params, batch)(unravel(z)))[0])(probes)
+    np.testing.assert_allclose(images, probes @ hessian, rtol=1e-10, atol=1e-12)
+
+
+def test_products_work_under_jit(x64):
+    params, loss, batch = _case("cnn")
+    v = _random_like(params, 2)
+    expected = toy.exact_hessian(loss, params, batch) @ toy.ravel(v)
+    jitted = jax.jit(lambda p, b, v: hessjax.hvp_fn(loss, p, b)(v))
+    np.testing.assert_allclose(toy.ravel(jitted(params, batch, v)), expected, rtol=1e-10)
+    jitted = jax.jit(lambda p, b, v: hessjax.hvp(loss, p, b, v))
+    np.testing.assert_allclose(toy.ravel(jitted(params, batch, v)), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("unroll", [None, 1])
+def test_dataset_hvp_of_stacked_batches_is_hessian_of_mean_loss(x64, unroll):
+    params = toy.mlp_params(jax.random.key(0))
+    x, y = toy.classification_batch(jax.random.key(1), n=24)
+    stacked = (x.reshape(4, 6, -1), y.reshape(4, 6))
+    v = _random_like(params, 5)
+    matvec = hessjax.dataset_hvp_fn(toy.mlp_loss, params, stacked, unroll=unroll)
+    expected = toy.exact_hessian(toy.mlp_loss, params, (x, y)) @ toy.ravel(v)
+    np.testing.assert_allclose(toy.ravel(matvec(v)), expected, rtol=1e-10, atol=1e-12)
+    jitted = jax.jit(lambda m, v: m(v))
+    np.testing.assert_allclose(toy.ravel(jitted(matvec, v)), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_dataset_hvp_weights_unequal_batches_by_size(x64):
+    params = toy.mlp_params(jax.random.key(0))
+    x, y = toy.classification_batch(jax.random.key(1), n=20)
+    batches = iter([(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:20], y[8:20])])
+    matvec = hessjax.dataset_hvp_fn(toy.mlp_loss, params, batches)
+    v = _random_like(params, 6)
+    expected = toy.exact_hessian(toy.mlp_loss, params, (x, y)) @ toy.ravel(v)
+    np.testing.assert_allclose(toy.ravel(matvec(v)), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_ggn_matches_explicit_jacobians_and_is_psd(x64):
+    params, _, (x, y) = _case("mlp")
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    model = lambda p, batch: toy.mlp_logits(p, batch[0])
+    loss_of_output = lambda logits, batch: toy.cross_entropy(logits, batch[1])
+    jacobian = jax.jacobian(lambda f: model(unravel(f), (x, y)).ravel())(flat)
+    logits = model(params, (x, y))
+    output_hessian = jax.hessian(
+        lambda o: loss_of_output(o.reshape(logits.shape), (x, y)))(logits.ravel())
+    expected = np.asarray(jacobian.T @ output_hessian @ jacobian)
+    matvec = hessjax.ggn_fn(model, loss_of_output, params, (x, y))
+    dense = np.stack([toy.ravel(matvec(unravel(e))) for e in jnp.eye(flat.size)])
+    np.testing.assert_allclose(dense, expected, rtol=1e-9, atol=1e-12)
+    assert np.linalg.eigvalsh(dense).min() > -1e-10
+    hessian = toy.exact_hessian(toy.mlp_loss, params, (x, y))
+    assert np.linalg.eigvalsh(hessian).min() < -1e-6, "the toy Hessian should be indefinite"
+
+
+def test_float32_products_stay_float32():
+    params, loss, batch = toy.mlp_params(jax.random.key(0), dtype=jnp.float32), toy.mlp_loss, \
+        toy.classification_batch(jax.random.key(1), dtype=jnp.float32)
+    out = hessjax.hvp_fn(loss, params, batch)(params)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(out)} == {np.dtype(np.float32)}

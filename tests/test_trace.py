@@ -1,0 +1,163 @@
+"""Trace, diagonal and block-trace estimators: exactness, unbiasedness and calibrated error bars."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hessjax
+from tests import toy
+
+SPECTRUM = np.concatenate([np.linspace(-1.0, 4.0, 30), [20.0, 12.0]])
+
+
+@pytest.fixture
+def matrix(x64):
+    return toy.matrix_with_spectrum(SPECTRUM, seed=1)
+
+
+def _estimates(matvec, like, method, num_matvecs, seeds, probe="rademacher"):
+    # One compiled function for all seeds: the estimator under jit and vmap over keys.
+    run = jax.jit(jax.vmap(lambda key: hessjax.trace(matvec, like, key, num_matvecs=num_matvecs,
+                                                     method=method, probe=probe)))
+    estimate = run(jax.random.split(jax.random.key(0), seeds))
+    return np.asarray(estimate.value), np.asarray(estimate.stderr)
+
+
+@pytest.mark.parametrize("method,probe", [("hutchinson", "rademacher"),
+                                          ("hutchinson", "gaussian"), ("hutch++", "rademacher"),
+                                          ("xtrace", "rademacher"), ("xtrace", "gaussian")])
+def test_estimators_are_unbiased_with_calibrated_error_bars(matrix, method, probe):
+    truth = SPECTRUM.sum()
+    values, stderrs = _estimates(toy.matvec_of(matrix), jnp.zeros(len(SPECTRUM)), method, 12, 400,
+                                 probe)
+    mean_error = values.mean() - truth
+    assert abs(mean_error) < 4 * values.std() / np.sqrt(len(values)), (method, mean_error)
+    coverage = np.mean(np.abs(values - truth) <= 2 * stderrs)
+    assert coverage > 0.75, (method, coverage)
+
+
+def test_hutchinson_error_bar_matches_spread_across_seeds(matrix):
+    values, stderrs = _estimates(toy.matvec_of(matrix), jnp.zeros(len(SPECTRUM)), "hutchinson", 40,
+                                 300)
+    assert 0.85 < np.median(stderrs) / values.std() < 1.15
+    coverage = np.mean(np.abs(values - SPECTRUM.sum()) <= 2 * stderrs)
+    assert 0.88 < coverage < 0.99
+
+
+@pytest.mark.parametrize("method,num_matvecs", [("hutch++", 12), ("xtrace", 8)])
+def test_sketching_methods_are_exact_below_their_sketch_rank(x64, method, num_matvecs):
+    spectrum = np.zeros(40)
+    spectrum[:3] = [5.0, -2.0, 0.5]
+    matrix = toy.matrix_with_spectrum(spectrum, seed=2)
+    estimate = hessjax.trace(toy.matvec_of(matrix), jnp.zeros(40), jax.random.key(3),
+                             num_matvecs=num_matvecs, method=method)
+    np.testing.assert_allclose(float(estimate.value), 3.5, rtol=1e-9)
+    assert int(estimate.num_matvecs) == num_matvecs
+    assert float(estimate.stderr) < 1e-8
+
+
+def test_budget_is_rounded_down_to_the_methods_multiple(matrix):
+    like = jnp.zeros(len(SPECTRUM))
+    assert int(hessjax.trace(toy.matvec_of(matrix), like, jax.random.key(0), num_matvecs=17,
+                             method="hutch++").num_matvecs) == 15
+    assert int(hessjax.trace(toy.matvec_of(matrix), like, jax.random.key(0), num_matvecs=17,
+                             method="xtrace").num_matvecs) == 16
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
+def test_result_does_not_depend_on_chunk_size_and_matches_jit(matrix, method):
+    matvec, like, key = toy.matvec_of(matrix), jnp.zeros(len(SPECTRUM)), jax.random.key(5)
+    values = [float(hessjax.trace(matvec, like, key, num_matvecs=24, method=method,
+                                  chunk_size=chunk).value) for chunk in (1, 5, 24)]
+    jitted = jax.jit(lambda key: hessjax.trace(matvec, like, key, num_matvecs=24, method=method,
+                                               chunk_size=5))
+    values.append(float(jitted(key).value))
+    np.testing.assert_allclose(values, values[0], rtol=1e-12)
+
+
+def test_estimates_on_a_real_network_hessian(x64):
+    params = toy.mlp_params(jax.random.key(0), sizes=(5, 8, 3))
+    batch = toy.classification_batch(jax.random.key(1), n=32)
+    truth = np.trace(toy.exact_hessian(toy.mlp_loss, params, batch))
+    matvec = hessjax.hvp_fn(toy.mlp_loss, params, batch)
+    for method in ("hutchinson", "hutch++", "xtrace"):
+        values, _ = _estimates(matvec, params, method, 30, 200)
+        assert abs(values.mean() - truth) < 4 * values.std() / np.sqrt(len(values)), method
+
+
+def test_trace_until_stops_at_the_tolerance_and_equals_a_fixed_budget(matrix):
+    matvec, like, key = toy.matvec_of(matrix), jnp.zeros(len(SPECTRUM)), jax.random.key(2)
+    estimate = hessjax.trace_until(matvec, like, key, rtol=0.05, max_matvecs=2000, chunk_size=5)
+    spent = int(estimate.num_matvecs)
+    assert float(estimate.stderr) <= 0.05 * abs(float(estimate.value))
+    assert spent < 2000 and spent % 5 == 0
+    fixed = hessjax.trace(matvec, like, key, num_matvecs=spent, chunk_size=5)
+    np.testing.assert_allclose(float(fixed.value), float(estimate.value), rtol=1e-12)
+    earlier = hessjax.trace(matvec, like, key, num_matvecs=spent - 5, chunk_size=5)
+    assert float(earlier.stderr) > 0.05 * abs(float(earlier.value)) or spent - 5 < 10
+    jitted = jax.jit(lambda key: hessjax.trace_until(matvec, like, key, rtol=0.05,
+                                                     max_matvecs=2000, chunk_size=5))(key)
+    assert int(jitted.num_matvecs) == spent
+    np.testing.assert_allclose(float(jitted.value), float(estimate.value), rtol=1e-12)
+
+
+def test_trace_until_gives_up_at_max_matvecs(matrix):
+    estimate = hessjax.trace_until(toy.matvec_of(matrix), jnp.zeros(len(SPECTRUM)),
+                                   jax.random.key(0), rtol=1e-6, max_matvecs=23, chunk_size=10)
+    assert int(estimate.num_matvecs) == 23
+
+
+@pytest.mark.parametrize("method", ["hutch++", "xtrace"])
+def test_trace_until_grows_sketching_methods(matrix, method):
+    estimate = hessjax.trace_until(toy.matvec_of(matrix), jnp.zeros(len(SPECTRUM)),
+                                   jax.random.key(0), rtol=0.02, max_matvecs=300, method=method)
+    assert float(estimate.stderr) <= 0.02 * abs(float(estimate.value))
+    assert int(estimate.num_matvecs) <= 300
+
+
+def test_common_random_numbers_reduce_the_variance_of_differences(matrix):
+    like = jnp.zeros(len(SPECTRUM))
+    perturbed = matrix + 0.05 * toy.matrix_with_spectrum(np.linspace(0, 1, len(SPECTRUM)), seed=9)
+    keys = jax.random.split(jax.random.key(0), 100)
+    run = lambda m, keys: np.asarray(jax.vmap(lambda k: hessjax.trace(
+        toy.matvec_of(m), like, k, num_matvecs=10).value)(keys))
+    same = run(perturbed, keys) - run(matrix, keys)
+    independent = run(perturbed, keys) - run(matrix, jax.random.split(jax.random.key(1), 100))
+    assert same.std() < 0.2 * independent.std()
+
+
+def test_diagonal_is_exact_for_diagonal_matrices_and_converges(x64):
+    like = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    scale = {"a": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([[4.0, 5.0], [6.0, 7.0]])}
+    diagonal_matvec = lambda v: jax.tree_util.tree_map(jnp.multiply, scale, v)
+    exact = hessjax.diagonal(diagonal_matvec, like, jax.random.key(0), num_matvecs=1)
+    np.testing.assert_allclose(toy.ravel(exact), toy.ravel(scale))
+
+    params = toy.mlp_params(jax.random.key(0), sizes=(4, 5, 3))
+    batch = toy.classification_batch(jax.random.key(1), n=16, dim=4)
+    truth = np.diag(toy.exact_hessian(toy.mlp_loss, params, batch))
+    estimate = toy.ravel(hessjax.diagonal(hessjax.hvp_fn(toy.mlp_loss, params, batch), params,
+                                          jax.random.key(2), num_matvecs=4000, chunk_size=500))
+    assert np.abs(estimate - truth).max() < 0.1 * np.abs(truth).max()
+
+
+def test_block_traces_sum_to_the_trace_and_are_unbiased(x64):
+    params = toy.mlp_params(jax.random.key(0), sizes=(4, 5, 3))
+    batch = toy.classification_batch(jax.random.key(1), n=16, dim=4)
+    matvec = hessjax.hvp_fn(toy.mlp_loss, params, batch)
+    blocks = hessjax.block_traces(matvec, params, jax.random.key(3), num_matvecs=20)
+    total = hessjax.trace(matvec, params, jax.random.key(3), num_matvecs=20)
+    leaves = jax.tree_util.tree_leaves(blocks, is_leaf=lambda x: isinstance(x, hessjax.TraceEstimate))
+    assert len(leaves) == 4 and all(int(leaf.num_matvecs) == 20 for leaf in leaves)
+    np.testing.assert_allclose(sum(float(leaf.value) for leaf in leaves), float(total.value),
+                               rtol=1e-10)
+    hessian = toy.exact_hessian(toy.mlp_loss, params, batch)
+    bounds = np.cumsum([0] + [x.size for x in jax.tree_util.tree_leaves(params)])
+    truths = [np.trace(hessian[a:b, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    many = jax.vmap(lambda key: hessjax.block_traces(matvec, params, key, num_matvecs=20))(
+        jax.random.split(jax.random.key(4), 200))
+    for truth, leaf in zip(truths, jax.tree_util.tree_leaves(
+            many, is_leaf=lambda x: isinstance(x, hessjax.TraceEstimate))):
+        values = np.asarray(leaf.value)
+        assert abs(values.mean() - truth) < 4 * values.std() / np.sqrt(len(values)) + 1e-12
