@@ -1,0 +1,159 @@
+"""Tests for resumable study jobs: resume, atomic writes, failure isolation, NaN survival."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments import jobs
+
+
+class Counter:
+    """A job callable that counts its calls and returns a fixed result."""
+
+    def __init__(self, result=None, error=None):
+        self.calls = 0
+        self.result = {"value": 1.0} if result is None else result
+        self.error = error
+
+    def __call__(self):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def test_make_job_id_is_stable_and_validated():
+    job_id = jobs.make_job_id("hessian", "cnn_w16_d2", "xent", seed=0, step=300)
+    assert job_id == "hessian/cnn_w16_d2/xent/seed0/step300"
+    for unsafe in ("", "a//b", "../escape", "a/./b", "has space", "/absolute", ".hidden"):
+        with pytest.raises(ValueError):
+            jobs.validate_job_id(unsafe)
+
+
+def test_rerun_skips_finished_jobs_and_never_recomputes(tmp_path):
+    first, second = Counter({"value": 1.0}), Counter({"value": 2.0})
+    job_list = [("pretrain/a", first), jobs.Job("hessian/a/step1", second, ("pretrain/a",))]
+    results = jobs.run_jobs(tmp_path, job_list)
+    assert (first.calls, second.calls) == (1, 1)
+    assert results["hessian/a/step1"].result == {"value": 2.0}
+
+    again = jobs.run_jobs(tmp_path, job_list)
+    assert (first.calls, second.calls) == (1, 1)
+    assert again == results
+    assert jobs.read_results(tmp_path) == results
+
+
+def test_progress_lines_count_jobs_and_give_an_eta(tmp_path):
+    lines = []
+    jobs.run_jobs(tmp_path, [("a", Counter()), ("b", Counter())], log=lines.append)
+    assert lines[0] == "2 jobs: 0 already finished, 2 to run"
+    assert lines[1].startswith("job 1/2 a done in ") and lines[1].endswith("ETA 0.0s")
+    assert lines[2].startswith("job 2/2 b done in ")
+
+
+def test_failing_job_leaves_no_file_unless_failures_are_recorded(tmp_path):
+    ok, crash = Counter(), Counter(error=RuntimeError("out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        jobs.run_jobs(tmp_path, [("ok", ok), ("crash", crash), ("never", Counter())])
+    assert not jobs.result_path(tmp_path, "crash").exists()
+    assert not jobs.result_path(tmp_path, "never").exists()
+    assert set(jobs.read_results(tmp_path)) == {"ok"}
+    assert list(tmp_path.rglob("*.tmp")) == []
+
+
+def test_crash_while_writing_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch):
+    def killed_before_rename(source, destination):
+        raise KeyboardInterrupt  # Stands for the process dying between write and rename.
+
+    monkeypatch.setattr(os, "replace", killed_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        jobs.run_jobs(tmp_path, [("hessian/x", Counter())])
+    monkeypatch.undo()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+    job = Counter()
+    jobs.run_jobs(tmp_path, [("hessian/x", job)])
+    assert job.calls == 1
+
+
+def test_failure_is_isolated_and_dependents_are_skipped(tmp_path):
+    broken = Counter(error=ValueError("bad checkpoint"))
+    dependent, transitive, independent = Counter(), Counter(), Counter()
+    job_list = [
+        ("pretrain/a", broken),
+        ("hessian/a", dependent, ["pretrain/a"]),
+        ("finetune/a", transitive, ["hessian/a"]),
+        ("pretrain/b", independent),
+    ]
+    results = jobs.run_jobs(tmp_path, job_list, record_failures=True)
+    assert results["pretrain/a"].status == jobs.FAILED
+    assert results["pretrain/a"].error == "ValueError: bad checkpoint"
+    assert results["hessian/a"].status == jobs.SKIPPED
+    assert results["hessian/a"].failed_dependencies == ("pretrain/a",)
+    assert results["finetune/a"].status == jobs.SKIPPED
+    assert results["pretrain/b"].status == jobs.DONE
+    assert (dependent.calls, transitive.calls, independent.calls) == (0, 0, 1)
+    stored = json.loads(jobs.result_path(tmp_path, "pretrain/a").read_text())
+    assert stored["status"] == "failed" and stored["error"] == "ValueError: bad checkpoint"
+
+    # A rerun keeps recorded failures; `retry_failed` reruns them and their dependents.
+    jobs.run_jobs(tmp_path, job_list, record_failures=True)
+    assert broken.calls == 1
+    broken.error = None
+    retried = jobs.run_jobs(tmp_path, job_list, retry_failed=True)
+    assert {r.status for r in retried.values()} == {jobs.DONE}
+    assert (broken.calls, dependent.calls, transitive.calls, independent.calls) == (2, 1, 1, 1)
+
+
+def test_unserialisable_result_is_a_recorded_failure(tmp_path):
+    results = jobs.run_jobs(tmp_path, [("a", Counter({"model": object()}))], record_failures=True)
+    assert results["a"].status == jobs.FAILED
+    assert "JSON-serialisable" in results["a"].error
+
+
+def test_dependencies_must_come_first_or_be_finished(tmp_path):
+    with pytest.raises(ValueError, match="comes after it"):
+        jobs.run_jobs(tmp_path, [("b", Counter(), ["a"]), ("a", Counter())])
+    with pytest.raises(ValueError, match="neither in the job list"):
+        jobs.run_jobs(tmp_path, [("b", Counter(), ["a"])])
+    jobs.run_jobs(tmp_path, [("a", Counter())])
+    assert jobs.run_jobs(tmp_path, [("b", Counter(), ["a"])])["b"].status == jobs.DONE
+
+
+def test_nan_survives_with_its_reason(tmp_path):
+    output = {
+        "trace": float("nan"),
+        "top_eigenvalue": np.float32(np.inf),
+        "block_trace": {"dense/kernel": [1.0, np.nan]},
+        "fisher_trace": None,
+        "spectrum": np.array([0.5, 2.0]),
+        "nan_reason": {"trace": "trace_until did not converge"},
+    }
+    jobs.run_jobs(tmp_path, [("hessian/a", Counter(output))])
+    text = jobs.result_path(tmp_path, "hessian/a").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # Strict JSON.
+
+    record = jobs.read_result(tmp_path, "hessian/a")
+    assert record.nan_reason == {
+        "/trace": "trace_until did not converge",
+        "/top_eigenvalue": "job returned inf",
+        "/block_trace/dense~1kernel/1": "job returned nan",
+    }
+    assert math.isnan(record.result["trace"])
+    assert math.isnan(record.result["top_eigenvalue"])
+    assert record.result["block_trace"]["dense/kernel"][0] == 1.0
+    assert math.isnan(record.result["block_trace"]["dense/kernel"][1])
+    assert record.result["fisher_trace"] is None  # "Does not apply" stays distinct from NaN.
+    assert record.result["spectrum"] == [0.5, 2.0]
+    assert "nan_reason" not in record.result
+
+
+def test_format_seconds():
+    assert jobs.format_seconds(3.21) == "3.2s"
+    assert jobs.format_seconds(70) == "1m10s"
+    assert jobs.format_seconds(7500) == "2h05m"
