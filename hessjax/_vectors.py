@@ -176,6 +176,7 @@ class Moments(NamedTuple):
         m2 = jnp.sum(jnp.square(samples - mean), axis=0)
         return cls(jnp.asarray(samples.shape[0], samples.dtype), mean, m2)
 
+    @jax.jit
     def merge(self, other: Moments) -> Moments:
         """The moments of both sample sets (Chan, Golub & LeVeque 1979): stable in float32."""
         count = self.count + other.count

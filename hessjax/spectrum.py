@@ -78,14 +78,19 @@ def _lanczos_step_jit(matvec: Any, layout: Layout, key: Array, state: LanczosSta
     return _lanczos_step(matvec, layout, key, state, step)
 
 
+@functools.partial(jax.jit, static_argnames=("num_steps",))
+def _lanczos_init(starts: Array, num_steps: int) -> LanczosState:
+    count, size = starts.shape
+    basis = jnp.zeros((count, num_steps, size), starts.dtype)
+    basis = basis.at[:, 0].set(starts / jnp.linalg.norm(starts, axis=-1, keepdims=True))
+    zeros = jnp.zeros((count, num_steps), starts.dtype)
+    return LanczosState(basis, zeros, zeros)
+
+
 def _run_lanczos(matvec: Any, layout: Layout, key: Array, starts: Array, num_steps: int,
                  eager: bool) -> LanczosState:
     """``num_steps`` Lanczos steps with full reorthogonalization from each row of ``starts``."""
-    count = starts.shape[0]
-    basis = jnp.zeros((count, num_steps, layout.size), layout.dtype)
-    basis = basis.at[:, 0].set(starts / jnp.linalg.norm(starts, axis=-1, keepdims=True))
-    state = LanczosState(basis, jnp.zeros((count, num_steps), layout.dtype),
-                         jnp.zeros((count, num_steps), layout.dtype))
+    state = _lanczos_init(starts, num_steps)
     restart_key = jax.random.fold_in(key, 1)
     if eager:
         # A Python loop of one compiled step: XLA:CPU runs convolutions inside loop bodies many times
@@ -119,8 +124,9 @@ def _check_steps(num_steps: Any, layout: Layout) -> int:
     return num_steps
 
 
-def _start(key: Array, count: int, layout: Layout) -> Array:
-    return draw_probes(jax.random.fold_in(key, 0), 0, count, layout, "rademacher")
+@functools.partial(jax.jit, static_argnames=("count", "layout", "probe"))
+def _start(key: Array, count: int, layout: Layout, probe: str = "rademacher") -> Array:
+    return draw_probes(jax.random.fold_in(key, 0), 0, count, layout, probe)
 
 
 def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> tuple[Array, Array]:
@@ -161,6 +167,25 @@ def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> tuple[A
     if eager:
         _checks.check_finite("the Lanczos recurrence", alphas, betas)
     return alphas, betas
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_ritz_pairs(state: LanczosState, k: int) -> tuple[Array, Array]:
+    values, coordinates = jnp.linalg.eigh(_tridiagonal(state.alphas[0], state.betas[0, :-1]))
+    values, coordinates = values[::-1][:k], coordinates[:, ::-1][:, :k]
+    vectors = jnp.matmul(coordinates.T, state.basis[0], precision=_HIGHEST)
+    return values, vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+@jax.jit
+def _residual_norms(images: Array, vectors: Array, values: Array) -> Array:
+    return jnp.linalg.norm(images - values[:, None] * vectors, axis=-1)
+
+
+@jax.jit
+def _quadrature(state: LanczosState) -> tuple[Array, Array]:
+    nodes, vectors = jnp.linalg.eigh(_tridiagonal(state.alphas, state.betas[:, :-1]))
+    return nodes, jnp.square(vectors[:, 0, :]) / state.alphas.shape[0]
 
 
 class Eigen(NamedTuple):
@@ -214,13 +239,8 @@ def top_eigenvalues(matvec: Matvec, like: Any, key: Array, *, k: int,
         raise ValueError(f"`k` ({k}) must be <= `num_steps` ({num_steps}): Lanczos with m steps "
                          "yields m Ritz values.")
     state = _run_lanczos(matvec, layout, key, _start(key, 1, layout), num_steps, eager)
-    tridiagonal = _tridiagonal(state.alphas[0], state.betas[0, :-1])
-    values, coordinates = jnp.linalg.eigh(tridiagonal)
-    values, coordinates = values[::-1][:k], coordinates[:, ::-1][:, :k]
-    vectors = jnp.matmul(coordinates.T, state.basis[0], precision=_HIGHEST)
-    vectors = vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
-    images = apply_block(matvec, layout, vectors, k, eager)
-    residuals = jnp.linalg.norm(images - values[:, None] * vectors, axis=-1)
+    values, vectors = _top_ritz_pairs(state, k)
+    residuals = _residual_norms(apply_block(matvec, layout, vectors, k, eager), vectors, values)
     if eager:
         _checks.check_finite("the top eigenvalues", values, residuals)
     return Eigen(values, jax.vmap(layout.unravel)(vectors), residuals)
@@ -303,10 +323,8 @@ def spectral_density(matvec: Matvec, like: Any, key: Array, *, num_probes: int,
     num_probes = _checks.check_int(num_probes, "num_probes", minimum=1)
     num_steps = _check_steps(num_steps, layout)
     check_probe(probe)
-    starts = draw_probes(jax.random.fold_in(key, 0), 0, num_probes, layout, probe)
-    state = _run_lanczos(matvec, layout, key, starts, num_steps, eager)
-    nodes, vectors = jnp.linalg.eigh(_tridiagonal(state.alphas, state.betas[:, :-1]))
-    weights = jnp.square(vectors[:, 0, :]) / num_probes
+    state = _run_lanczos(matvec, layout, key, _start(key, num_probes, layout, probe), num_steps, eager)
+    nodes, weights = _quadrature(state)
     if eager:
         _checks.check_finite("the spectral density", nodes, weights)
     return SpectralDensity(nodes, weights, jnp.asarray(layout.size))

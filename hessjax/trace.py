@@ -121,18 +121,39 @@ def _hutchinson(matvec: Any, layout: Layout, key: Array, num: int, chunk: int, p
     return accumulate(kernel, num, chunk, eager)
 
 
+@functools.partial(jax.jit, static_argnames=("layout", "count", "probe"))
+def _draw(key: Array, layout: Layout, count: int, probe: str) -> Array:
+    return draw_probes(key, 0, count, layout, probe)
+
+
+@jax.jit
+def _orthonormal_rows(rows: Array) -> Array:
+    return jnp.linalg.qr(rows.T)[0].T
+
+
+@jax.jit
+def _deflate(rows: Array, basis: Array) -> Array:
+    """``rows`` with their components in the span of the orthonormal rows of ``basis`` removed."""
+    return rows - jnp.matmul(jnp.matmul(rows, basis.T, precision=_HIGHEST), basis, precision=_HIGHEST)
+
+
+@jax.jit
+def _hutch_plus_plus_estimate(basis: Array, basis_images: Array, residual_probes: Array,
+                              residual_images: Array) -> tuple[Array, Array]:
+    moments = Moments.of(jnp.sum(residual_probes * residual_images, axis=-1))
+    return jnp.sum(basis * basis_images) + moments.mean, moments.stderr()
+
+
 def _hutch_plus_plus(matvec: Any, layout: Layout, key: Array, k: int, chunk: int, probe: str,
                      eager: bool) -> TraceEstimate:
     sketch_key, probe_key = jax.random.split(key)
-    sketch = apply_block(matvec, layout, draw_probes(sketch_key, 0, k, layout, probe), chunk, eager)
-    basis = jnp.linalg.qr(sketch.T)[0].T
-    low_rank = jnp.sum(basis * apply_block(matvec, layout, basis, chunk, eager))
-    probes = draw_probes(probe_key, 0, k, layout, probe)
-    probes = probes - jnp.matmul(jnp.matmul(probes, basis.T, precision=_HIGHEST), basis,
-                                 precision=_HIGHEST)
-    moments = Moments.of(_quadratic(layout, probes, apply_block(matvec, layout, probes, chunk,
-                                                                eager)))
-    return TraceEstimate(low_rank + moments.mean, moments.stderr(), jnp.asarray(3 * k))
+    sketch = apply_block(matvec, layout, _draw(sketch_key, layout, k, probe), chunk, eager)
+    basis = _orthonormal_rows(sketch)
+    basis_images = apply_block(matvec, layout, basis, chunk, eager)
+    residual_probes = _deflate(_draw(probe_key, layout, k, probe), basis)
+    residual_images = apply_block(matvec, layout, residual_probes, chunk, eager)
+    value, stderr = _hutch_plus_plus_estimate(basis, basis_images, residual_probes, residual_images)
+    return TraceEstimate(value, stderr, jnp.asarray(3 * k))
 
 
 def _normalized_inverse_transpose_columns(r: Array) -> Array:
@@ -144,13 +165,15 @@ def _normalized_inverse_transpose_columns(r: Array) -> Array:
     return s / jnp.linalg.norm(s, axis=0, keepdims=True)
 
 
-def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: str,
-            eager: bool) -> TraceEstimate:
+@jax.jit
+def _qr(rows: Array) -> tuple[Array, Array]:
+    return jnp.linalg.qr(rows.T)
+
+
+@jax.jit
+def _xtrace_estimate(omega: Array, q: Array, r: Array, q_images: Array) -> tuple[Array, Array]:
     mm = functools.partial(jnp.matmul, precision=_HIGHEST)
-    omega = draw_probes(key, 0, s, layout, probe)
-    q, r = jnp.linalg.qr(apply_block(matvec, layout, omega, chunk, eager).T)
-    aq = apply_block(matvec, layout, q.T, chunk, eager)
-    h = mm(q.T, aq.T)
+    h = mm(q.T, q_images.T)
     h = (h + h.T) / 2
     w = mm(q.T, omega.T)
     # Removing column i from the sketch removes the direction q S e_i from its range, where S e_i is
@@ -161,7 +184,15 @@ def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: 
     estimates = (jnp.trace(h) - jnp.sum(s_cols * mm(h, s_cols), axis=0) + jnp.sum(w * r, axis=0)
                  - 2 * jnp.sum(r * v, axis=0) + jnp.sum(v * mm(h, v), axis=0))
     moments = Moments.of(estimates)
-    return TraceEstimate(moments.mean, moments.stderr(), jnp.asarray(2 * s))
+    return moments.mean, moments.stderr()
+
+
+def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: str,
+            eager: bool) -> TraceEstimate:
+    omega = _draw(key, layout, s, probe)
+    q, r = _qr(apply_block(matvec, layout, omega, chunk, eager))
+    value, stderr = _xtrace_estimate(omega, q, r, apply_block(matvec, layout, q.T, chunk, eager))
+    return TraceEstimate(value, stderr, jnp.asarray(2 * s))
 
 
 def _estimate(matvec: Any, layout: Layout, key: Array, budget: int, method: str, chunk: int,

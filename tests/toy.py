@@ -62,7 +62,7 @@ def image_batch(key: jax.Array, n: int = 8, dtype=jnp.float64) -> tuple:
 def exact_hessian(loss_fn, params, batch) -> np.ndarray:
     """The dense Hessian in the coordinates of ``ravel_pytree`` (float64 when x64 is on)."""
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    return np.asarray(jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat))
+    return np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), batch)))(flat))
 
 
 def ravel(tree) -> np.ndarray:
