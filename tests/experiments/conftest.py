@@ -1,0 +1,23 @@
+"""Shared fixtures of the experiment tests: the embedded digits, prepared once per session."""
+
+import ml_collections
+import pytest
+
+from experiments.configs import smoke
+from experiments.data import tfds_data
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A TFDS data dir holding the prepared embedded digits dataset."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds_data.load_split("digits", "train", data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def smoke_config(digits_data_dir: str) -> ml_collections.ConfigDict:
+    """The smoke config, reading the digits from the session's data dir."""
+    config = smoke.get_config()
+    config.data.data_dir = digits_data_dir
+    return config

@@ -1,0 +1,118 @@
+"""Tests of the model families: sizes, parameter counts, the encoder/head split and BatchNorm."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import config_utils, models
+
+IMAGE_SHAPE = (8, 8, 1)
+FAMILIES = {
+    "mlp": {},
+    "cnn": {},
+    "resnet_batchnorm": {"family": "resnet", "norm": "batch"},
+    "resnet_no_norm": {"family": "resnet", "norm": "none"},
+    "vit": {"patch_size": 2, "num_heads": 2},
+}
+
+
+def _config(name: str, width: int, depth: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {"family": name, "width": width, "depth": depth, **FAMILIES[name]}
+    )
+
+
+def _jitted_apply(model, train):
+    return jax.jit(
+        lambda params, state, images: models.apply_model(model, params, state, images, train=train)
+    )
+
+
+def _shapes(name: str, width: int, depth: int, num_outputs: int = 10):
+    model = models.build_model(_config(name, width, depth), num_outputs)
+    return jax.eval_shape(lambda: models.init_model(model, 0, IMAGE_SHAPE))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_family_builds_at_two_sizes(name):
+    small_params, small_state = _shapes(name, 8, 1)
+    large_params, _ = _shapes(name, 16, 2)
+    assert set(small_params) == {"encoder", "head"}
+    small, large = models.num_params(small_params), models.num_params(large_params)
+    assert 0 < small < large
+    assert set(small_state) == ({"batch_stats"} if name == "resnet_batchnorm" else set())
+    print(f"{name}: {small} and {large} parameters")
+
+
+def test_parameter_counts_are_exact_for_the_mlp():
+    params, _ = _shapes("mlp", width=16, depth=2, num_outputs=10)
+    assert models.num_params(params["encoder"]) == (64 * 16 + 16) + (16 * 16 + 16)
+    assert models.num_params(params) == models.num_params(params["encoder"]) + 16 * 10 + 10
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_forward_pass_and_features(name):
+    model = models.build_model(_config(name, 8, 2), 3)
+    params, state = models.init_model(model, 0, IMAGE_SHAPE)
+    images = jax.random.normal(jax.random.key(1), (4, *IMAGE_SHAPE))
+    outputs, _ = _jitted_apply(model, train=False)(params, state, images)
+    features = jax.jit(functools.partial(models.features, model))(params, state, images)
+    assert outputs.shape == (4, 3) and bool(jnp.all(jnp.isfinite(outputs)))
+    head_only = model.head.apply({"params": params["head"]}, features)
+    np.testing.assert_allclose(outputs, head_only, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_train_updates_statistics_and_eval_uses_them():
+    model = models.build_model(_config("resnet_batchnorm", 8, 1), 3)
+    params, state = models.init_model(model, 0, IMAGE_SHAPE)
+    images = 3.0 + jax.random.normal(jax.random.key(1), (16, *IMAGE_SHAPE))
+    _, new_state = _jitted_apply(model, train=True)(params, state, images)
+    before, after = (jax.tree_util.tree_leaves(s) for s in (state, new_state))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    # Evaluation mode: each example's output does not depend on the rest of the batch.
+    evaluate = _jitted_apply(model, train=False)
+    eval_all, _ = evaluate(params, new_state, images)
+    eval_one, _ = evaluate(params, new_state, images[:1])
+    np.testing.assert_allclose(eval_all[:1], eval_one, rtol=1e-5, atol=1e-6)
+    _, same_state = models.apply_model(model, params, new_state, images, train=False)
+    assert same_state is new_state
+
+
+def test_mlp_head_has_a_hidden_layer():
+    config = _config("mlp", 8, 1)
+    config.head_hidden = 5
+    model = models.build_model(config, 7, head="mlp")
+    params, _ = jax.eval_shape(lambda: models.init_model(model, 0, IMAGE_SHAPE))
+    assert models.num_params(params["head"]) == (8 * 5 + 5) + (5 * 7 + 7)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(config_utils.ConfigError, match=r"'transformer'.*\['cnn', 'mlp', 'resnet'"):
+        models.build_model(
+            ml_collections.ConfigDict({"family": "transformer", "width": 8, "depth": 1}), 3
+        )
+    config = _config("resnet_batchnorm", 8, 1)
+    config.norm = "layer"
+    with pytest.raises(config_utils.ConfigError, match=r"config.model.norm.*\['batch', 'none'\]"):
+        models.build_model(config, 3)
+    with pytest.raises(config_utils.ConfigError, match=r"head.*\['linear', 'mlp'\]"):
+        models.build_model(_config("mlp", 8, 1), 3, head="conv")
+
+
+def test_wrong_field_types_and_values_name_the_field():
+    config = ml_collections.ConfigDict({"family": "mlp", "width": "16", "depth": 1})
+    with pytest.raises(config_utils.ConfigError, match="config.model.width must be int; got str"):
+        models.build_model(config, 3)
+    config = ml_collections.ConfigDict({"family": "mlp", "width": 16, "depth": True})
+    with pytest.raises(config_utils.ConfigError, match="config.model.depth must be int; got bool"):
+        models.build_model(config, 3)
+    with pytest.raises(config_utils.ConfigError, match="config.model.depth is missing"):
+        models.build_model(ml_collections.ConfigDict({"family": "mlp", "width": 16}), 3)
+    with pytest.raises(config_utils.ConfigError, match="num_heads must divide"):
+        models.build_model(
+            ml_collections.ConfigDict({"family": "vit", "width": 10, "depth": 1, "num_heads": 4}), 3
+        )
