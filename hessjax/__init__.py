@@ -5,6 +5,7 @@ an operator only through a matvec: traces with error bars (``trace``, ``trace_un
 per-block traces, Lanczos eigenpairs and spectral densities, and the Fisher-sampling trace.
 """
 
+from hessjax import memory, sharding
 from hessjax.fisher import fisher_trace
 from hessjax.products import dataset_hvp_fn, ggn_fn, hvp, hvp_fn
 from hessjax.spectrum import Eigen, SpectralDensity, lanczos, spectral_density, top_eigenvalues
@@ -26,7 +27,9 @@ __all__ = [
     "hvp",
     "hvp_fn",
     "lanczos",
+    "memory",
     "spectral_density",
+    "sharding",
     "top_eigenvalues",
     "trace",
     "trace_until",
