@@ -76,6 +76,10 @@ def matrix_with_spectrum(eigenvalues, seed: int = 0) -> np.ndarray:
     return (basis * eigenvalues) @ basis.T
 
 
-def matvec_of(matrix) -> callable:
-    a = jnp.asarray(matrix)
-    return lambda v: a @ v
+def _matmul(matrix: jax.Array, v: jax.Array) -> jax.Array:
+    return matrix @ v
+
+
+def matvec_of(matrix) -> jax.tree_util.Partial:
+    """``v -> matrix @ v`` as a pytree: matrices of one shape share every compiled estimator."""
+    return jax.tree_util.Partial(_matmul, jnp.asarray(matrix))
