@@ -1,5 +1,14 @@
-import jax
-import pytest
+import os
+
+# The test programs are tiny, so compiling them is most of the suite's time: XLA's cheapest CPU
+# compiler settings cut compile time about 5x (results agree to rounding). Set before JAX starts;
+# child processes inherit them.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+    os.environ.get("XLA_FLAGS"),
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"]))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture
