@@ -36,7 +36,6 @@ METHODS = ("hutchinson", "hutch++", "xtrace")
 # Smallest budgets that give an error bar, and the multiple each method spends.
 _MINIMUM = {"hutchinson": 2, "hutch++": 6, "xtrace": 4}
 _MULTIPLE = {"hutchinson": 1, "hutch++": 3, "xtrace": 2}
-DEFAULT_CHUNK_SIZE = 10
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -87,9 +86,20 @@ def _budget(method: str, num_matvecs: Any, name: str = "num_matvecs") -> int:
     return num - num % multiple
 
 
+def default_chunk_size() -> int:
+    """Probes per kernel when ``chunk_size=None``: 1 on CPU, 10 on accelerators.
+
+    On an accelerator a chunk amortizes kernel launches and reads of the linearization residuals.
+    On XLA:CPU the per-probe work is compute-bound, and a vmapped chunk of tangents falls out of cache
+    (and vmapped convolutions are slower than a loop of single ones): per-probe time grows with the
+    chunk there (``benchmarks/NOTES.md``).
+    """
+    return 1 if jax.default_backend() == "cpu" else 10
+
+
 def _chunk(chunk_size: Any, budget: int) -> int:
     if chunk_size is None:
-        return max(1, min(DEFAULT_CHUNK_SIZE, budget))
+        return max(1, min(default_chunk_size(), budget))
     return _checks.check_int(chunk_size, "chunk_size", minimum=1)
 
 
@@ -232,7 +242,7 @@ def trace(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int, method: st
         method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
         probe: ``"rademacher"`` (lower variance) or ``"gaussian"``.
         chunk_size: products evaluated together (``vmap``) in one compiled kernel: the memory knob.
-            ``None``: ``min(10, num_matvecs)``.
+            ``None``: 1 on CPU, 10 on accelerators (:func:`default_chunk_size`).
 
     Returns:
         A :class:`TraceEstimate`.
