@@ -59,10 +59,15 @@ def _lanczos_step(matvec: Any, layout: Layout, key: Array, state: LanczosState,
     scale = jnp.linalg.norm(image, axis=-1)
     breakdown = beta <= 100 * jnp.finfo(basis.dtype).eps * jnp.maximum(scale, jnp.finfo(
         basis.dtype).tiny)
-    restart = _orthogonalize(
-        draw_probes(jax.random.fold_in(key, step), 0, basis.shape[0], layout, "gaussian"),
-        basis, mask)
-    restart = restart / jnp.linalg.norm(restart, axis=-1, keepdims=True)
+
+    def restart_vectors() -> Array:
+        vectors = _orthogonalize(
+            draw_probes(jax.random.fold_in(key, step), 0, basis.shape[0], layout, "gaussian"),
+            basis, mask)
+        return vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
+
+    # Breakdowns are rare: build restart vectors (two more passes over the basis) only then.
+    restart = jax.lax.cond(jnp.any(breakdown), restart_vectors, lambda: jnp.zeros_like(residual))
     following = jnp.where(breakdown[:, None], restart,
                           residual / jnp.where(breakdown, 1, beta)[:, None])
     beta = jnp.where(breakdown, 0, beta)

@@ -11,10 +11,11 @@ BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "gpu", "peers", "timing", "wo
 
 
 def _tiny_workloads():
+    # ResNet-18 is left to the agreement check that opens benchmarks/gpu.py: compiling its
+    # batch-norm HVP takes a minute on a 2-core CPU.
     return [workloads.digits_mlp((64, 8, 10), batch_size=32),
             workloads.digits_cnn((2, 3), batch_size=16),
-            workloads.synthetic_resnet18(batch_size=4, image_size=8, width=2),
-            workloads.synthetic_transformer(2, 8, workloads.TransformerShape(20, 8, 16, 2, 2))]
+            workloads.synthetic_transformer(2, 8, workloads.TransformerShape(20, 8, 16, 1, 2))]
 
 
 @pytest.mark.parametrize("name", BENCHMARK_MODULES)

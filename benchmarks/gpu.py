@@ -1,0 +1,132 @@
+"""GPU benchmark: per-probe Hessian-vector product cost and memory on a ResNet-18 and a GPT-2 small.
+
+Run on a GPU machine through ``benchmarks/gpu_check.sh`` (about 5 minutes on one H100), or
+anywhere as ``python -m benchmarks.gpu --tiny`` (tiny sizes, a minute on a CPU) to check the
+script. Synthetic batches: ResNet-18 (11.2M parameters) on 128 images of 32x32x3, and a
+GPT-2-small-sized decoder (124M parameters) on 8 sequences of 256 tokens. Figures: a gradient,
+``hessjax.hvp``, ``hessjax.hvp_fn`` on vmapped chunks of 10 and 50 probes as multiples of the
+gradient, a 100-probe trace, the device's peak memory, and PyTorch's double-backward HVP where
+PyTorch is installed.
+
+Both frameworks run in full float32 (no TF32) so that the agreement check before timing holds. The
+JAX peak memory is ``device.memory_stats()["peak_bytes_in_use"]``, which JAX cannot reset: figures
+run from the smallest expected footprint to the largest, so each row's peak is its own until a row
+needs less than an earlier one. The markdown table is rewritten after every row to
+``$OUT/gpu_results.md`` (when ``OUT`` is set), so a run cut short still leaves its rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+# JAX would otherwise take 75% of the GPU up front and leave PyTorch nothing.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# As in benchmarks/cpu.py: PyTorch's spinning OpenMP threads collapse on a busy CPU (--tiny).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import pathlib  # noqa: E402
+
+import jax  # noqa: E402
+
+import hessjax  # noqa: E402
+from benchmarks import timing  # noqa: E402
+from benchmarks.figures import product_figures  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
+    TransformerShape,
+    Workload,
+    check_agreement,
+    synthetic_resnet18,
+    synthetic_transformer,
+)
+
+CHUNKS = (10, 50)
+NUM_PROBES = 100
+
+
+def workloads(tiny: bool) -> list[Workload]:
+    """The two GPU workloads, or tiny versions of them that run on a CPU in seconds."""
+    if tiny:
+        return [synthetic_resnet18(batch_size=8, image_size=8, width=4),
+                synthetic_transformer(2, 16, TransformerShape(100, 16, 32, 2, 4))]
+    return [synthetic_resnet18(batch_size=128), synthetic_transformer(8, 256)]
+
+
+class RecordingTable(timing.Table):
+    """A :class:`timing.Table` that rewrites its markdown file after every row."""
+
+    def __init__(self, path: pathlib.Path | None, header: str):
+        super().__init__()
+        self.path, self.header = path, header
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, workload: str, figure: str, value: str, note: str = "") -> None:
+        super().add(workload, figure, value, note)
+        if self.path is not None:
+            self.path.write_text(f"{self.header}\n\n{self.markdown()}\n")
+
+
+def jax_peak_memory() -> str:
+    """The JAX device's peak memory so far (empty where the backend keeps no statistics)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return "" if peak is None else f"JAX peak {peak / 2**30:.2f} GiB"
+
+
+def torch_device() -> str | None:
+    """``"cuda"`` or ``"cpu"`` matching JAX's backend, or None without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def trace_figure(workload: Workload, table: timing.Table, repeats: int) -> None:
+    """A ``NUM_PROBES``-probe Hutchinson trace with ``hessjax.trace`` (chunks of 10)."""
+    loss_fn, params, batch = workload.jax_loss(), workload.jax_params(), workload.jax_batch()
+
+    def run():
+        return hessjax.trace(hessjax.hvp_fn(loss_fn, params, batch), params, jax.random.key(0),
+                             num_matvecs=NUM_PROBES, chunk_size=10)
+
+    result = timing.measure(run, repeats)
+    table.add(workload.name, f"{NUM_PROBES}-probe trace: hessjax.trace chunk_size=10",
+              timing.seconds(result.median),
+              ", ".join(filter(None, (f"first call {timing.seconds(result.first)}",
+                                      f"estimate {float(run().value):.4g}", jax_peak_memory()))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (checks the script)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per figure")
+    parser.add_argument("--skip-check", action="store_true",
+                        help="skip the JAX/PyTorch agreement check (saves its compile time)")
+    args = parser.parse_args(argv)
+    jax.config.update("jax_default_matmul_precision", "highest")
+    device = torch_device()
+    out = os.environ.get("OUT")
+    header = "\n".join([f"## GPU benchmark {timing.now()}{' (--tiny)' if args.tiny else ''}", "",
+                        f"- machine: {timing.machine()}",
+                        f"- versions: {timing.versions_line()}",
+                        f"- PyTorch device: {device}; float32 matmuls without TF32 in both"])
+    print(header, flush=True)
+    table = RecordingTable(pathlib.Path(out) / "gpu_results.md" if out else None, header)
+    for workload in workloads(args.tiny):
+        table.add(workload.name, "parameters", f"{workload.num_params:,}")
+        if device is not None and not args.skip_check:
+            errors = check_agreement(workload, hvp=hessjax.hvp, device=device)
+            table.add(workload.name, "JAX vs torch relative error: loss / gradient / HVP",
+                      " / ".join(f"{e:.1e}" for e in errors.values()))
+        product_figures(workload, table, args.repeats, chunks=CHUNKS, extras=False,
+                        use_torch=device is not None, device=device or "cpu",
+                        jax_memory=jax_peak_memory)
+        trace_figure(workload, table, max(1, args.repeats // 3))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Timing, environment capture and markdown tables shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "torch", "PyHessian", "matfree",
+            "curvlinops-for-pytorch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of one benchmarked call.
+
+    Attributes:
+        first: the first call (compilation, graph building and caches included).
+        median: the median of the timed repeats after the first call.
+        repeats: how many repeats the median is over.
+    """
+
+    first: float
+    median: float
+    repeats: int
+
+    @property
+    def compile(self) -> float:
+        """First-call overhead: the first call minus a steady-state call."""
+        return max(self.first - self.median, 0.0)
+
+
+def wait(result: Any) -> Any:
+    """Blocks until every JAX array in ``result`` is computed (other leaves pass through)."""
+    return jax.block_until_ready(result)
+
+
+def measure(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any] = wait) -> Timing:
+    """Times ``fn()``: one first call, then the median of ``repeats`` calls.
+
+    Args:
+        fn: the call to time, without arguments; its result is passed to ``sync``.
+        repeats: number of timed calls after the first.
+        sync: waits for the result (JAX dispatch is asynchronous; CUDA PyTorch too).
+
+    Returns:
+        A :class:`Timing`.
+    """
+    start = time.perf_counter()
+    sync(fn())
+    first = time.perf_counter() - start
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn())
+        samples.append(time.perf_counter() - start)
+    return Timing(first, statistics.median(samples), repeats)
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages the benchmarks compare (``"absent"`` where missing)."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def versions_line() -> str:
+    """:func:`versions` as one line for a report header."""
+    return ", ".join(f"{name} {version}" for name, version in versions().items())
+
+
+def machine() -> str:
+    """CPU model and core count (from ``lscpu`` where available), and JAX's default device."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True,
+                                   check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, JAX device {jax.devices()[0].device_kind}"
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages, to judge how noisy the timings are."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+@dataclasses.dataclass
+class Table:
+    """Rows of ``(workload, figure, value, note)`` printed as they come and rendered as markdown."""
+
+    rows: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
+
+    def add(self, workload: str, figure: str, value: str, note: str = "") -> None:
+        self.rows.append((workload, figure, value, note))
+        print(f"  {workload:22s} {figure:58s} {value:>18s}  {note}", flush=True)
+
+    def markdown(self) -> str:
+        return markdown_table(("workload", "figure", "value", "note"), self.rows)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table (``|`` in cells escaped)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def describe(error: Exception) -> str:
+    """The error's type and the first line of its message, cut to 200 characters (one table cell)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def seconds(value: float) -> str:
+    """Seconds with a unit that keeps three significant digits readable (ms below one second)."""
+    return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
