@@ -49,7 +49,7 @@ BOOKKEEPING_COLUMNS = (
     "matvecs_1pct",
     "seconds_hessian",
     "nan_reason",
-)  # and every column ending in "_stderr" or starting with "seconds_"
+)  # and every column ending in "_stderr" or starting with "seconds_" or "matvecs"
 # Not Hessian statistics, but reported beside them as the obvious rival predictors.
 BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap")
 # Statistics that are (normalised) traces; everything else is a "non-trace" statistic.
@@ -73,7 +73,11 @@ def column_role(name: str) -> str:
         return "axis"
     if name in SCORE_COLUMNS or name.endswith("_acc"):
         return "score"
-    if name in BOOKKEEPING_COLUMNS or name.endswith("_stderr") or name.startswith("seconds_"):
+    if (
+        name in BOOKKEEPING_COLUMNS
+        or name.endswith("_stderr")
+        or name.startswith(("seconds_", "matvecs"))
+    ):
         return "bookkeeping"
     if name in BASELINE_COLUMNS:
         return "baseline"
@@ -694,7 +698,8 @@ def _questions_section(
         lines.append("Not answerable: no `matvecs_5pct`/`matvecs_1pct` nor `trace_stderr`.")
     else:
         how = (
-            "measured (`matvecs_5pct`, `matvecs_1pct`)"
+            "as recorded by the Hessian stage (`matvecs_5pct`, `matvecs_1pct`; see its docs for "
+            "how it obtains them)"
             if budget.method == "measured"
             else "extrapolated from `trace_stderr` at `matvecs`, assuming stderr ∝ 1/√matvecs "
             "(exact for Hutchinson; pessimistic for Hutch++/XTrace)"

@@ -53,4 +53,49 @@ def get_config() -> ml_collections.ConfigDict:
     config.pretrain.augment_max_shift = 1
     config.pretrain.augment_noise_std = 0.1
     config.pretrain.denoising_noise_std = 0.5
+
+    # The study (`experiments.study`): every objective x width x depth x seed is pretrained with
+    # the settings above, and each checkpoint is measured and transferred.
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.setting = "digits"
+    config.sweep.objectives = ("cross_entropy", "label_smoothing", "squared_error")
+    config.sweep.widths = (8, 16)
+    config.sweep.depths = (2,)
+    config.sweep.seeds = (0,)
+
+    # `experiments.hessian`: statistics on a fixed subset of the pretraining data.
+    config.hessian = ml_collections.ConfigDict()
+    config.hessian.seed = 0  # Of the subset and of every probe: the same for every checkpoint.
+    config.hessian.num_batches = 2
+    config.hessian.batch_size = 128
+    config.hessian.rtol = 0.1  # The 5% and 1% budgets are extrapolated per checkpoint.
+    config.hessian.max_matvecs = 100
+    config.hessian.top_k = 3
+    config.hessian.lanczos_steps = 20
+    config.hessian.block_matvecs = 10
+    # One probe of as many steps as `lanczos_steps`: the density then reuses the compiled Lanczos
+    # step of the top eigenvalues, which on a CPU costs more than the products themselves.
+    config.hessian.density_probes = 1
+    config.hessian.density_steps = 20
+    config.hessian.fisher_samples = 10
+    config.hessian.downstream_task = ""  # "": the first target task.
+    config.hessian.head_l2 = 1e-3
+    config.hessian.head_steps = 100
+
+    # `experiments.finetune`: linear probe and full fine-tuning on every target task.
+    config.finetune = ml_collections.ConfigDict()
+    config.finetune.tasks = ()  # (): every target task of `config.data`.
+    config.finetune.k_shots = (0, 10)  # Examples per class; 0: the whole training split.
+    config.finetune.seeds = (0, 1)
+    config.finetune.probe_l2 = 1e-3
+    config.finetune.probe_steps = 100
+    config.finetune.optimizer = "adamw"
+    config.finetune.learning_rate = 1e-3
+    config.finetune.weight_decay = 0.0
+    config.finetune.schedule = "constant"
+    config.finetune.steps = 100
+    config.finetune.batch_size = 64
+
+    config.report = ml_collections.ConfigDict()
+    config.report.num_resamples = 1000
     return config

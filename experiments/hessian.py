@@ -1,0 +1,379 @@
+"""Hessian statistics of every checkpoint of a pretraining run, on pretraining and downstream data.
+
+  python -m experiments.hessian --workdir=RUN [--config=experiments/configs/digits.py]
+
+For each checkpoint of the pretraining workdir `RUN` (without `--config`: its saved config, whose
+`hessian` section sets the knobs), `measure_checkpoint` computes, on a fixed subset of the
+pretraining data (the same `num_batches x batch_size` examples and the same probe key for every
+checkpoint: common random numbers, so differences between checkpoints are not probe noise):
+
+  * `hessjax.hessian_summary` of the evaluation-mode pretraining loss: the trace and its standard
+    error from `trace_until` at `rtol`, the top eigenvalues, per-layer traces and the spectral
+    density (saved as `density.npz` with `nodes` and `weights`), and from it the fraction of
+    spectral mass at or below 0;
+  * the matvecs the trace needs for 5% and 1% relative standard error, extrapolated from the
+    Hutchinson per-probe variance: `m = var / (rtol * trace)^2` with `var = stderr^2 * m_spent`;
+  * the trace on downstream data (critic 1: does the trace need the pretraining data?): the
+    target task's cross-entropy with a linear head fitted to the frozen features
+    (`transfer.fit_linear_head`), its Hessian over all parameters, encoder and new head;
+  * for objectives with a categorical output (cross-entropy, label smoothing) the Fisher trace
+    of the classifier (`hessjax.fisher_trace`, labels sampled from the model); else none.
+
+Each checkpoint is one job of `experiments.jobs` (`RUN/jobs/hessian/step<N>.json`), so a rerun
+skips finished checkpoints. A statistic that is not finite (a diverged checkpoint) is NaN in the
+result with its reason in `nan_reason`; the other statistics and checkpoints go on.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+import hessjax
+from experiments import config_utils, jobs, models, objectives, train, transfer
+from experiments.config_utils import Field
+from experiments.data import tasks
+
+HESSIAN_SCHEMA = {
+    "seed": Field(int, 0),  # Of the data subset and of every probe.
+    "num_batches": Field(int),
+    "batch_size": Field(int),
+    "rtol": Field(float, 0.05),
+    "max_matvecs": Field(int, 200),
+    "top_k": Field(int, 3),
+    "lanczos_steps": Field(int, 20),
+    "block_matvecs": Field(int, 20),
+    "density_probes": Field(int, 4),
+    "density_steps": Field(int, 30),
+    "fisher_samples": Field(int, 20),
+    "downstream_task": Field(str, ""),  # "": the first of `target_task_names`.
+    "head_l2": Field(float, 1e-3),
+    "head_steps": Field(int, 100),
+}
+# Objectives whose model output is the logits of a categorical distribution over the labels.
+CATEGORICAL_OBJECTIVES = ("cross_entropy", "label_smoothing")
+RELATIVE_ERRORS = {"matvecs_5pct": 0.05, "matvecs_1pct": 0.01}
+DENSITY_FILE = "density.npz"
+
+
+def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `config.hessian` fields, type-checked, with defaults.
+
+    Raises:
+      ConfigError: the section or a field is missing or invalid (the message names it).
+    """
+    if "hessian" not in config:
+        raise config_utils.ConfigError("config.hessian is missing.")
+    settings = config_utils.read_fields(config.hessian, HESSIAN_SCHEMA, "config.hessian")
+    minimums = {"num_batches": 1, "batch_size": 1, "head_steps": 1}
+    minimums.update(max_matvecs=2, fisher_samples=2)  # An error bar needs two samples.
+    for name, minimum in minimums.items():
+        if settings[name] < minimum:
+            raise config_utils.ConfigError(
+                f"config.hessian.{name} must be >= {minimum}; got {settings[name]}."
+            )
+    if not settings["rtol"] > 0:
+        raise config_utils.ConfigError(f"config.hessian.rtol must be > 0; got {settings['rtol']}.")
+    return settings
+
+
+def _subset(
+    objective: objectives.Objective, dataset: Any, settings: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """The fixed examples of every checkpoint: the first batches of the `seed`'s data order."""
+    batch_size = min(settings["batch_size"], dataset.num_examples)
+    num_batches = min(settings["num_batches"], dataset.num_examples // batch_size)
+    return objectives.stacked_batches(
+        objective, dataset, batch_size=batch_size, num_batches=num_batches, seed=settings["seed"]
+    )
+
+
+def _flat(stacked: np.ndarray) -> np.ndarray:
+    return stacked.reshape(-1, *stacked.shape[2:])
+
+
+def _layer_traces(blocks: Any) -> dict[str, float]:
+    """Per-layer traces: the block traces of a layer's kernel and bias, summed."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        blocks, is_leaf=lambda leaf: isinstance(leaf, hessjax.TraceEstimate)
+    )[0]
+    layers: dict[str, float] = {}
+    for path, estimate in leaves:
+        layer = "block_trace/" + "/".join(str(getattr(key, "key", key)) for key in path[:-1])
+        layers[layer] = layers.get(layer, 0.0) + float(estimate.value)
+    return layers
+
+
+def _non_finite_reason(loss_fn: objectives.LossFn, params: models.Params, batches: Any) -> str:
+    """Why the Hessian of `loss_fn` cannot be finite here, or `""`."""
+    if not all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(params)):
+        return "the checkpoint's parameters are not finite"
+    first = jax.tree_util.tree_map(lambda leaf: leaf[0], batches)
+    if not np.isfinite(loss_fn(params, first)):
+        return "the loss is not finite at this checkpoint"
+    return ""
+
+
+def _measured(
+    names: tuple[str, ...],
+    loss_fn: objectives.LossFn,
+    params: models.Params,
+    batches: Any,
+    measure: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """`measure()`, or NaN for each of `names` with the reason when the curvature is not finite."""
+    reason = _non_finite_reason(loss_fn, params, batches)
+    if not reason:
+        try:
+            return measure()
+        except ValueError as error:
+            if "non-finite" not in str(error):
+                raise
+            reason = str(error)
+    return {**dict.fromkeys(names, math.nan), "nan_reason": dict.fromkeys(names, reason)}
+
+
+def _pretraining_statistics(
+    run: train.Run,
+    params: models.Params,
+    loss_fn: objectives.LossFn,
+    batches: Any,
+    key: jax.Array,
+    settings: dict[str, Any],
+    density_path: pathlib.Path | None,
+) -> dict[str, Any]:
+    summary = hessjax.hessian_summary(
+        loss_fn,
+        params,
+        batches,
+        key,
+        rtol=settings["rtol"],
+        max_matvecs=settings["max_matvecs"],
+        top_k=settings["top_k"],
+        lanczos_steps=settings["lanczos_steps"],
+        block_matvecs=settings["block_matvecs"],
+        density_probes=settings["density_probes"],
+        density_steps=settings["density_steps"],
+    )
+    trace, stderr = summary["trace"], summary["trace_stderr"]
+    # hessian_summary reports all products together; the trace's share is the rest after its
+    # fixed-size parts (Lanczos steps plus one residual product per eigenvalue, block probes and
+    # density probes times steps).
+    fixed = (
+        (settings["lanczos_steps"] + settings["top_k"] if settings["top_k"] else 0)
+        + settings["block_matvecs"]
+        + settings["density_probes"] * settings["density_steps"]
+    )
+    trace_matvecs = summary["num_matvecs"] - fixed
+    per_probe_variance = stderr**2 * trace_matvecs
+    statistics = {
+        "trace": trace,
+        "trace_stderr": stderr,
+        "trace_per_param": trace / models.num_params(params),
+        "matvecs": summary["num_matvecs"],
+        "matvecs_trace": trace_matvecs,
+        **{
+            name: max(2, math.ceil(per_probe_variance / (target * trace) ** 2))
+            for name, target in RELATIVE_ERRORS.items()
+        },
+        "top_eigenvalue": float(summary["top_eigenvalues"][0]) if settings["top_k"] else None,
+        "top_eigenvalues": summary["top_eigenvalues"],
+        **(_layer_traces(summary["block_traces"]) if summary["block_traces"] else {}),
+    }
+    density = summary["density"]
+    if density is not None:
+        statistics["density_negative_mass"] = float(density.cdf(0.0))
+        if density_path is not None:
+            density_path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                density_path, nodes=np.asarray(density.nodes), weights=np.asarray(density.weights)
+            )
+    return statistics
+
+
+def _downstream_trace(
+    run: train.Run,
+    params: models.Params,
+    model_state: models.ModelState,
+    key: jax.Array,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    name = settings["downstream_task"] or tasks.target_task_names(run.config.data)[0]
+    task = tasks.target_task(run.config.data, name)
+    objective = transfer.downstream_objective()
+    batches = _subset(objective, task.train, settings)
+    features = transfer.encode(run.model, params, model_state, _flat(batches["inputs"]))
+    head = transfer.fit_linear_head(
+        features,
+        _flat(batches["labels"]),
+        task.num_classes,
+        l2=settings["head_l2"],
+        steps=settings["head_steps"],
+    )
+    model = transfer.downstream_model(run, task.num_classes)
+    loss_fn = transfer.eval_loss(model, objective, "downstream", model_state)
+    downstream_params = transfer.with_head(params, head)
+
+    def measure() -> dict[str, Any]:
+        estimate = hessjax.trace_until(
+            hessjax.dataset_hvp_fn(loss_fn, downstream_params, batches),
+            downstream_params,
+            key,
+            rtol=settings["rtol"],
+            max_matvecs=settings["max_matvecs"],
+        )
+        return {
+            "trace_downstream": float(estimate.value),
+            "trace_downstream_stderr": float(estimate.stderr),
+            "matvecs_downstream": int(estimate.num_matvecs),
+        }
+
+    names = ("trace_downstream", "trace_downstream_stderr")
+    return _measured(names, loss_fn, downstream_params, batches, measure)
+
+
+def _fisher_trace(
+    run: train.Run,
+    params: models.Params,
+    model_state: models.ModelState,
+    loss_fn: objectives.LossFn,
+    batches: Any,
+    key: jax.Array,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    if run.objective.name not in CATEGORICAL_OBJECTIVES:
+        return {"fisher_trace": None, "fisher_trace_stderr": None}
+    logits_fn = transfer.eval_logits(run.model, model_state)
+
+    def measure() -> dict[str, Any]:
+        estimate = hessjax.fisher_trace(
+            logits_fn, params, _flat(batches["inputs"]), key, num_samples=settings["fisher_samples"]
+        )
+        return {
+            "fisher_trace": float(estimate.value),
+            "fisher_trace_stderr": float(estimate.stderr),
+        }
+
+    return _measured(("fisher_trace", "fisher_trace_stderr"), loss_fn, params, batches, measure)
+
+
+def measure(
+    run: train.Run,
+    params: models.Params,
+    model_state: models.ModelState,
+    settings: dict[str, Any],
+    density_path: pathlib.Path | None = None,
+) -> dict[str, Any]:
+    """Every Hessian statistic of one set of parameters (see the module docstring).
+
+    Args:
+      run: the pretraining run (model, objective, data, config).
+      params: the parameters to measure.
+      model_state: their non-trainable collections.
+      settings: `read_settings(config)`.
+      density_path: where to save the spectral density's `nodes` and `weights`, if anywhere.
+
+    Returns:
+      A job result: the statistics (`trace`, `trace_stderr`, `trace_per_param`, `matvecs` (all
+      products on the pretraining Hessian), `matvecs_trace`, `matvecs_5pct`, `matvecs_1pct`,
+      `top_eigenvalue`, `top_eigenvalues`, `block_trace/<layer>`, `density_negative_mass`,
+      `trace_downstream` (+ `_stderr`), `matvecs_downstream`, `fisher_trace` (+ `_stderr`; `None`
+      for non-categorical objectives), `pretrain_loss_subset`, `seconds_hessian` (wall time,
+      including compilation for the first checkpoint of a model and objective in a process)), and
+      a `nan_reason` mapping for the NaN ones.
+    """
+    start = time.perf_counter()
+    key = jax.random.key(settings["seed"])
+    pretraining_key, downstream_key, fisher_key = jax.random.split(key, 3)
+    batches = _subset(run.objective, run.task.train, settings)
+    loss_fn = transfer.eval_loss(
+        run.model, run.objective, transfer.pretraining_key(run), model_state
+    )
+    subset_loss = float(np.mean([loss_fn(params, b) for b in _unstack(batches)]))
+    names = ("trace", "trace_stderr", "trace_per_param", "top_eigenvalue")
+    parts = [
+        _measured(
+            names,
+            loss_fn,
+            params,
+            batches,
+            lambda: _pretraining_statistics(
+                run, params, loss_fn, batches, pretraining_key, settings, density_path
+            ),
+        ),
+        _downstream_trace(run, params, model_state, downstream_key, settings),
+        _fisher_trace(run, params, model_state, loss_fn, batches, fisher_key, settings),
+    ]
+    result: dict[str, Any] = {"pretrain_loss_subset": subset_loss, "nan_reason": {}}
+    for part in parts:
+        result["nan_reason"].update(part.pop("nan_reason", {}))
+        result.update(part)
+    result["seconds_hessian"] = time.perf_counter() - start
+    return result
+
+
+def _unstack(batches: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    count = len(next(iter(batches.values())))
+    return [{name: value[i] for name, value in batches.items()} for i in range(count)]
+
+
+def measure_checkpoint(
+    workdir: str | pathlib.Path,
+    step: int,
+    run: train.Run,
+    settings: dict[str, Any],
+    density_path: pathlib.Path | None = None,
+) -> dict[str, Any]:
+    """`measure` of the checkpoint at `step` of the pretraining run in `workdir`."""
+    params, model_state = transfer.restore_checkpoint(workdir, step, run)
+    return measure(run, params, model_state, settings, density_path)
+
+
+def job_id(step: int, *prefix: str) -> str:
+    """The id of the Hessian job of checkpoint `step` (under `prefix`, e.g. the configuration)."""
+    return jobs.make_job_id("hessian", *prefix, step=step)
+
+
+def measure_run(
+    workdir: str | pathlib.Path, config: ml_collections.ConfigDict | None = None
+) -> dict[str, jobs.JobResult]:
+    """Measures every checkpoint of the pretraining run in `workdir`, resumably.
+
+    Args:
+      workdir: a `train.pretrain` workdir; results go to `jobs/hessian/step<N>.json` and densities
+        to `hessian/step<N>/density.npz` inside it.
+      config: the config (its `hessian` section sets the knobs); `None`: the run's saved config.
+
+    Returns:
+      Job id -> `jobs.JobResult`, one per checkpoint.
+
+    Raises:
+      NoCheckpointsError, ConfigError, FileNotFoundError: see `transfer.open_run`.
+    """
+    run, steps = transfer.open_run(workdir, config)
+    settings = read_settings(config or run.config)
+    workdir = pathlib.Path(workdir)
+    return jobs.run_jobs(
+        workdir,
+        [
+            jobs.Job(
+                job_id(step),
+                lambda step=step: measure_checkpoint(
+                    workdir, step, run, settings, workdir / "hessian" / f"step{step}" / DENSITY_FILE
+                ),
+            )
+            for step in steps
+        ],
+        record_failures=True,
+    )
+
+
+if __name__ == "__main__":
+    transfer.run_binary(measure_run)

@@ -1,0 +1,315 @@
+"""The transfer study, end to end: pretrain -> Hessian statistics -> transfer scores -> report.
+
+  python -m experiments.study --workdir=DIR [--config=experiments/configs/NAME.py]
+
+The config's `sweep` section spans the configurations: every `objectives` x `widths` x `depths` x
+`seeds` combination of the `model.family` is pretrained (`runs/<model>/<objective>/seed<S>/` in
+`DIR`), and each of its checkpoints (the training-iterations axis:
+`pretrain.checkpoint_steps` and the last step) is measured by `experiments.hessian` (densities in
+`hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and scored by `experiments.finetune`.
+Every piece is a job of `experiments.jobs` (`jobs/<stage>/<model>/<objective>/seed<S>[/step<N>]`),
+so a rerun skips what is finished and a killed study loses at most the job in flight. A failing
+job is recorded and its dependents skipped; the rest of the study goes on. Progress lines with an
+ETA are logged after every job. Finally `results.csv` (one row per configuration and checkpoint;
+see `experiments.report_lib` for its conventions) and the report (`report.md`, `plots/`) are
+written.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from experiments import config_utils, finetune, hessian, jobs, report_lib, train, transfer
+from experiments.config_utils import Field, IntTuple
+
+SWEEP_SCHEMA = {
+    "setting": Field(str),
+    "objectives": Field((tuple, list)),
+    "widths": Field(IntTuple),
+    "depths": Field(IntTuple),
+    "seeds": Field(IntTuple),
+}
+REPORT_SCHEMA = {"num_resamples": Field(int, 1000)}
+RESULTS_FILE = "results.csv"
+# The columns of the contract (API.md), in its order; extras follow, `nan_reason` last.
+CONTRACT_COLUMNS = (
+    "setting",
+    "objective",
+    "model",
+    "width",
+    "depth",
+    "num_params",
+    "seed",
+    "step",
+    "pretrain_loss",
+    "pretrain_loss_gap",
+    "trace",
+    "trace_stderr",
+    "matvecs",
+    "top_eigenvalue",
+    "trace_downstream",
+    "fisher_trace",
+    "linear_probe_acc",
+    "finetune_acc",
+    "seconds_hessian",
+)
+# Job-result entries that are not table cells (lists, nested records, duplicates).
+_NOT_COLUMNS = ("top_eigenvalues", "pretrain_loss_subset")
+# What a failed job leaves NaN, with the failure as the reason.
+_STAGE_COLUMNS = {
+    "hessian": ("trace", "top_eigenvalue", "trace_downstream"),
+    "finetune": finetune.SCORES,
+}
+
+
+class EmptySweepError(config_utils.ConfigError):
+    """A sweep with no configuration to run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One pretraining configuration of the sweep.
+
+    Attributes:
+      config: the full config of the run (sweep values filled in).
+      objective: the pretraining objective.
+      model: the model label, `<family>_w<width>_d<depth>`.
+      width: the model width.
+      depth: the model depth.
+      seed: the pretraining seed.
+      steps: the checkpoint steps the run saves.
+    """
+
+    config: ml_collections.ConfigDict
+    objective: str
+    model: str
+    width: int
+    depth: int
+    seed: int
+    steps: tuple[int, ...]
+
+    @property
+    def parts(self) -> tuple[str, str, str]:
+        """The path segments that name it in job ids and directories."""
+        return self.model, self.objective, f"seed{self.seed}"
+
+    def run_dir(self, workdir: pathlib.Path) -> pathlib.Path:
+        """Its pretraining workdir."""
+        return workdir.joinpath("runs", *self.parts)
+
+    def density_path(self, workdir: pathlib.Path, step: int) -> pathlib.Path:
+        """Where the Hessian stage saves the spectral density of checkpoint `step`."""
+        return workdir.joinpath("hessian", *self.parts, f"step{step}", hessian.DENSITY_FILE)
+
+
+def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
+    """The configurations of `config.sweep`, each validated (`train.build_run`).
+
+    Raises:
+      EmptySweepError: an axis of the sweep is empty.
+      ConfigError: an invalid field (named).
+    """
+    if "sweep" not in config:
+        raise config_utils.ConfigError("config.sweep is missing.")
+    sweep = config_utils.read_fields(config.sweep, SWEEP_SCHEMA, "config.sweep")
+    empty = [axis for axis in ("objectives", "widths", "depths", "seeds") if not sweep[axis]]
+    if empty:
+        raise EmptySweepError(
+            f"The sweep is empty: config.sweep.{', config.sweep.'.join(empty)} "
+            "must list at least one value."
+        )
+    result = []
+    for objective in sweep["objectives"]:
+        for width in sweep["widths"]:
+            for depth in sweep["depths"]:
+                for seed in sweep["seeds"]:
+                    run_config = config.copy_and_resolve_references()
+                    run_config.pretrain.objective = objective
+                    run_config.model.width, run_config.model.depth = width, depth
+                    run_config.seed = seed
+                    run = train.build_run(run_config)
+                    model = f"{run_config.model.family}_w{width}_d{depth}"
+                    result.append(
+                        Configuration(
+                            run_config, objective, model, width, depth, seed, tuple(run.saved_steps)
+                        )
+                    )
+    return result
+
+
+def _pretrain_job(configuration: Configuration, workdir: pathlib.Path) -> dict[str, Any]:
+    outcome = train.pretrain(configuration.config, configuration.run_dir(workdir))
+    summary = json.loads((configuration.run_dir(workdir) / train.SUMMARY_FILE).read_text())
+    return {
+        "num_params": outcome.num_params,
+        "num_encoder_params": summary["num_encoder_params"],
+        "checkpoint_steps": outcome.checkpoint_steps,
+    }
+
+
+def study_jobs(
+    configs: list[Configuration], config: ml_collections.ConfigDict, workdir: pathlib.Path
+) -> list[jobs.Job]:
+    """The jobs of the study: per configuration, pretraining, then each checkpoint's stages."""
+    hessian_settings = hessian.read_settings(config)
+    finetune_settings = finetune.read_settings(config)
+    runs: dict[pathlib.Path, train.Run] = {}
+
+    def run_of(configuration: Configuration) -> train.Run:
+        # Built once per run and process: rebuilding reloads the data.
+        run_dir = configuration.run_dir(workdir)
+        if run_dir not in runs:
+            runs[run_dir] = transfer.open_run(run_dir, configuration.config)[0]
+        return runs[run_dir]
+
+    result = []
+    for c in configs:
+        pretrain_id = jobs.make_job_id("pretrain", *c.parts)
+        result.append(jobs.Job(pretrain_id, lambda c=c: _pretrain_job(c, workdir)))
+        for step in c.steps:
+            result.append(
+                jobs.Job(
+                    hessian.job_id(step, *c.parts),
+                    lambda c=c, step=step: hessian.measure_checkpoint(
+                        c.run_dir(workdir),
+                        step,
+                        run_of(c),
+                        hessian_settings,
+                        c.density_path(workdir, step),
+                    ),
+                    (pretrain_id,),
+                )
+            )
+            result.append(
+                jobs.Job(
+                    finetune.job_id(step, *c.parts),
+                    lambda c=c, step=step: finetune.finetune_checkpoint(
+                        c.run_dir(workdir), step, run_of(c), finetune_settings
+                    ),
+                    (pretrain_id,),
+                )
+            )
+    return result
+
+
+def _test_losses(run_dir: pathlib.Path) -> dict[int, float]:
+    """The source test loss at each checkpoint, as logged by pretraining."""
+    path = run_dir / train.METRICS_FILE
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {r["step"]: r["test_loss"] for r in records if "test_loss" in r}
+
+
+def _cells(record: jobs.JobResult | None, stage: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The table cells of one stage's job, and the reasons of its NaN cells."""
+    if record is None:
+        return {}, {}
+    if record.status != jobs.DONE:
+        why = record.error or f"dependencies not done: {', '.join(record.failed_dependencies)}"
+        reason = f"{stage} job {record.status} ({why})"
+        return dict.fromkeys(_STAGE_COLUMNS[stage], float("nan")), dict.fromkeys(
+            _STAGE_COLUMNS[stage], reason
+        )
+    cells = {
+        name: value
+        for name, value in record.result.items()
+        if name not in _NOT_COLUMNS and (value is None or isinstance(value, (int, float)))
+    }
+    reasons = {pointer.lstrip("/"): why for pointer, why in record.nan_reason.items()}
+    return cells, reasons
+
+
+def result_rows(
+    configs: list[Configuration], workdir: pathlib.Path, results: dict[str, jobs.JobResult]
+) -> list[dict[str, Any]]:
+    """One row per configuration and checkpoint, from the job results (see `CONTRACT_COLUMNS`)."""
+    rows = []
+    for c in configs:
+        pretrained = results.get(jobs.make_job_id("pretrain", *c.parts))
+        done = pretrained is not None and pretrained.status == jobs.DONE
+        losses = _test_losses(c.run_dir(workdir))
+        for step in c.steps:
+            row: dict[str, Any] = {
+                "setting": c.config.sweep.setting,
+                "objective": c.objective,
+                "model": c.model,
+                "width": c.width,
+                "depth": c.depth,
+                "num_params": pretrained.result["num_params"] if done else None,
+                "seed": c.seed,
+                "step": step,
+                "pretrain_loss": losses.get(step),
+                "pretrain_loss_gap": None,  # No exact optimum is known for these tasks.
+            }
+            reasons: dict[str, str] = {}
+            for stage, job_id in (
+                ("hessian", hessian.job_id(step, *c.parts)),
+                ("finetune", finetune.job_id(step, *c.parts)),
+            ):
+                cells, why = _cells(results.get(job_id), stage)
+                row.update(cells)
+                reasons.update(why)
+            # `;` separates the items of the column (see `report_lib`).
+            row["nan_reason"] = "; ".join(
+                f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()
+            )
+            rows.append(row)
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
+    """Writes `rows` as CSV: contract columns first, then the extras, `nan_reason` last.
+
+    Empty cells where a row has no value (`None` or absent): "does not apply".
+    """
+    extras = sorted({name for row in rows for name in row} - set(CONTRACT_COLUMNS))
+    extras = [name for name in extras if name != "nan_reason"] + ["nan_reason"]
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, [*CONTRACT_COLUMNS, *extras], restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Runs (or resumes) the whole study of `config` in `workdir` and writes its report.
+
+    Args:
+      config: a study config: `seed`, `data`, `model`, `pretrain` (the base of every run), `sweep`,
+        `hessian`, `finetune` and optionally `report` (see `configs/digits.py`).
+      workdir: the study's directory, created if needed.
+
+    Returns:
+      The path of `report.md`.
+
+    Raises:
+      EmptySweepError: the sweep has no configuration.
+      ConfigError: an invalid field, or an unknown target task (the message names it).
+    """
+    workdir = pathlib.Path(workdir)
+    configs = configurations(config)
+    study = study_jobs(configs, config, workdir)
+    report_settings = config_utils.read_fields(
+        config.get("report", {}), REPORT_SCHEMA, "config.report"
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
+    results = jobs.run_jobs(workdir, study, record_failures=True)
+    failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
+    if failed:
+        logging.warning("%d jobs did not finish: %s", len(failed), ", ".join(failed))
+    write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
+    return report_lib.write_report(workdir, num_resamples=report_settings["num_resamples"])
+
+
+if __name__ == "__main__":
+    transfer.run_binary(
+        lambda workdir, config: run_study(config, workdir),
+        str(pathlib.Path(__file__).parent / "configs" / "digits.py"),
+    )

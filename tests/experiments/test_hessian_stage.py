@@ -1,0 +1,117 @@
+"""Tests of the Hessian stage: every checkpoint measured, resumable, NaNs reported, bad input."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import config_utils, hessian, jobs, train, transfer
+from experiments.configs import smoke
+
+
+@pytest.fixture(scope="module")
+def smoke_run(digits_data_dir, tmp_path_factory):
+    """A finished smoke pretraining run (cross-entropy), shared read-only."""
+    config = smoke.get_config()
+    config.data.data_dir = digits_data_dir
+    workdir = tmp_path_factory.mktemp("hessian_run")
+    train.pretrain(config, workdir)
+    return config, workdir
+
+
+@pytest.fixture(scope="module")
+def measured(smoke_run):
+    """`measure_run` of the smoke run, with the file times of its results."""
+    config, workdir = smoke_run
+    results = hessian.measure_run(workdir)
+    return results, {p: p.stat().st_mtime_ns for p in (workdir / jobs.JOBS_DIRNAME).rglob("*.json")}
+
+
+def test_every_checkpoint_is_measured(smoke_run, measured):
+    config, workdir = smoke_run
+    results, _ = measured
+    assert list(results) == [hessian.job_id(step) for step in (0, 5, 20, 60)]
+    settings = hessian.read_settings(config)
+    for step, record in zip((0, 5, 20, 60), results.values(), strict=True):
+        assert record.status == jobs.DONE, record.error
+        result = record.result
+        assert result["trace"] > 0 and result["trace_stderr"] > 0
+        assert 2 <= result["matvecs_trace"] <= settings["max_matvecs"]
+        assert result["matvecs_5pct"] <= result["matvecs_1pct"]
+        # m = var / (rtol * trace)^2: the 1% target needs 25 times the 5% one (up to rounding).
+        assert result["matvecs_1pct"] == pytest.approx(25 * result["matvecs_5pct"], rel=0.05)
+        assert result["top_eigenvalue"] == max(result["top_eigenvalues"])
+        layers = {k for k in result if k.startswith("block_trace/")}
+        assert layers == {"block_trace/encoder/Dense_0", "block_trace/head/Dense_0"}
+        assert 0 <= result["density_negative_mass"] <= 1
+        assert result["trace_downstream"] > 0 and result["fisher_trace"] > 0
+        assert not result.get("nan_reason")
+        with np.load(workdir / "hessian" / f"step{step}" / hessian.DENSITY_FILE) as density:
+            assert density["weights"].shape == density["nodes"].shape
+            assert density["weights"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_same_probes_and_data_for_every_checkpoint(smoke_run, measured):
+    """Measuring a checkpoint again gives the identical numbers (common random numbers)."""
+    config, workdir = smoke_run
+    results, _ = measured
+    run, _ = transfer.open_run(workdir)
+    again = hessian.measure_checkpoint(workdir, 20, run, hessian.read_settings(config))
+    stored = results[hessian.job_id(20)].result
+    for name in ("trace", "trace_stderr", "top_eigenvalue", "trace_downstream", "fisher_trace"):
+        assert again[name] == pytest.approx(stored[name], rel=1e-6)
+
+
+def test_rerun_skips_finished_checkpoints(smoke_run, measured):
+    _, workdir = smoke_run
+    _, times = measured
+    hessian.measure_run(workdir)
+    assert {p: p.stat().st_mtime_ns for p in times} == times
+
+
+def test_non_finite_statistics_are_nan_with_a_reason(smoke_run, tmp_path):
+    config, workdir = smoke_run
+    run, _ = transfer.open_run(workdir)
+    params, model_state = transfer.restore_checkpoint(workdir, 60, run)
+    params = jax.tree_util.tree_map(lambda leaf: leaf.at[0].set(jnp.nan), params)
+    result = hessian.measure(run, params, model_state, hessian.read_settings(config))
+    for name in ("trace", "trace_downstream", "fisher_trace"):
+        assert np.isnan(result[name])
+        assert "not finite" in result["nan_reason"][name]
+    # The job runner stores them as NaN with the reason.
+    jobs.write_result(tmp_path, jobs.JobResult("hessian/nan", jobs.DONE, result))
+    stored = jobs.read_result(tmp_path, "hessian/nan")
+    assert np.isnan(stored.result["trace"]) and "not finite" in stored.nan_reason["/trace"]
+
+
+def test_workdir_without_checkpoints_is_refused(smoke_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No pretraining run"):
+        hessian.measure_run(tmp_path)
+    _, workdir = smoke_run
+    shutil.copy(workdir / train.CONFIG_FILE, tmp_path / train.CONFIG_FILE)
+    with pytest.raises(transfer.NoCheckpointsError, match="holds no checkpoint"):
+        hessian.measure_run(tmp_path)
+
+
+def test_checkpoint_of_another_model_is_refused(smoke_run, tmp_path):
+    _, workdir = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(jobs.JOBS_DIRNAME))
+    saved = json.loads((copy / train.CONFIG_FILE).read_text())
+    saved["model"]["width"] = 8
+    (copy / train.CONFIG_FILE).write_text(json.dumps(saved))
+    with pytest.raises(transfer.CheckpointMismatchError, match="does not fit the model"):
+        hessian.measure_checkpoint(
+            copy, 60, transfer.open_run(copy)[0], hessian.read_settings(train.load_config(copy))
+        )
+
+
+def test_config_of_another_run_is_refused(smoke_run):
+    config, workdir = smoke_run
+    other = config.copy_and_resolve_references()
+    other.model.width = 8
+    with pytest.raises(config_utils.ConfigError, match="config.model.width: 16 -> 8"):
+        hessian.measure_run(workdir, other)
