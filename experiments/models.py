@@ -11,6 +11,11 @@ Every model is an `EncoderHead`: its params have exactly two top-level sub-trees
     halves the resolution and doubles the channels. `norm="batch"` (BatchNorm) or `"none"`.
   * `vit`: patches of `patch_size` pixels embedded to `width`, `depth` pre-LayerNorm transformer
     blocks with `num_heads` heads, mean-pooled.
+  * `text_transformer`: a BERT-style encoder of token sequences: token and learned position
+    embeddings, `depth` pre-LayerNorm transformer blocks with `num_heads` heads and a final
+    LayerNorm; its features are per token, `(batch, length, width)`, and the head is applied to
+    every token (the masked-LM head over the vocabulary). Built with `input_vocab_size`, the
+    number of token ids of the data.
 
 Heads: `"linear"` (one dense layer) or `"mlp"` (a hidden layer of `head_hidden` units, default
 `width`; the projection head of contrastive learning and the decoder of denoising). No model uses
@@ -158,6 +163,34 @@ class ViTEncoder(nn.Module):
         return nn.LayerNorm()(x.mean(axis=1))
 
 
+class TextTransformerEncoder(nn.Module):
+    """A BERT-style pre-LayerNorm encoder: per-token features of a batch of token ids.
+
+    Padding is not masked out of the attention: a sentence's padding is a function of its length,
+    so it carries no information the model could misuse, and it tells the model the length.
+    """
+
+    vocab_size: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: int
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+        del train  # No train-dependent layers: dropout is off.
+        # `init_model` feeds float zeros of the input shape; the ids themselves are integers.
+        tokens = tokens.astype(jnp.int32)
+        embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02))
+        position = self.param(
+            "position_embedding", nn.initializers.normal(0.02), (1, tokens.shape[1], self.width)
+        )
+        x = embed(tokens) + position
+        for _ in range(self.depth):
+            x = TransformerBlock(self.num_heads, self.mlp_ratio * self.width)(x)
+        return nn.LayerNorm()(x)
+
+
 class Head(nn.Module):
     """The task-specific output layer(s) on top of the features."""
 
@@ -191,13 +224,36 @@ def _resnet(fields: dict[str, Any]) -> nn.Module:
     return ResNetEncoder(fields["width"], fields["depth"], fields["norm"])
 
 
-def _vit(fields: dict[str, Any]) -> nn.Module:
-    if fields["patch_size"] < 1 or fields["width"] % fields["num_heads"]:
+def _check_heads(fields: dict[str, Any]) -> None:
+    if fields["num_heads"] < 1 or fields["width"] % fields["num_heads"]:
         raise config_utils.ConfigError(
-            "config.model.patch_size must be >= 1 and config.model.num_heads must divide "
-            f"config.model.width; got patch_size={fields['patch_size']}, "
+            "config.model.num_heads must divide config.model.width; got "
             f"num_heads={fields['num_heads']}, width={fields['width']}."
         )
+
+
+def _text_transformer(fields: dict[str, Any]) -> nn.Module:
+    _check_heads(fields)
+    if fields["input_vocab_size"] < 1:
+        raise config_utils.ConfigError(
+            "config.model.family='text_transformer' embeds token ids: it needs a token dataset "
+            "(config.data.name='pcfg'), which sets the vocabulary size."
+        )
+    return TextTransformerEncoder(
+        fields["input_vocab_size"],
+        fields["width"],
+        fields["depth"],
+        fields["num_heads"],
+        fields["mlp_ratio"],
+    )
+
+
+def _vit(fields: dict[str, Any]) -> nn.Module:
+    if fields["patch_size"] < 1:
+        raise config_utils.ConfigError(
+            f"config.model.patch_size must be >= 1; got {fields['patch_size']}."
+        )
+    _check_heads(fields)
     return ViTEncoder(
         fields["width"],
         fields["depth"],
@@ -227,11 +283,18 @@ FAMILIES = {
         {"patch_size": Field(int, 2), "num_heads": Field(int, 4), "mlp_ratio": Field(int, 2)},
         _vit,
     ),
+    "text_transformer": Family(
+        {"num_heads": Field(int, 4), "mlp_ratio": Field(int, 4)}, _text_transformer
+    ),
 }
 
 
 def build_model(
-    model_config: ml_collections.ConfigDict, num_outputs: int, head: str = "linear"
+    model_config: ml_collections.ConfigDict,
+    num_outputs: int,
+    head: str = "linear",
+    *,
+    input_vocab_size: int = 0,
 ) -> EncoderHead:
     """Builds a model from `config.model`.
 
@@ -241,6 +304,8 @@ def build_model(
         `mlp_ratio`).
       num_outputs: size of the head's output (classes, projection or reconstruction size).
       head: `"linear"` or `"mlp"`.
+      input_vocab_size: number of token ids of the inputs, for families that embed tokens
+        (`text_transformer`); 0 for image data.
 
     Returns:
       An unbound `EncoderHead`; initialize it with `init_model`.
@@ -252,6 +317,7 @@ def build_model(
     fields = config_utils.read_fields(model_config, MODEL_SCHEMA, "config.model")
     family = config_utils.choose(fields["family"], FAMILIES, "config.model.family")
     fields.update(config_utils.read_fields(model_config, family.schema, "config.model"))
+    fields["input_vocab_size"] = input_vocab_size
     for name, minimum in (("width", 1), ("depth", 1), ("head_hidden", 0)):
         if fields[name] < minimum:
             raise config_utils.ConfigError(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import flax.linen as nn
 import jax
@@ -33,6 +34,17 @@ from experiments.data.tfds_data import ImageDataset
 
 Batch = Mapping[str, np.ndarray]
 LossFn = Callable[[models.Params, Batch], jax.Array]
+
+
+class BatchSource(Protocol):
+    """A dataset that cuts its own training batches (e.g. `language.SentenceDataset`)."""
+
+    @property
+    def num_examples(self) -> int: ...
+
+    def batch_at(self, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+        """The raw batch of step `step`, a function of `(seed, step)` only."""
+
 
 _LARGE_NEGATIVE = -1e9  # Masks self-similarity logits; finite, so no inf reaches derivatives.
 
@@ -208,11 +220,16 @@ OBJECTIVES: dict[str, Callable[[ml_collections.ConfigDict], Objective]] = {
 }
 
 
-def get_objective(pretrain_config: ml_collections.ConfigDict) -> Objective:
+def get_objective(
+    pretrain_config: ml_collections.ConfigDict,
+    registry: Mapping[str, Callable[[ml_collections.ConfigDict], Objective]] = OBJECTIVES,
+) -> Objective:
     """The objective named by `config.pretrain.objective`, with its knobs from `config.pretrain`.
 
     Args:
       pretrain_config: `config.pretrain`.
+      registry: the objectives that the data admits: `OBJECTIVES` for images,
+        `language.OBJECTIVES` for token sequences.
 
     Returns:
       The `Objective`.
@@ -222,7 +239,7 @@ def get_objective(pretrain_config: ml_collections.ConfigDict) -> Objective:
         type or value.
     """
     fields = config_utils.read_fields(pretrain_config, {"objective": Field(str)}, "config.pretrain")
-    factory = config_utils.choose(fields["objective"], OBJECTIVES, "config.pretrain.objective")
+    factory = config_utils.choose(fields["objective"], registry, "config.pretrain.objective")
     return factory(pretrain_config)
 
 
@@ -231,15 +248,28 @@ def build_model_for(
     model_config: ml_collections.ConfigDict,
     num_classes: int,
     image_shape: tuple[int, ...],
+    *,
+    input_vocab_size: int = 0,
 ) -> models.EncoderHead:
-    """Builds the model of `config.model` with the head that `objective` needs."""
+    """Builds the model of `config.model` with the head that `objective` needs.
+
+    `input_vocab_size` is the number of token ids of token data (0 for images); see
+    `models.build_model`.
+    """
     return models.build_model(
-        model_config, objective.output_size(num_classes, image_shape), objective.head
+        model_config,
+        objective.output_size(num_classes, image_shape),
+        objective.head,
+        input_vocab_size=input_vocab_size,
     )
 
 
 def training_batch(
-    objective: Objective, dataset: ImageDataset, batch_size: int, seed: int, step: int
+    objective: Objective,
+    dataset: ImageDataset | BatchSource,
+    batch_size: int,
+    seed: int,
+    step: int,
 ) -> dict[str, np.ndarray]:
     """The prepared batch of training step `step`: a function of `(dataset, seed, step)` only.
 
@@ -253,13 +283,16 @@ def training_batch(
     Returns:
       The dict of numpy arrays that `objective.loss` takes.
     """
-    batch = pipeline.batch_at(dataset, batch_size, seed, step)
+    if isinstance(dataset, ImageDataset):
+        batch = pipeline.batch_at(dataset, batch_size, seed, step)
+    else:
+        batch = dataset.batch_at(batch_size, seed, step)
     return objective.prepare_batch(batch, pipeline.augmentation_rng(seed, step))
 
 
 def stacked_batches(
     objective: Objective,
-    dataset: ImageDataset,
+    dataset: ImageDataset | BatchSource,
     *,
     batch_size: int,
     num_batches: int,

@@ -7,14 +7,17 @@ call it). It writes into `workdir`:
     BatchNorm models) at every step of `config.pretrain.checkpoint_steps` and at the last step,
     all kept: later stages measure each of them;
   * `metrics.jsonl`: one JSON object per line: the training loss (averaged since the last line),
-    learning rate and speed every `log_every` steps, and the source test loss at each checkpoint;
+    learning rate and speed every `log_every` steps, and the source test loss at each checkpoint
+    (for the language setting also `loss_gap` and `loss_gap_stderr`, the exact gap to the
+    Bayes-optimal masked-LM loss, see `experiments.language`);
   * `summary.json`: written when the run is complete (parameter counts, wall time).
 
 Every random choice is a function of `(config.seed, step)`: the initialization of the seed, the
-data order and augmentations of each step (`experiments.data.pipeline`). A run killed at any
-point and restarted with the same workdir resumes from its last checkpoint and ends with exactly
-the parameters of an uninterrupted run. A workdir holding a run of a different config is refused
-unless `overwrite=True`.
+data order and augmentations (or masked positions) of each step (`experiments.data.pipeline`).
+The adversarial language objective also checkpoints its probe (`adversary_probe`). A run killed
+at any point and restarted with the same workdir resumes from its last checkpoint and ends with
+exactly the parameters of an uninterrupted run. A workdir holding a run of a different config is
+refused unless `overwrite=True`.
 
 Later stages use `load_run(workdir)` (the model, objective and data rebuilt from the saved
 config), `checkpoint_steps(workdir)` and `restore_params(workdir, step)`.
@@ -39,7 +42,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from experiments import config_utils, models, objectives
+from experiments import config_utils, language, models, objectives
 from experiments.config_utils import Field, IntTuple
 from experiments.data import tasks
 
@@ -57,7 +60,7 @@ PRETRAIN_SCHEMA = {
     "checkpoint_steps": Field(IntTuple, ()),
     "log_every": Field(int, 100),
 }
-SCHEDULES = ("constant", "warmup_cosine")
+SCHEDULES = ("constant", "warmup_cosine", "warmup_constant")
 # Sections that determine the trained parameters; other top-level sections belong to later stages.
 PRETRAINING_SECTIONS = ("seed", "data", "model", "pretrain")
 # Fields of those sections that may change between a run and its resumption.
@@ -111,15 +114,17 @@ class Run:
       model: the model, with the objective's head.
       optimizer: the Optax optimizer, schedule included.
       schedule: the learning rate as a function of the step.
+      adversary: the downstream term of the `"adversarial"` language objective, else None.
     """
 
     config: ml_collections.ConfigDict
     settings: dict[str, Any]
-    task: tasks.Task
+    task: tasks.Task | language.LanguageTask
     objective: objectives.Objective
     model: nn.Module
     optimizer: optax.GradientTransformation
     schedule: optax.Schedule
+    adversary: language.Adversary | None = None
 
     @property
     def seed(self) -> int:
@@ -172,9 +177,9 @@ def make_optimizer(settings: dict[str, Any]) -> tuple[optax.GradientTransformati
     Args:
       settings: `config.pretrain` read with `PRETRAIN_SCHEMA`: `optimizer` (`"sgd"` with
         `momentum`, or `"adamw"`), `learning_rate`, `weight_decay` (decoupled for AdamW, added to
-        the gradient for SGD; never on biases or normalization scales), `schedule` (`"constant"`,
-        or `"warmup_cosine"`: linear warmup over `warmup_steps`, then cosine decay to 0 at
-        `steps`).
+        the gradient for SGD; never on biases or normalization scales), `schedule` (`"constant"`;
+        `"warmup_cosine"`: linear warmup over `warmup_steps`, then cosine decay to 0 at `steps`;
+        or `"warmup_constant"`: the same warmup, then constant, to train on past convergence).
 
     Returns:
       `(optimizer, schedule)`.
@@ -183,6 +188,10 @@ def make_optimizer(settings: dict[str, Any]) -> tuple[optax.GradientTransformati
     config_utils.choose(settings["schedule"], dict.fromkeys(SCHEDULES), "config.pretrain.schedule")
     if settings["schedule"] == "constant":
         schedule = optax.constant_schedule(rate)
+    elif settings["schedule"] == "warmup_constant":
+        # `linear_schedule` over 0 steps would stay at its initial value, 0.
+        warmup = max(settings["warmup_steps"], 1)
+        schedule = optax.linear_schedule(rate / warmup, rate, warmup - 1)
     else:
         schedule = optax.warmup_cosine_decay_schedule(
             0.0, rate, settings["warmup_steps"], settings["steps"]
@@ -222,17 +231,32 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
             raise config_utils.ConfigError(f"config.{section} is missing.")
     settings = config_utils.read_fields(config.pretrain, PRETRAIN_SCHEMA, "config.pretrain")
     _check_settings(settings)
-    objective = objectives.get_objective(config.pretrain)
+    data_name = config_utils.read_fields(config.data, {"name": Field(str)}, "config.data")["name"]
+    is_language = data_name == language.DATASET
+    registry = language.OBJECTIVES if is_language else objectives.OBJECTIVES
+    objective = objectives.get_objective(config.pretrain, registry)
     optimizer, schedule = make_optimizer(settings)
-    models.build_model(config.model, 1)  # Checks the model config before loading any data.
-    task = tasks.source_task(config.data)
+    # Checks the model config before loading any data (the vocabulary size comes with the data).
+    models.build_model(config.model, 1, input_vocab_size=1)
+    task = language.source_task(config.data) if is_language else tasks.source_task(config.data)
     if settings["batch_size"] > task.train.num_examples:
         raise config_utils.ConfigError(
             f"config.pretrain.batch_size={settings['batch_size']} exceeds the "
             f"{task.train.num_examples} training examples of {task.name}."
         )
-    model = objectives.build_model_for(objective, config.model, task.num_classes, task.image_shape)
-    return Run(config, settings, task, objective, model, optimizer, schedule)
+    model = objectives.build_model_for(
+        objective,
+        config.model,
+        task.num_classes,
+        task.image_shape,
+        input_vocab_size=task.num_classes if is_language else 0,
+    )
+    adversary = (
+        language.make_adversary(config.pretrain, model, task)
+        if objective.name == "adversarial"
+        else None
+    )
+    return Run(config, settings, task, objective, model, optimizer, schedule, adversary)
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -258,7 +282,8 @@ def _manager(workdir: pathlib.Path, read_only: bool = False) -> ocp.CheckpointMa
         # directory is complete, which is what a killed run resumes from.
         enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(workdir / CHECKPOINT_DIR, options=options)
+    # Orbax refuses relative paths; a user's `--workdir=runs/x` is relative to where they stand.
+    return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).resolve(), options=options)
 
 
 def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
@@ -387,8 +412,10 @@ def make_train_step(run: Run) -> Callable[..., Any]:
 
     Returns:
       `train_step(params, opt_state, model_state, batch) -> (params, opt_state, model_state,
-      loss)`, where `batch` is a prepared batch (`objectives.training_batch`) and `loss` is the
-      training-mode loss before the update.
+      loss)`, where `batch` is a prepared batch (`objectives.training_batch`; with an adversary,
+      also its current probe and validation batch under `"adversary_probe"` and
+      `"adversary_batch"`) and `loss` is the training-mode loss before the update, the
+      adversary's penalty included.
     """
 
     @jax.jit
@@ -397,7 +424,12 @@ def make_train_step(run: Run) -> Callable[..., Any]:
             outputs, new_state = models.apply_model(
                 run.model, params, model_state, batch["inputs"], train=True
             )
-            return run.objective.loss(outputs, batch), new_state
+            loss = run.objective.loss(outputs, batch)
+            if run.adversary is not None:
+                loss = loss + run.adversary.penalty(
+                    params, batch["adversary_probe"], batch["adversary_batch"]
+                )
+            return loss, new_state
 
         (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         updates, opt_state = run.optimizer.update(grads, opt_state, params)
@@ -420,6 +452,22 @@ def _test_loss(run: Run) -> Callable[[models.Params, models.ModelState], float]:
         return float(np.mean([loss(params, model_state, batch) for batch in batches]))
 
     return mean_loss
+
+
+def _checkpoint_metrics(
+    run: Run,
+) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+    """The metrics of a checkpoint: the source test loss, and for language the exact gap."""
+    test_loss = _test_loss(run)
+
+    def metrics(params: models.Params, model_state: models.ModelState) -> dict[str, float]:
+        record = {"test_loss": test_loss(params, model_state)}
+        if isinstance(run.task, language.LanguageTask):
+            gap = language.masked_lm_gap(run.model, params, run.task)
+            record.update(loss_gap=gap.value, loss_gap_stderr=gap.stderr)
+        return record
+
+    return metrics
 
 
 def pretrain(
@@ -455,20 +503,28 @@ def pretrain(
             # Only the shapes are needed to restore, which saves compiling the initializer.
             params, model_state = jax.eval_shape(run.init)
             opt_state = jax.eval_shape(run.optimizer.init, params)
+            probe = jax.eval_shape(run.adversary.refit, params) if run.adversary else None
             restored = _restore(
                 manager,
                 latest,
-                {"params": params, "opt_state": opt_state, "model_state": model_state},
+                {
+                    "params": params,
+                    "opt_state": opt_state,
+                    "model_state": model_state,
+                    "adversary_probe": probe,
+                },
             )
-            params, opt_state, model_state = (
+            params, opt_state, model_state, probe = (
                 restored["params"],
                 restored["opt_state"],
                 restored["model_state"],
+                restored["adversary_probe"],
             )
             logging.info("Resuming %s from the checkpoint at step %d.", workdir, latest)
         else:
             params, model_state = run.init()
             opt_state = run.optimizer.init(params)
+            probe = run.adversary.refit(params) if run.adversary else None
         size = models.num_params(params)
         logging.info(
             "Pretraining %s with %s on %s: %d parameters (encoder %d), %d steps, in %s.",
@@ -482,7 +538,7 @@ def pretrain(
         )
         step = latest or 0
         metrics = _MetricsLog(workdir / METRICS_FILE, step)
-        test_loss = _test_loss(run)
+        checkpoint_metrics = _checkpoint_metrics(run)
         train_step = make_train_step(run)
 
         def checkpoint(
@@ -490,23 +546,38 @@ def pretrain(
             params: models.Params,
             opt_state: optax.OptState,
             model_state: models.ModelState,
+            probe: language.RidgeProbe | None,
         ) -> None:
             # The metrics line goes first: if the run is killed before the save completes, the
             # resumed run drops the line together with everything else past its checkpoint.
-            loss = test_loss(params, model_state)
-            metrics.write({"step": step, "test_loss": loss})
-            items = {"params": params, "opt_state": opt_state, "model_state": model_state}
+            record = checkpoint_metrics(params, model_state)
+            metrics.write({"step": step, **record})
+            items = {
+                "params": params,
+                "opt_state": opt_state,
+                "model_state": model_state,
+                "adversary_probe": probe,
+            }
             _save(manager, step, items)
-            logging.info("Checkpoint at step %d: source test loss %.4f.", step, loss)
+            logging.info(
+                "Checkpoint at step %d: %s.",
+                step,
+                ", ".join(f"{name} {value:.4f}" for name, value in record.items()),
+            )
 
         if latest is None and 0 in run.saved_steps:
-            checkpoint(0, params, opt_state, model_state)
+            checkpoint(0, params, opt_state, model_state, probe)
         start_time, start_step, loss_sum = time.perf_counter(), step, 0.0
         interval_time, interval_step = start_time, step
         while step < steps:
             batch = objectives.training_batch(
                 run.objective, run.task.train, settings["batch_size"], run.seed, step
             )
+            if run.adversary is not None:
+                if step % run.adversary.refit_every == 0 and step > 0:
+                    probe = run.adversary.refit(params)
+                batch["adversary_probe"] = probe
+                batch["adversary_batch"] = run.adversary.validation_batch(run.seed, step)
             params, opt_state, model_state, loss = train_step(params, opt_state, model_state, batch)
             loss_sum += loss  # Stays on device: no host sync except when logging.
             step += 1
@@ -535,7 +606,7 @@ def pretrain(
                 )
                 loss_sum, interval_time, interval_step = 0.0, now, step
             if step in run.saved_steps:
-                checkpoint(step, params, opt_state, model_state)
+                checkpoint(step, params, opt_state, model_state, probe)
         saved = sorted(manager.all_steps())
 
     summary = {

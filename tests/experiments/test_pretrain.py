@@ -116,6 +116,15 @@ def test_resuming_from_an_earlier_checkpoint_reproduces_the_run(finished_run, tm
     assert comparable(resumed) == comparable(original)
 
 
+def test_a_relative_workdir_is_resolved(finished_run, tmp_path, monkeypatch):
+    # Users write `--workdir=runs/x`; Orbax itself accepts only absolute paths.
+    config, reference, first = finished_run
+    monkeypatch.chdir(tmp_path)
+    again = train.pretrain(config, "relative_run")
+    _assert_trees_equal(again.params, first.params)
+    assert train.checkpoint_steps("relative_run") == train.checkpoint_steps(reference)
+
+
 def test_a_finished_run_is_not_recomputed(finished_run, tmp_path):
     config, workdir, first = _copy_of(finished_run, tmp_path)
     metrics = (workdir / train.METRICS_FILE).read_text()

@@ -1,0 +1,91 @@
+"""The language setting of Liu et al. (2023): masked-LM pretraining on a random PCFG.
+
+A BERT-style pre-LayerNorm transformer (`text_transformer`) is pretrained with the
+single-position masked-LM loss on the `pretrain` sentences of the default grammar (31
+non-terminals, 100 words, lengths 4-16; `experiments.data.pcfg_tfds`). The pretraining loss is
+reported as the exact gap to the Bayes-optimal loss on the `evaluation` split
+(`experiments.language.masked_lm_gap`, logged as `loss_gap` at every checkpoint).
+
+The study's three interventions, each an axis of `sweep`:
+  * continued training: checkpoints at log-spaced steps, at a constant learning rate after a
+    short warmup. On the default grammar the loss leaves the unigram plateau (gap about 1.8 nats)
+    after a few hundred steps and is still falling slowly at 4,000 steps (gap about 1.0 nat for
+    width 32, `docs/pcfg_results.md`), so "past convergence" needs longer runs
+    (`--config.pretrain.steps`) than the 15-minute CPU study affords;
+  * model size: `sweep.widths` x `sweep.depths` (`num_heads` heads each);
+  * training algorithm (`sweep.objectives`): `"adamw"`, the plain masked-LM loss with AdamW, and
+    `"adversarial"`, the masked-LM loss minus `adversary_weight` times the validation error of a
+    linear probe of task C refitted every `adversary_refit_every` steps (the choices of lambda = 1
+    and 25 steps are argued in `experiments.language`). The adversarial run is compared at the
+    checkpoint whose gap first matches the standard run's final gap (`language.matching_step`).
+
+  python -m experiments.pretrain --config=experiments/configs/pcfg.py --workdir=runs/pcfg \\
+      [--config.pretrain.objective=adversarial] [--config.model.width=32]
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The PCFG masked-LM config: a 2-layer width-32 transformer, 4,000 AdamW steps."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "pcfg"
+    config.data.data_dir = config_dict.placeholder(str)  # None: the TFDS default data dir.
+    config.data.pcfg_config = "default"  # Or "tiny" (tests).
+
+    config.model = ml_collections.ConfigDict()
+    config.model.family = "text_transformer"
+    config.model.width = 32
+    config.model.depth = 2
+    config.model.num_heads = 4
+    config.model.mlp_ratio = 4
+
+    config.pretrain = ml_collections.ConfigDict()
+    config.pretrain.objective = "adamw"  # adamw | adversarial: the training algorithm.
+    config.pretrain.optimizer = "adamw"
+    config.pretrain.learning_rate = 3e-3
+    config.pretrain.weight_decay = 0.01
+    # Constant after a short warmup: training on past convergence must keep moving the parameters
+    # (a decayed rate would freeze them and hide the implicit bias that the study looks for).
+    config.pretrain.schedule = "warmup_constant"
+    config.pretrain.warmup_steps = 100
+    config.pretrain.batch_size = 64
+    config.pretrain.steps = 4000
+    config.pretrain.checkpoint_steps = (100, 300, 1000, 2000, 4000)
+    config.pretrain.log_every = 100
+    # The adversarial algorithm (`experiments.language`); ignored by "adamw".
+    config.pretrain.adversary_weight = 1.0
+    config.pretrain.adversary_refit_every = 25
+    config.pretrain.adversary_task = "c"
+    config.pretrain.adversary_batch_size = 64
+    config.pretrain.adversary_ridge = 1e-2
+
+    # The study: every objective x width x depth x seed is pretrained with the settings above.
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.setting = "pcfg"
+    config.sweep.objectives = ("adamw", "adversarial")
+    config.sweep.widths = (16, 32)
+    config.sweep.depths = (2,)
+    config.sweep.seeds = (0,)
+
+    # Hessian statistics on a fixed subset of the pretraining sentences
+    # (`experiments.language_measures`).
+    config.hessian = ml_collections.ConfigDict()
+    config.hessian.seed = 0
+    config.hessian.num_batches = 4
+    config.hessian.batch_size = 128
+    config.hessian.rtol = 0.05
+    config.hessian.max_matvecs = 32
+    config.hessian.trace_method = "hutchinson"
+    config.hessian.fisher_samples = 16
+
+    # Linear probes of tasks A/B/C on the frozen encoder's span features.
+    config.finetune = ml_collections.ConfigDict()
+    config.finetune.tasks = ("a", "b", "c")
+    config.finetune.probe_l2 = 1e-3
+    config.finetune.probe_steps = 25  # L-BFGS steps; the fit is convex and converges in a few.
+    return config

@@ -1,0 +1,246 @@
+"""Flatness and transfer of masked-LM checkpoints: Hessian and Fisher traces, linear probes.
+
+  python -m experiments.language_measures --workdir=RUN [--workdir=RUN2 ...] [--output=FILE.md]
+
+For each checkpoint of each `experiments.pretrain` workdir of the language setting
+(`configs/pcfg.py`), `measure` computes:
+
+  * `pretrain_loss_gap` (+ `_stderr`): the exact gap to the Bayes-optimal masked-LM loss on the
+    evaluation split (`language.masked_lm_gap`);
+  * `trace` (+ `_stderr`, `matvecs`): the Hessian trace of the evaluation-mode masked-LM loss
+    (`config.pretrain` masking, no adversary term) averaged over a fixed subset of the pretraining
+    sentences, with their masked positions fixed too (`config.hessian.num_batches x batch_size`),
+    by `hessjax.trace_until` on `hessjax.dataset_hvp_fn` at relative error `rtol`;
+  * `fisher_trace` (+ `_stderr`): the Fisher-sampling estimate of the same trace (Liu et al.,
+    2023) on the same sentences: labels drawn from the model's own prediction at the masked
+    position (`hessjax.fisher_trace` with the masked positions as weights). The two agree in
+    expectation where the model is well specified and at its optimum;
+  * `linear_probe_acc/<task>`: test accuracy of a multinomial logistic regression
+    (`transfer.fit_linear_head`) on the frozen encoder's features averaged over the task's span
+    (`language.span_features`), fitted on `task_<task>_train`, scored on `task_<task>_test`.
+
+The same subset and the same probe keys serve every checkpoint (common random numbers), so
+differences between checkpoints are not probe noise. The binary prints one markdown table row per
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from absl import app, flags
+
+import hessjax
+from experiments import config_utils, language, models, objectives, train, transfer
+from experiments.config_utils import Field
+
+HESSIAN_SCHEMA = {
+    "seed": Field(int, 0),  # Of the sentence subset, its masks and every probe.
+    "num_batches": Field(int, 4),
+    "batch_size": Field(int, 128),
+    "rtol": Field(float, 0.05),
+    "max_matvecs": Field(int, 32),
+    "trace_method": Field(str, "hutchinson"),
+    "fisher_samples": Field(int, 16),
+}
+PROBE_SCHEMA = {
+    "tasks": Field((tuple, list), ("a", "b", "c")),  # A list after the config's JSON round trip.
+    "probe_l2": Field(float, 1e-3),
+    "probe_steps": Field(int, 25),
+}
+TABLE_COLUMNS = {
+    "objective": "algorithm",
+    "width": "width",
+    "depth": "depth",
+    "step": "step",
+    "pretrain_loss_gap": "loss gap (nats)",
+    "trace": "Hessian trace",
+    "fisher_trace": "Fisher trace",
+}
+
+
+def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `config.hessian` and `config.finetune` knobs this module reads, with defaults."""
+    sections = {"hessian": HESSIAN_SCHEMA, "finetune": PROBE_SCHEMA}
+    settings = {}
+    for section, schema in sections.items():
+        values = config.get(section, ml_collections.ConfigDict())
+        settings.update(config_utils.read_fields(values, schema, f"config.{section}"))
+    return settings
+
+
+def _masked_lm_logits(run: train.Run) -> Any:
+    """`logits_fn(params, batch) -> (logits, weights)`: every position's logits, the masked ones
+    weighted; one function object per model, so every checkpoint reuses its compilation."""
+
+    def build() -> Any:
+        def logits_fn(params: models.Params, batch: dict[str, jax.Array]) -> Any:
+            logits, _ = models.apply_model(run.model, params, {}, batch["inputs"], train=False)
+            return logits, jax.nn.one_hot(batch["positions"], logits.shape[1])
+
+        return logits_fn
+
+    return transfer.shared_function(("masked_lm_logits", run.model), build)
+
+
+def curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -> dict[str, float]:
+    """The Hessian trace and the Fisher-sampling trace of the masked-LM loss (module docstring).
+
+    Args:
+      run: the pretraining run of the language setting.
+      params: the parameters to measure.
+      settings: `read_settings(config)`.
+
+    Returns:
+      `trace`, `trace_stderr`, `matvecs`, `fisher_trace`, `fisher_trace_stderr`,
+      `fisher_samples`, `seconds_hessian`.
+    """
+    start = time.perf_counter()
+    trace_key, fisher_key = jax.random.split(jax.random.key(settings["seed"]))
+    batches = objectives.stacked_batches(
+        run.objective,
+        run.task.train,
+        batch_size=settings["batch_size"],
+        num_batches=settings["num_batches"],
+        seed=settings["seed"],
+    )
+    loss_fn = transfer.eval_loss(run.model, run.objective, transfer.pretraining_key(run), {})
+    matvec = hessjax.dataset_hvp_fn(loss_fn, params, batches)
+    trace = hessjax.trace_until(
+        matvec,
+        params,
+        trace_key,
+        rtol=settings["rtol"],
+        max_matvecs=settings["max_matvecs"],
+        method=settings["trace_method"],
+    )
+    flat = {name: batches[name].reshape(-1, *batches[name].shape[2:]) for name in batches}
+    fisher = hessjax.fisher_trace(
+        _masked_lm_logits(run), params, flat, fisher_key, num_samples=settings["fisher_samples"]
+    )
+    return {
+        "trace": float(trace.value),
+        "trace_stderr": float(trace.stderr),
+        "matvecs": int(trace.num_matvecs),
+        "fisher_trace": float(fisher.value),
+        "fisher_trace_stderr": float(fisher.stderr),
+        "fisher_samples": int(fisher.num_matvecs),
+        "seconds_hessian": time.perf_counter() - start,
+    }
+
+
+def linear_probe_accuracies(
+    run: train.Run, params: models.Params, settings: dict[str, Any]
+) -> dict[str, float]:
+    """Test accuracy of a logistic-regression probe of each downstream task (module docstring).
+
+    Args:
+      run: the pretraining run of the language setting.
+      params: the parameters whose encoder is probed.
+      settings: `read_settings(config)`.
+
+    Returns:
+      `linear_probe_acc/<task>` for each of `config.finetune.tasks`.
+    """
+    splits = run.task.splits
+    # One compiled encoder per model, shared by every checkpoint.
+    encode = transfer.shared_function(
+        ("span_features", run.model),
+        lambda: jax.jit(
+            lambda p, tokens, spans: language.span_features(run.model, p, tokens, spans)
+        ),
+    )
+    accuracies = {}
+    for task in settings["tasks"]:
+        train_split, test_split = splits[f"task_{task}_train"], splits[f"task_{task}_test"]
+        train_features = encode(params, train_split["tokens"], train_split["span"])
+        head = transfer.fit_linear_head(
+            train_features,
+            train_split["label"],
+            run.task.grammar.num_labels,
+            l2=settings["probe_l2"],
+            steps=settings["probe_steps"],
+        )
+        test_features = encode(params, test_split["tokens"], test_split["span"])
+        accuracies[f"linear_probe_acc/{task}"] = head.accuracy(test_features, test_split["label"])
+    return accuracies
+
+
+def measure(run: train.Run, params: models.Params, settings: dict[str, Any]) -> dict[str, Any]:
+    """Every statistic of the module docstring for one set of parameters."""
+    gap = language.masked_lm_gap(run.model, params, run.task)
+    return {
+        "pretrain_loss_gap": gap.value,
+        "pretrain_loss_gap_stderr": gap.stderr,
+        **curvature(run, params, settings),
+        **linear_probe_accuracies(run, params, settings),
+    }
+
+
+def measure_run(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """`measure` of every checkpoint of the language run in `workdir`, with its configuration.
+
+    Returns:
+      One dict per checkpoint, ascending by step: `objective`, `width`, `depth`, `num_heads`,
+      `step` and the statistics.
+    """
+    run = train.load_run(workdir)
+    if not isinstance(run.task, language.LanguageTask):
+        raise config_utils.ConfigError(
+            f"{workdir} is not a run of the language setting (config.data.name="
+            f"{run.config.data.name!r}, expected {language.DATASET!r})."
+        )
+    settings = read_settings(run.config)
+    identity = {
+        "objective": run.objective.name,
+        "width": run.config.model.width,
+        "depth": run.config.model.depth,
+        "num_heads": run.config.model.get("num_heads", ""),
+    }
+    rows = []
+    for step in train.checkpoint_steps(workdir):
+        params, _ = train.restore_params(workdir, step, run=run)
+        rows.append({**identity, "step": step, **measure(run, params, settings)})
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of `measure_run` as a markdown table (estimates as `value ± stderr`)."""
+    probes = sorted({name for row in rows for name in row if name.startswith("linear_probe_acc/")})
+    header = [*TABLE_COLUMNS.values(), *(f"probe {name.split('/')[1].upper()}" for name in probes)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = []
+        for name in TABLE_COLUMNS:
+            value = row[name]
+            if f"{name}_stderr" in row:
+                cells.append(f"{value:.4g} ± {row[f'{name}_stderr']:.2g}")
+            else:
+                cells.append(str(value))
+        cells += [f"{row[name]:.3f}" for name in probes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Workdirs of language pretraining runs.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this file.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    rows = [row for workdir in _WORKDIRS.value for row in measure_run(workdir)]
+    table = markdown_table(rows)
+    print(table)
+    if _OUTPUT.value:
+        pathlib.Path(_OUTPUT.value).write_text(table)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

@@ -1,0 +1,182 @@
+"""Tests of the language setting: masked-LM pretraining on the tiny PCFG, its exact gap, the
+adversarial algorithm, and the curvature and probe measurements of its checkpoints."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import language, language_measures, objectives, train
+from experiments.configs import pcfg as pcfg_config
+from experiments.data import pcfg
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY_OVERRIDES = {
+    "data.pcfg_config": "tiny",
+    "model.width": 16,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.mlp_ratio": 2,
+    "pretrain.batch_size": 16,
+    "pretrain.warmup_steps": 2,
+    "pretrain.steps": 6,
+    "pretrain.checkpoint_steps": (0, 3),
+    "pretrain.log_every": 3,
+    "pretrain.adversary_refit_every": 2,
+    "pretrain.adversary_batch_size": 8,
+    "hessian.num_batches": 2,
+    "hessian.batch_size": 8,
+    "hessian.max_matvecs": 8,
+    "hessian.fisher_samples": 4,
+    "finetune.probe_steps": 10,
+}
+
+
+@pytest.fixture(scope="session")
+def pcfg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A TFDS data dir holding the prepared tiny PCFG dataset."""
+    data_dir = str(tmp_path_factory.mktemp("tfds_pcfg"))
+    language.source_task(
+        ml_collections.ConfigDict({"name": "pcfg", "data_dir": data_dir, "pcfg_config": "tiny"})
+    )
+    return data_dir
+
+
+@pytest.fixture
+def tiny_config(pcfg_data_dir: str) -> ml_collections.ConfigDict:
+    """`configs/pcfg.py` shrunk to the tiny grammar and a few steps."""
+    config = pcfg_config.get_config()
+    config.data.data_dir = pcfg_data_dir
+    for path, value in TINY_OVERRIDES.items():
+        section, name = path.split(".")
+        config[section][name] = value
+    return config
+
+
+def test_masked_lm_loss_is_finite_and_decreases(tiny_config):
+    tiny_config.pretrain.learning_rate = 1e-2
+    run = train.build_run(tiny_config)
+    params, model_state = run.init()
+    opt_state = run.optimizer.init(params)
+    probe = objectives.training_batch(run.objective, run.task.train, 64, seed=99, step=0)
+    assert (probe["inputs"] == run.task.grammar.mask_id).sum(axis=1).tolist() == [1] * 64
+    eval_loss = jax.jit(run.eval_loss(model_state))
+    initial = float(eval_loss(params, probe))
+    train_step = train.make_train_step(run)
+    for step in range(30):
+        batch = objectives.training_batch(run.objective, run.task.train, 64, run.seed, step)
+        params, opt_state, model_state, loss = train_step(params, opt_state, model_state, batch)
+        assert np.isfinite(float(loss))
+    final = float(eval_loss(params, probe))
+    assert np.isfinite(initial) and final < 0.9 * initial, (initial, final)
+
+
+def test_gap_uses_the_true_conditionals_and_is_nonnegative(tiny_config):
+    run = train.build_run(tiny_config)
+    task = run.task
+    tokens, lengths = task.test.tokens, task.test.lengths
+    positions = np.random.default_rng(0).integers(0, lengths)
+    expected = pcfg.masked_conditionals(task.grammar, tokens, lengths, positions)
+    np.testing.assert_allclose(task.true_conditionals[np.arange(len(lengths)), positions], expected)
+
+    params, _ = run.init()
+    gap = language.masked_lm_gap(run.model, params, task)
+    assert gap.value >= -1e-6 and gap.stderr > 0
+    # The exact gap plus the optimum is the model's expected loss: compare it with the loss of
+    # the observed words, every position masked in turn.
+    log_probs = np.asarray(
+        language.every_position_masked(run.model, params, tokens, task.test.mask_id)
+    )
+    observed = -np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+    inside = np.arange(tokens.shape[1]) < lengths[:, None]
+    per_sentence = np.where(inside, observed, 0).sum(axis=1) / lengths
+    noise = per_sentence.std() / np.sqrt(len(lengths))
+    assert abs(per_sentence.mean() - (gap.value + task.optimal_loss.value)) < 4 * noise
+    oracle = np.log(np.maximum(task.true_conditionals, 1e-300))
+    assert abs(pcfg.masked_lm_gap(task.true_conditionals, oracle, lengths).value) < 1e-9
+
+
+def test_adversary_refits_on_schedule_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):
+    tiny_config.pretrain.objective = "adversarial"
+    refits = []
+    make_adversary = language.make_adversary
+
+    def counting(*args):
+        adversary = make_adversary(*args)
+
+        def refit(params):
+            # `pretrain` also traces `refit` abstractly, for the probe's shapes when resuming.
+            leaf = jax.tree_util.tree_leaves(params)[0]
+            refits.extend([] if isinstance(leaf, jax.core.Tracer) else [1])
+            return adversary.refit(params)
+
+        return adversary._replace(refit=refit)
+
+    monkeypatch.setattr(language, "make_adversary", counting)
+    result = train.pretrain(tiny_config, tmp_path / "full")
+    # At the start, then at steps 2 and 4 of 6 (every 2 steps); none after the last step.
+    assert len(refits) == 3
+    assert result.checkpoint_steps == [0, 3, 6]
+    records = [json.loads(line) for line in (tmp_path / "full" / train.METRICS_FILE).open()]
+    assert all(np.isfinite(r["loss_gap"]) for r in records if "test_loss" in r)
+
+    # Killed after step 3 (its probe is in that checkpoint) and resumed: the same parameters.
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / train.CHECKPOINT_DIR / "6")
+    resumed = train.pretrain(tiny_config, tmp_path / "resumed")
+    assert len(refits) == 4  # Step 4 only.
+    for a, b in zip(
+        jax.tree_util.tree_leaves(resumed.params),
+        jax.tree_util.tree_leaves(result.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_binary_pretrains_the_pcfg_config_with_overrides(pcfg_data_dir, tmp_path):
+    overrides = [
+        f"--config.{path}={','.join(map(str, value)) if isinstance(value, tuple) else value}"
+        for path, value in TINY_OVERRIDES.items()
+        if path.split(".")[0] in ("data", "model", "pretrain")
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.pretrain",
+        "--config=experiments/configs/pcfg.py",
+        f"--workdir={tmp_path}",
+        f"--config.data.data_dir={pcfg_data_dir}",
+        *overrides,
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert train.checkpoint_steps(tmp_path) == [0, 3, 6]
+    gaps = [json.loads(line).get("loss_gap") for line in (tmp_path / train.METRICS_FILE).open()]
+    assert len([gap for gap in gaps if gap is not None]) == 3
+
+
+def test_curvature_and_probes_are_finite_with_stderr(tiny_config):
+    run = train.build_run(tiny_config)
+    params, _ = run.init()
+    settings = language_measures.read_settings(tiny_config)
+    result = language_measures.measure(run, params, settings)
+    for name in ("trace", "fisher_trace", "pretrain_loss_gap"):
+        assert np.isfinite(result[name]) and result[f"{name}_stderr"] > 0, (name, result)
+    assert result["fisher_trace"] > 0 and 2 <= result["matvecs"] <= 8
+    accuracies = [result[f"linear_probe_acc/{task}"] for task in ("a", "b", "c")]
+    assert all(0 <= accuracy <= 1 for accuracy in accuracies)
+    table = language_measures.markdown_table(
+        [{**result, "objective": "adamw", "width": 16, "depth": 1, "step": 0}]
+    )
+    assert table.count("\n") == 3 and "±" in table
+
+
+def test_matching_step_picks_the_first_checkpoint_at_the_target():
+    assert language.matching_step({10: 0.5, 100: 0.1, 1000: 0.05}, 0.2) == 100
+    assert language.matching_step({10: 0.5, 100: 0.3}, 0.2) == 100
