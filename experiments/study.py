@@ -300,12 +300,18 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     )
     workdir.mkdir(parents=True, exist_ok=True)
     logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
-    results = jobs.run_jobs(workdir, study, record_failures=True)
+    # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.
+    results = jobs.run_jobs(workdir, study, record_failures=True, retry_failed=True)
     failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
-    if failed:
-        logging.warning("%d jobs did not finish: %s", len(failed), ", ".join(failed))
     write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
-    return report_lib.write_report(workdir, num_resamples=report_settings["num_resamples"])
+    report = report_lib.write_report(workdir, num_resamples=report_settings["num_resamples"])
+    if failed:
+        first = results[failed[0]]
+        raise transfer.StudyIncompleteError(
+            f"{len(failed)} of {len(study)} jobs did not finish (first: {failed[0]}: "
+            f"{first.error or 'a dependency failed'}). {RESULTS_FILE} and {report.name} cover the "
+            f"others; each failure is recorded under {workdir / 'jobs'}; rerun to retry them.")
+    return report
 
 
 if __name__ == "__main__":

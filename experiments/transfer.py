@@ -47,6 +47,10 @@ class _ReadOnlyNoticeFilter(logging_lib.Filter):
 _READ_ONLY_NOTICE_FILTER = _ReadOnlyNoticeFilter()
 
 
+class StudyIncompleteError(RuntimeError):
+    """Some jobs of a study failed; its results and report cover the others."""
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose parameters do not fit the model of the run's config."""
 
@@ -282,6 +286,7 @@ USER_ERRORS = (
     config_utils.ConfigError,
     FileNotFoundError,  # No run in the workdir, no checkpoint, a dataset not prepared.
     CheckpointMismatchError,
+    StudyIncompleteError,
     tfds_data.UnknownDatasetError,
     train.WorkdirConfigMismatchError,
 )

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from experiments import finetune, hessian, jobs, study
+from experiments import finetune, hessian, jobs, study, transfer
 from experiments.configs import smoke
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -138,7 +138,9 @@ def test_failures_and_nans_are_isolated_and_explained(
 
     monkeypatch.setattr(hessian, "measure_checkpoint", diverged)
     monkeypatch.setattr(finetune, "finetune_checkpoint", broken)
-    study.run_study(_config(digits_data_dir), workdir)
+    with pytest.raises(transfer.StudyIncompleteError,
+                       match=r"1 of \d+ jobs did not finish .*finetune.*out of memory"):
+        study.run_study(_config(digits_data_dir), workdir)
     rows = {(r["objective"], r["step"]): r for r in _read_csv(workdir / study.RESULTS_FILE)}
     assert rows["cross_entropy", "5"]["trace"] == "nan"
     assert rows["cross_entropy", "5"]["nan_reason"] == "trace: loss diverged"
