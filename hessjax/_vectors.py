@@ -186,14 +186,9 @@ class Moments(NamedTuple):
         return Moments(count, mean, m2)
 
     @classmethod
-    def reduce(cls, stacked: Moments) -> Moments:
-        """Merges moments stacked along axis 0 (the output of ``lax.map`` over chunks)."""
-        count = jnp.sum(stacked.count)
-        weights = (stacked.count / count).reshape((-1,) + (1,) * (stacked.mean.ndim - 1))
-        mean = jnp.sum(weights * stacked.mean, axis=0)
-        m2 = jnp.sum(stacked.m2, axis=0) + jnp.sum(
-            weights * count * jnp.square(stacked.mean - mean), axis=0)
-        return Moments(count, mean, m2)
+    def zeros(cls, shape: tuple[int, ...], dtype: Any) -> Moments:
+        """The moments of no samples: merging them into others changes nothing."""
+        return cls(jnp.zeros((), dtype), jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
     def stderr(self) -> Array:
         """Standard error of the mean, from the unbiased sample variance."""
@@ -201,27 +196,24 @@ class Moments(NamedTuple):
         return jnp.sqrt(variance / self.count)
 
 
-def accumulate(chunk_moments: Callable[[Any, int], Moments], total: int, chunk_size: int,
-               eager: bool) -> Moments:
+def accumulate(chunk_moments: Callable[[Any, int, Moments], Moments], total: int, chunk_size: int,
+               eager: bool, initial: Moments) -> Moments:
     """Moments over ``total`` samples computed ``chunk_size`` at a time.
 
-    ``chunk_moments(start, count)`` returns the moments of samples ``start .. start + count - 1``.
-    Eagerly the chunks run as a Python loop (each chunk one compiled kernel); under a trace, full chunks
-    run through ``lax.map`` and the remainder once more.
+    ``chunk_moments(start, count, previous)`` merges the moments of samples ``start .. start + count - 1``
+    into ``previous``, so that each chunk is one compiled call (one dispatch). Eagerly the chunks run as a
+    Python loop; under a trace, full chunks run through ``lax.scan`` and the remainder once more.
     """
     if eager:
-        result = None
+        result = initial
         for start in range(0, total, chunk_size):
-            moments = chunk_moments(start, min(chunk_size, total - start))
-            result = moments if result is None else result.merge(moments)
+            result = chunk_moments(start, min(chunk_size, total - start), result)
         return result
     full, remainder = divmod(total, chunk_size)
-    result = None
+    result = initial
     if full:
-        stacked = jax.lax.map(lambda start: chunk_moments(start, chunk_size),
-                              jnp.arange(full) * chunk_size)
-        result = Moments.reduce(stacked)
+        result, _ = jax.lax.scan(lambda moments, start: (chunk_moments(start, chunk_size, moments), None),
+                                 result, jnp.arange(full) * chunk_size)
     if remainder:
-        moments = chunk_moments(full * chunk_size, remainder)
-        result = moments if result is None else result.merge(moments)
+        result = chunk_moments(full * chunk_size, remainder, result)
     return result

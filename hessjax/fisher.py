@@ -54,10 +54,11 @@ def _squared_score_norm(logits_fn: _ByIdentity, params: Any, inputs: Any, key: A
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "count"))
-def _score_moments(logits_fn: _ByIdentity, params: Any, inputs: Any, key: Array, start: Any, *,
-                   count: int) -> Moments:
+def _score_moments(logits_fn: _ByIdentity, params: Any, inputs: Any, key: Array, start: Any,
+                   previous: Moments, *, count: int) -> Moments:
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
-    return Moments.of(jax.vmap(lambda k: _squared_score_norm(logits_fn, params, inputs, k))(keys))
+    return previous.merge(
+        Moments.of(jax.vmap(lambda k: _squared_score_norm(logits_fn, params, inputs, k))(keys)))
 
 
 def fisher_trace(logits_fn: Callable[[Any, Any], Any], params: Any, inputs: Any, key: Array, *,
@@ -101,9 +102,11 @@ def fisher_trace(logits_fn: Callable[[Any, Any], Any], params: Any, inputs: Any,
     num = _checks.check_int(num_samples, "num_samples", minimum=2, why=" for an error bar")
     _check_outputs(logits_fn, params, inputs)
     static = _ByIdentity(logits_fn)
-    kernel = lambda start, count: _score_moments(static, params, inputs, key, start, count=count)
+    kernel = lambda start, count, previous: _score_moments(static, params, inputs, key, start,
+                                                           previous, count=count)
     eager = not _checks.is_tracing(params, inputs, key)
-    moments = accumulate(kernel, num, _chunk(chunk_size, num), eager)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
+    moments = accumulate(kernel, num, _chunk(chunk_size, num), eager, Moments.zeros((), dtype))
     estimate = TraceEstimate(moments.mean, moments.stderr(), jnp.asarray(num))
     if eager:
         _checks.check_finite("the Fisher trace", estimate.value, estimate.stderr)

@@ -118,17 +118,29 @@ def _per_block(layout: Layout, rows: Array, images: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "count", "probe", "integrand"))
-def _probe_moments(matvec: Any, layout: Layout, key: Array, start: Any, *, count: int, probe: str,
-                   integrand: Callable[[Layout, Array, Array], Array]) -> Moments:
+def _probe_moments(matvec: Any, layout: Layout, key: Array, start: Any, previous: Moments, *,
+                   count: int, probe: str, integrand: Callable[[Layout, Array, Array], Array]) -> Moments:
     rows = draw_probes(key, start, count, layout, probe)
-    return Moments.of(integrand(layout, rows, apply_rows(matvec, layout, rows)))
+    return previous.merge(Moments.of(integrand(layout, rows, apply_rows(matvec, layout, rows))))
+
+
+def _no_samples(layout: Layout, integrand: Callable[[Layout, Array, Array], Array]) -> Moments:
+    rows = jax.ShapeDtypeStruct((1, layout.size), layout.dtype)
+    sample = jax.eval_shape(functools.partial(integrand, layout), rows, rows)
+    return Moments.zeros(sample.shape[1:], sample.dtype)
+
+
+def _hutchinson_kernel(matvec: Any, layout: Layout, key: Array, probe: str,
+                       integrand: Callable[[Layout, Array, Array], Array]
+                       ) -> Callable[[Any, int, Moments], Moments]:
+    return lambda start, count, previous: _probe_moments(
+        matvec, layout, key, start, previous, count=count, probe=probe, integrand=integrand)
 
 
 def _hutchinson(matvec: Any, layout: Layout, key: Array, num: int, chunk: int, probe: str,
                 integrand: Callable[[Layout, Array, Array], Array], eager: bool) -> Moments:
-    kernel = lambda start, count: _probe_moments(matvec, layout, key, start, count=count,
-                                                 probe=probe, integrand=integrand)
-    return accumulate(kernel, num, chunk, eager)
+    return accumulate(_hutchinson_kernel(matvec, layout, key, probe, integrand), num, chunk, eager,
+                      _no_samples(layout, integrand))
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "count", "probe"))
@@ -344,15 +356,13 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
                                    min_matvecs)
     minimum = min(maximum, max(2 * chunk, 10) if min_matvecs is None else _checks.check_int(
         min_matvecs, "min_matvecs", minimum=2))
-    kernel = lambda start, count: _probe_moments(matvec, layout, key, start, count=count,
-                                                 probe=probe, integrand=_quadratic)
+    kernel = _hutchinson_kernel(matvec, layout, key, probe, _quadratic)
+    moments = _no_samples(layout, _quadratic)
     if eager:
-        moments = None
         spent = 0
         while spent < maximum:
             count = min(chunk, maximum - spent)
-            chunk_moments = kernel(spent, count)
-            moments = chunk_moments if moments is None else moments.merge(chunk_moments)
+            moments = kernel(spent, count, moments)
             spent += count
             if spent >= minimum and bool(_converged(moments, rtol)):
                 break
@@ -368,10 +378,10 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
 
     def next_chunk(state: tuple[Array, Moments]) -> tuple[Array, Moments]:
         index, moments = state
-        return index + 1, moments.merge(kernel(index * chunk, chunk))
+        return index + 1, kernel(index * chunk, chunk, moments)
 
-    first = kernel(0, chunk)
-    num_done, moments = jax.lax.while_loop(keep_going, next_chunk, (jnp.asarray(1), first))
+    num_done, moments = jax.lax.while_loop(keep_going, next_chunk,
+                                           (jnp.asarray(1), kernel(0, chunk, moments)))
     return TraceEstimate(moments.mean, moments.stderr(), num_done * chunk)
 
 
