@@ -182,6 +182,28 @@ def measure(run: train.Run, params: models.Params, settings: dict[str, Any]) -> 
     }
 
 
+def measure_checkpoint(
+    workdir: str | pathlib.Path, step: int, run: train.Run, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """`measure` of the checkpoint `step` of the language run in `workdir`, as plain numbers.
+
+    Args:
+      workdir: the `train.pretrain` workdir of the run.
+      step: a checkpoint step of it.
+      run: the run (`train.load_run(workdir)` or `transfer.open_run`).
+      settings: `read_settings(config)`.
+
+    Returns:
+      The statistics of `measure`, each a Python `int` or `float` (a job result of
+      `experiments.study`).
+    """
+    params, _ = train.restore_params(workdir, step, run=run)
+    return {
+        name: value if isinstance(value, int) else float(value)
+        for name, value in measure(run, params, settings).items()
+    }
+
+
 def measure_run(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     """`measure` of every checkpoint of the language run in `workdir`, with its configuration.
 
@@ -204,8 +226,7 @@ def measure_run(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     }
     rows = []
     for step in train.checkpoint_steps(workdir):
-        params, _ = train.restore_params(workdir, step, run=run)
-        rows.append({**identity, "step": step, **measure(run, params, settings)})
+        rows.append({**identity, "step": step, **measure_checkpoint(workdir, step, run, settings)})
     return rows
 
 
@@ -227,20 +248,24 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Workdirs of language pretraining runs.")
-_OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this file.")
+def _define_flags() -> None:
+    """The binary's flags, defined only when it runs: `experiments.study` imports this module
+    and defines its own `--workdir`."""
+    flags.DEFINE_multi_string("workdir", None, "Workdirs of language pretraining runs.")
+    flags.DEFINE_string("output", None, "Also write the table to this file.")
+    flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    rows = [row for workdir in _WORKDIRS.value for row in measure_run(workdir)]
+    rows = [row for workdir in flags.FLAGS.workdir for row in measure_run(workdir)]
     table = markdown_table(rows)
     print(table)
-    if _OUTPUT.value:
-        pathlib.Path(_OUTPUT.value).write_text(table)
+    if flags.FLAGS.output:
+        pathlib.Path(flags.FLAGS.output).write_text(table)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
+    _define_flags()
     app.run(main)

@@ -4,9 +4,14 @@
 
 The config's `sweep` section spans the configurations: every `objectives` x `widths` x `depths` x
 `seeds` combination of the `model.family` is pretrained (`runs/<model>/<objective>/seed<S>/` in
-`DIR`), and each of its checkpoints (the training-iterations axis:
-`pretrain.checkpoint_steps` and the last step) is measured by `experiments.hessian` (densities in
-`hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and scored by `experiments.finetune`.
+`DIR`), and each of its checkpoints (the training-iterations axis: `pretrain.checkpoint_steps`
+and the last step) is measured by the stages of its setting (`SETTINGS`, by `sweep.setting`):
+  * the image settings (digits, smoke): `experiments.hessian` (densities in
+    `hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and `experiments.finetune`;
+  * the language setting (`pcfg`): one `measure` job per checkpoint,
+    `experiments.language_measures.measure` (the exact loss gap, Hessian and Fisher traces, and a
+    linear probe per downstream task; `linear_probe_acc` is the mean over the tasks, each task's
+    accuracy is `linear_probe_<task>_acc`).
 Every piece is a job of `experiments.jobs` (`jobs/<stage>/<model>/<objective>/seed<S>[/step<N>]`),
 so a rerun skips what is finished and a killed study loses at most the job in flight. A failing
 job is recorded and its dependents skipped; the rest of the study goes on. Progress lines with an
@@ -21,12 +26,22 @@ import csv
 import dataclasses
 import json
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 from absl import logging
 
-from experiments import config_utils, finetune, hessian, jobs, report_lib, train, transfer
+from experiments import (
+    config_utils,
+    finetune,
+    hessian,
+    jobs,
+    language_measures,
+    report_lib,
+    train,
+    transfer,
+)
 from experiments.config_utils import Field, IntTuple
 
 SWEEP_SCHEMA = {
@@ -60,13 +75,8 @@ CONTRACT_COLUMNS = (
     "finetune_acc",
     "seconds_hessian",
 )
-# Job-result entries that are not table cells (lists, nested records, duplicates).
-_NOT_COLUMNS = ("top_eigenvalues", "pretrain_loss_subset")
-# What a failed job leaves NaN, with the failure as the reason.
-_STAGE_COLUMNS = {
-    "hessian": ("trace", "top_eigenvalue", "trace_downstream"),
-    "finetune": finetune.SCORES,
-}
+# Job-result entries that are not table cells (lists, nested records, duplicates, sample counts).
+_NOT_COLUMNS = ("top_eigenvalues", "pretrain_loss_subset", "fisher_samples")
 
 
 class EmptySweepError(config_utils.ConfigError):
@@ -154,12 +164,110 @@ def _pretrain_job(configuration: Configuration, workdir: pathlib.Path) -> dict[s
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One per-checkpoint stage of a setting: a job per checkpoint after its pretraining.
+
+    Attributes:
+      name: the stage, the first segment of its job ids (`<name>/<model>/<objective>/seed<S>/step<N>`).
+      read_settings: `config -> settings`, validated once per study.
+      measure: `(configuration, step, run, settings, workdir) -> job result` (table cells).
+      failure_columns: the cells left NaN, with the failure as the reason, when the job fails.
+    """
+
+    name: str
+    read_settings: Callable[[ml_collections.ConfigDict], Any]
+    measure: Callable[[Configuration, int, train.Run, Any, pathlib.Path], dict[str, Any]]
+    failure_columns: tuple[str, ...]
+
+    def job_id(self, configuration: Configuration, step: int) -> str:
+        """The id of its job of checkpoint `step` of `configuration`."""
+        return jobs.make_job_id(self.name, *configuration.parts, step=step)
+
+
+def _no_derived_cells(row: dict[str, Any]) -> None:
+    del row
+
+
+def _mean_probe_accuracy(row: dict[str, Any]) -> None:
+    """`linear_probe_acc` is the mean of the per-task probes, `linear_probe_<task>_acc`.
+
+    The per-task cells arrive as `linear_probe_acc/<task>` (`language_measures`) and are renamed
+    to end in `_acc`, so that the report treats each as a transfer score.
+    """
+    tasks = sorted(name for name in row if name.startswith("linear_probe_acc/"))
+    for name in tasks:
+        row[f"linear_probe_{name.split('/', 1)[1]}_acc"] = row.pop(name)
+    if tasks:
+        accuracies = [row[f"linear_probe_{name.split('/', 1)[1]}_acc"] for name in tasks]
+        row["linear_probe_acc"] = sum(accuracies) / len(accuracies)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What the study measures at each checkpoint of one setting (`config.sweep.setting`).
+
+    Attributes:
+      stages: the per-checkpoint stages, in the order their cells fill a row.
+      derive: completes a row in place after its stages' cells are in (e.g. summary columns).
+    """
+
+    stages: tuple[Stage, ...]
+    derive: Callable[[dict[str, Any]], None] = _no_derived_cells
+
+
+def _measure_language_checkpoint(
+    c: Configuration, step: int, run: train.Run, settings: dict[str, Any], workdir: pathlib.Path
+) -> dict[str, Any]:
+    return language_measures.measure_checkpoint(c.run_dir(workdir), step, run, settings)
+
+
+IMAGE_SETTING = Setting(
+    stages=(
+        Stage(
+            "hessian",
+            hessian.read_settings,
+            lambda c, step, run, settings, workdir: hessian.measure_checkpoint(
+                c.run_dir(workdir), step, run, settings, c.density_path(workdir, step)
+            ),
+            ("trace", "top_eigenvalue", "trace_downstream"),
+        ),
+        Stage(
+            "finetune",
+            finetune.read_settings,
+            lambda c, step, run, settings, workdir: finetune.finetune_checkpoint(
+                c.run_dir(workdir), step, run, settings
+            ),
+            finetune.SCORES,
+        ),
+    )
+)
+LANGUAGE_SETTING = Setting(
+    stages=(
+        Stage(
+            "measure",
+            language_measures.read_settings,
+            _measure_language_checkpoint,
+            ("pretrain_loss_gap", "trace", "fisher_trace", "linear_probe_acc"),
+        ),
+    ),
+    derive=_mean_probe_accuracy,
+)
+# `config.sweep.setting` -> its stages; any other setting is an image setting (digits, smoke).
+SETTINGS = {"pcfg": LANGUAGE_SETTING}
+
+
+def setting_of(config: ml_collections.ConfigDict) -> Setting:
+    """The stages of `config.sweep.setting`."""
+    return SETTINGS.get(config.sweep.setting, IMAGE_SETTING)
+
+
 def study_jobs(
     configs: list[Configuration], config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> list[jobs.Job]:
     """The jobs of the study: per configuration, pretraining, then each checkpoint's stages."""
-    hessian_settings = hessian.read_settings(config)
-    finetune_settings = finetune.read_settings(config)
+    stages = setting_of(config).stages
+    settings = {stage.name: stage.read_settings(config) for stage in stages}
     runs: dict[pathlib.Path, train.Run] = {}
 
     def run_of(configuration: Configuration) -> train.Run:
@@ -174,28 +282,16 @@ def study_jobs(
         pretrain_id = jobs.make_job_id("pretrain", *c.parts)
         result.append(jobs.Job(pretrain_id, lambda c=c: _pretrain_job(c, workdir)))
         for step in c.steps:
-            result.append(
-                jobs.Job(
-                    hessian.job_id(step, *c.parts),
-                    lambda c=c, step=step: hessian.measure_checkpoint(
-                        c.run_dir(workdir),
-                        step,
-                        run_of(c),
-                        hessian_settings,
-                        c.density_path(workdir, step),
-                    ),
-                    (pretrain_id,),
+            for stage in stages:
+                result.append(
+                    jobs.Job(
+                        stage.job_id(c, step),
+                        lambda c=c, step=step, stage=stage: stage.measure(
+                            c, step, run_of(c), settings[stage.name], workdir
+                        ),
+                        (pretrain_id,),
+                    )
                 )
-            )
-            result.append(
-                jobs.Job(
-                    finetune.job_id(step, *c.parts),
-                    lambda c=c, step=step: finetune.finetune_checkpoint(
-                        c.run_dir(workdir), step, run_of(c), finetune_settings
-                    ),
-                    (pretrain_id,),
-                )
-            )
     return result
 
 
@@ -206,15 +302,15 @@ def _test_losses(run_dir: pathlib.Path) -> dict[int, float]:
     return {r["step"]: r["test_loss"] for r in records if "test_loss" in r}
 
 
-def _cells(record: jobs.JobResult | None, stage: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _cells(record: jobs.JobResult | None, stage: Stage) -> tuple[dict[str, Any], dict[str, str]]:
     """The table cells of one stage's job, and the reasons of its NaN cells."""
     if record is None:
         return {}, {}
     if record.status != jobs.DONE:
         why = record.error or f"dependencies not done: {', '.join(record.failed_dependencies)}"
-        reason = f"{stage} job {record.status} ({why})"
-        return dict.fromkeys(_STAGE_COLUMNS[stage], float("nan")), dict.fromkeys(
-            _STAGE_COLUMNS[stage], reason
+        reason = f"{stage.name} job {record.status} ({why})"
+        return dict.fromkeys(stage.failure_columns, float("nan")), dict.fromkeys(
+            stage.failure_columns, reason
         )
     cells = {
         name: value
@@ -230,6 +326,7 @@ def result_rows(
 ) -> list[dict[str, Any]]:
     """One row per configuration and checkpoint, from the job results (see `CONTRACT_COLUMNS`)."""
     rows = []
+    setting = setting_of(configs[0].config) if configs else IMAGE_SETTING
     for c in configs:
         pretrained = results.get(jobs.make_job_id("pretrain", *c.parts))
         done = pretrained is not None and pretrained.status == jobs.DONE
@@ -245,16 +342,15 @@ def result_rows(
                 "seed": c.seed,
                 "step": step,
                 "pretrain_loss": losses.get(step),
-                "pretrain_loss_gap": None,  # No exact optimum is known for these tasks.
+                # Filled by a stage where the exact optimum is known (the language setting).
+                "pretrain_loss_gap": None,
             }
             reasons: dict[str, str] = {}
-            for stage, job_id in (
-                ("hessian", hessian.job_id(step, *c.parts)),
-                ("finetune", finetune.job_id(step, *c.parts)),
-            ):
-                cells, why = _cells(results.get(job_id), stage)
+            for stage in setting.stages:
+                cells, why = _cells(results.get(stage.job_id(c, step)), stage)
                 row.update(cells)
                 reasons.update(why)
+            setting.derive(row)
             # `;` separates the items of the column (see `report_lib`).
             row["nan_reason"] = "; ".join(
                 f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()

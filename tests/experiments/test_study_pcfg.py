@@ -1,0 +1,61 @@
+"""The study on the language setting end to end: pretraining, one `measure` job per checkpoint,
+results.csv with the contract columns, and the report (tiny grammar, a few steps)."""
+
+import csv
+
+import ml_collections
+import pytest
+
+from experiments import jobs, language, study
+from experiments.configs import pcfg as pcfg_config
+from tests.experiments.test_language import TINY_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def tiny_pcfg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    data_dir = str(tmp_path_factory.mktemp("tfds_pcfg_study"))
+    language.source_task(
+        ml_collections.ConfigDict({"name": "pcfg", "data_dir": data_dir, "pcfg_config": "tiny"})
+    )
+    return data_dir
+
+
+def _tiny_study_config(data_dir: str) -> ml_collections.ConfigDict:
+    config = pcfg_config.get_config()
+    config.data.data_dir = data_dir
+    for path, value in {**TINY_OVERRIDES, "pretrain.checkpoint_steps": ()}.items():
+        section, name = path.split(".")
+        config[section][name] = value
+    config.sweep.widths, config.sweep.depths = (16,), (1,)
+    config.report = ml_collections.ConfigDict({"num_resamples": 50})
+    return config
+
+
+def test_pcfg_study_measures_every_checkpoint_and_reports(tiny_pcfg_data_dir, tmp_path):
+    report = study.run_study(_tiny_study_config(tiny_pcfg_data_dir), tmp_path)
+    assert report.exists() and report.name == "report.md"
+    with open(tmp_path / study.RESULTS_FILE, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0])[: len(study.CONTRACT_COLUMNS)] == list(study.CONTRACT_COLUMNS)
+    assert list(rows[0])[-1] == "nan_reason"
+    # 2 algorithms x 1 model x 1 seed x 1 checkpoint (the last step).
+    assert [(r["objective"], int(r["step"])) for r in rows] == [
+        (objective, step) for objective in ("adamw", "adversarial") for step in (6,)
+    ]
+    for row in rows:
+        assert row["setting"] == "pcfg" and row["model"] == "text_transformer_w16_d1"
+        assert int(row["num_params"]) > 0 and float(row["pretrain_loss"]) > 0
+        assert float(row["pretrain_loss_gap"]) >= 0 and float(row["pretrain_loss_gap_stderr"]) > 0
+        assert float(row["trace_stderr"]) > 0 and 2 <= int(row["matvecs"]) <= 8
+        assert float(row["fisher_trace"]) > 0 and float(row["seconds_hessian"]) > 0
+        probes = [float(row[f"linear_probe_{task}_acc"]) for task in ("a", "b", "c")]
+        assert all(0 <= accuracy <= 1 for accuracy in probes)
+        assert float(row["linear_probe_acc"]) == pytest.approx(sum(probes) / 3)
+        # Not computed in the language setting: empty, not invented.
+        for name in ("top_eigenvalue", "trace_downstream", "finetune_acc"):
+            assert row[name] == "", name
+        assert row["nan_reason"] == ""
+        assert "fisher_samples" not in row and "linear_probe_acc/a" not in row
+    # The language setting's stage replaces the image stages, one job per checkpoint.
+    stages = {job_id.split("/")[0] for job_id in jobs.read_results(tmp_path)}
+    assert stages == {"pretrain", "measure"}
