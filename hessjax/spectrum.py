@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from hessjax import _checks
 from hessjax._vectors import Layout, apply_block, apply_rows, check_probe, draw_probes
-from hessjax.trace import prepare
+from hessjax.trace import draw, prepare
 
 Array = jax.Array
 Matvec = Callable[[Any], Any]
@@ -129,9 +129,8 @@ def _check_steps(num_steps: Any, layout: Layout) -> int:
     return num_steps
 
 
-@functools.partial(jax.jit, static_argnames=("count", "layout", "probe"))
 def _start(key: Array, count: int, layout: Layout, probe: str = "rademacher") -> Array:
-    return draw_probes(jax.random.fold_in(key, 0), 0, count, layout, probe)
+    return draw(jax.random.fold_in(key, 0), layout, count, probe)
 
 
 def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> tuple[Array, Array]:

@@ -144,7 +144,8 @@ def _hutchinson(matvec: Any, layout: Layout, key: Array, num: int, chunk: int, p
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "count", "probe"))
-def _draw(key: Array, layout: Layout, count: int, probe: str) -> Array:
+def draw(key: Array, layout: Layout, count: int, probe: str) -> Array:
+    """Probes ``0 .. count - 1`` of ``key`` as rows, in one compiled call."""
     return draw_probes(key, 0, count, layout, probe)
 
 
@@ -169,10 +170,10 @@ def _hutch_plus_plus_estimate(basis: Array, basis_images: Array, residual_probes
 def _hutch_plus_plus(matvec: Any, layout: Layout, key: Array, k: int, chunk: int, probe: str,
                      eager: bool) -> TraceEstimate:
     sketch_key, probe_key = jax.random.split(key)
-    sketch = apply_block(matvec, layout, _draw(sketch_key, layout, k, probe), chunk, eager)
+    sketch = apply_block(matvec, layout, draw(sketch_key, layout, k, probe), chunk, eager)
     basis = _orthonormal_rows(sketch)
     basis_images = apply_block(matvec, layout, basis, chunk, eager)
-    residual_probes = _deflate(_draw(probe_key, layout, k, probe), basis)
+    residual_probes = _deflate(draw(probe_key, layout, k, probe), basis)
     residual_images = apply_block(matvec, layout, residual_probes, chunk, eager)
     value, stderr = _hutch_plus_plus_estimate(basis, basis_images, residual_probes, residual_images)
     return TraceEstimate(value, stderr, jnp.asarray(3 * k))
@@ -211,7 +212,7 @@ def _xtrace_estimate(omega: Array, q: Array, r: Array, q_images: Array) -> tuple
 
 def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: str,
             eager: bool) -> TraceEstimate:
-    omega = _draw(key, layout, s, probe)
+    omega = draw(key, layout, s, probe)
     q, r = _qr(apply_block(matvec, layout, omega, chunk, eager))
     value, stderr = _xtrace_estimate(omega, q, r, apply_block(matvec, layout, q.T, chunk, eager))
     return TraceEstimate(value, stderr, jnp.asarray(2 * s))
