@@ -44,43 +44,69 @@ def _orthogonalize(vectors: Array, basis: Array, mask: Array) -> Array:
     return vectors
 
 
-def _lanczos_step(matvec: Any, layout: Layout, key: Array, state: LanczosState,
-                  step: Array) -> LanczosState:
-    basis, alphas, betas = state
-    num_steps = basis.shape[1]
+def _image(matvec: Any, layout: Layout, basis: Array, step: Array) -> tuple[Array, Array]:
+    """``A v`` for the current Lanczos vectors ``v = basis[:, step]``, and ``alpha = v^T A v``."""
     current = basis[:, step]
     image = apply_rows(matvec, layout, current)
-    alpha = jnp.sum(current * image, axis=-1)
+    return image, jnp.sum(current * image, axis=-1)
+
+
+def _extend(state: LanczosState, image: Array, alpha: Array, step: Array) -> tuple[LanczosState, Array]:
+    """Orthogonalizes ``image`` against the basis and writes it as the next Lanczos vector.
+
+    Returns the new state and, per row, whether the recurrence broke down (``beta ~ 0``: an invariant
+    subspace was found). Rows that broke down get ``beta = 0`` and a meaningless next vector, which
+    `_restart` replaces. No branch here touches the basis, so XLA updates it in place when the
+    caller donates the state (a ``lax.cond`` that captures the basis made it copy the whole basis,
+    twice per step: 15x the cost of the step on an 85k-parameter MLP).
+    """
+    basis, alphas, betas = state
+    num_steps = basis.shape[1]
     mask = (jnp.arange(num_steps) <= step).astype(basis.dtype)
     residual = _orthogonalize(image, basis, mask)
     beta = jnp.linalg.norm(residual, axis=-1)
-    # An invariant subspace was found (beta ~ 0): continue from a random vector orthogonal to the basis.
-    # T stays the projection of A on the basis, with a zero off-diagonal entry at the restart.
     scale = jnp.linalg.norm(image, axis=-1)
     breakdown = beta <= 100 * jnp.finfo(basis.dtype).eps * jnp.maximum(scale, jnp.finfo(
         basis.dtype).tiny)
-
-    def restart_vectors() -> Array:
-        vectors = _orthogonalize(
-            draw_probes(jax.random.fold_in(key, step), 0, basis.shape[0], layout, "gaussian"),
-            basis, mask)
-        return vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
-
-    # Breakdowns are rare: build restart vectors (two more passes over the basis) only then.
-    restart = jax.lax.cond(jnp.any(breakdown), restart_vectors, lambda: jnp.zeros_like(residual))
-    following = jnp.where(breakdown[:, None], restart,
-                          residual / jnp.where(breakdown, 1, beta)[:, None])
+    following = residual / jnp.where(breakdown, 1, beta)[:, None]
     beta = jnp.where(breakdown, 0, beta)
     following_index = jnp.minimum(step + 1, num_steps - 1)
     following = jnp.where(step + 1 < num_steps, following, basis[:, following_index])
     basis = basis.at[:, following_index].set(following)
-    return LanczosState(basis, alphas.at[:, step].set(alpha), betas.at[:, step].set(beta))
+    state = LanczosState(basis, alphas.at[:, step].set(alpha), betas.at[:, step].set(beta))
+    return state, breakdown & (step + 1 < num_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("layout",), donate_argnames=("state",))
-def _lanczos_step_jit(matvec: Any, layout: Layout, key: Array, state: LanczosState,
-                      step: Array) -> LanczosState:
-    return _lanczos_step(matvec, layout, key, state, step)
+def _restart(layout: Layout, key: Array, state: LanczosState, breakdown: Array,
+             step: Array) -> LanczosState:
+    """Continues the rows that broke down from a random vector orthogonal to their basis.
+
+    ``T`` stays the projection of ``A`` on the basis, with the zero off-diagonal entry ``_extend``
+    wrote at the restart.
+    """
+    basis = state.basis
+    num_steps = basis.shape[1]
+    mask = (jnp.arange(num_steps) <= step).astype(basis.dtype)
+    vectors = _orthogonalize(
+        draw_probes(jax.random.fold_in(key, step), 0, basis.shape[0], layout, "gaussian"), basis, mask)
+    vectors = vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
+    following_index = jnp.minimum(step + 1, num_steps - 1)
+    vectors = jnp.where(breakdown[:, None], vectors, basis[:, following_index])
+    return state._replace(basis=basis.at[:, following_index].set(vectors))
+
+
+def _lanczos_step(matvec: Any, layout: Layout, key: Array, state: LanczosState,
+                  step: Array) -> LanczosState:
+    """One step inside a traced loop: the restart is a ``lax.cond`` (rare, so rarely taken)."""
+    image, alpha = _image(matvec, layout, state.basis, step)
+    state, breakdown = _extend(state, image, alpha, step)
+    return jax.lax.cond(jnp.any(breakdown), lambda s: _restart(layout, key, s, breakdown, step),
+                        lambda s: s, state)
+
+
+_image_jit = jax.jit(_image, static_argnames=("layout",))
+_extend_jit = jax.jit(_extend, donate_argnames=("state",))
+_restart_jit = jax.jit(_restart, static_argnames=("layout",), donate_argnames=("state",))
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))
@@ -98,10 +124,16 @@ def _run_lanczos(matvec: Any, layout: Layout, key: Array, starts: Array, num_ste
     state = _lanczos_init(starts, num_steps)
     restart_key = jax.random.fold_in(key, 1)
     if eager:
-        # A Python loop of one compiled step: XLA:CPU runs convolutions inside loop bodies many times
-        # slower than at top level (see BUILD.md).
+        # A Python loop of compiled pieces: XLA:CPU runs convolutions inside loop bodies many times
+        # slower than at top level (see BUILD.md). The product and the basis update are separate
+        # programs so that the update, with the state donated, writes the basis in place; the host
+        # reads the breakdown flags (a few bytes) and runs the restart only when one occurred.
         for step in range(num_steps):
-            state = _lanczos_step_jit(matvec, layout, restart_key, state, jnp.asarray(step))
+            step = jnp.asarray(step)
+            image, alpha = _image_jit(matvec, layout, state.basis, step)
+            state, breakdown = _extend_jit(state, image, alpha, step)
+            if bool(jnp.any(breakdown)):
+                state = _restart_jit(layout, restart_key, state, breakdown, step)
         return state
     return jax.lax.fori_loop(
         0, num_steps, lambda step, s: _lanczos_step(matvec, layout, restart_key, s, step), state)

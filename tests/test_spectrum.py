@@ -23,6 +23,18 @@ def test_full_lanczos_reproduces_the_spectrum(x64):
                                atol=1e-10)
 
 
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "jit"])
+def test_full_lanczos_restarts_after_breakdown_and_recovers_multiplicities(x64, compiled):
+    # Three distinct eigenvalues: the Krylov space of one start has dimension 3, so the recurrence
+    # breaks down at step 3 and twice more before step 12; each restart must continue orthogonally.
+    spectrum = np.repeat([-2.0, 1.0, 4.0], 4)
+    matrix = toy.matrix_with_spectrum(spectrum, seed=5)
+    run = lambda key: hessjax.lanczos(toy.matvec_of(matrix), jnp.zeros(12), key, num_steps=12)
+    alphas, betas = (jax.jit(run) if compiled else run)(jax.random.key(1))
+    assert np.sum(np.asarray(betas) == 0) >= 2  # the restarts happened, and wrote beta = 0
+    np.testing.assert_allclose(np.linalg.eigvalsh(_tridiagonal(alphas, betas)), spectrum, atol=1e-9)
+
 def test_top_eigenvalues_match_eigh_on_a_network_hessian(x64):
     params = toy.mlp_params(jax.random.key(0), sizes=(5, 8, 3))
     batch = toy.classification_batch(jax.random.key(1), n=32)
