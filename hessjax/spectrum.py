@@ -44,9 +44,8 @@ def _orthogonalize(vectors: Array, basis: Array, mask: Array) -> Array:
     return vectors
 
 
-def _image(matvec: Any, layout: Layout, basis: Array, step: Array) -> tuple[Array, Array]:
-    """``A v`` for the current Lanczos vectors ``v = basis[:, step]``, and ``alpha = v^T A v``."""
-    current = basis[:, step]
+def _image(matvec: Any, layout: Layout, current: Array) -> tuple[Array, Array]:
+    """``A v`` for the current Lanczos vectors ``v`` (one per row), and ``alpha = v^T A v``."""
     image = apply_rows(matvec, layout, current)
     return image, jnp.sum(current * image, axis=-1)
 
@@ -98,13 +97,16 @@ def _restart(layout: Layout, key: Array, state: LanczosState, breakdown: Array,
 def _lanczos_step(matvec: Any, layout: Layout, key: Array, state: LanczosState,
                   step: Array) -> LanczosState:
     """One step inside a traced loop: the restart is a ``lax.cond`` (rare, so rarely taken)."""
-    image, alpha = _image(matvec, layout, state.basis, step)
+    image, alpha = _image(matvec, layout, state.basis[:, step])
     state, breakdown = _extend(state, image, alpha, step)
     return jax.lax.cond(jnp.any(breakdown), lambda s: _restart(layout, key, s, breakdown, step),
                         lambda s: s, state)
 
 
+# The product does not see the basis, so its program (the expensive compile) does not depend on
+# `num_steps` and is shared by every Lanczos run with the same matvec and number of starts.
 _image_jit = jax.jit(_image, static_argnames=("layout",))
+_row = jax.jit(lambda basis, step: basis[:, step])
 _extend_jit = jax.jit(_extend, donate_argnames=("state",))
 _restart_jit = jax.jit(_restart, static_argnames=("layout",), donate_argnames=("state",))
 
@@ -130,7 +132,7 @@ def _run_lanczos(matvec: Any, layout: Layout, key: Array, starts: Array, num_ste
         # reads the breakdown flags (a few bytes) and runs the restart only when one occurred.
         for step in range(num_steps):
             step = jnp.asarray(step)
-            image, alpha = _image_jit(matvec, layout, state.basis, step)
+            image, alpha = _image_jit(matvec, layout, _row(state.basis, step))
             state, breakdown = _extend_jit(state, image, alpha, step)
             if bool(jnp.any(breakdown)):
                 state = _restart_jit(layout, restart_key, state, breakdown, step)
