@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import config_utils, jobs, models, objectives, train, transfer
+from experiments import config_utils, jobs, models, multihost, objectives, train, transfer
 from experiments.config_utils import Field, IntTuple
 from experiments.data import tasks
 
@@ -90,7 +90,9 @@ def variant(task: str, k_shot: int) -> str:
 def _target_task(data_json: str, name: str, k_shot: int, seed: int) -> tasks.Task:
     # Cached: every checkpoint of every run reads the same target tasks.
     data = ml_collections.ConfigDict(json.loads(data_json))
-    return tasks.target_task(data, name, k_shot=k_shot or None, seed=seed)
+    return multihost.primary_first(
+        lambda: tasks.target_task(data, name, k_shot=k_shot or None, seed=seed), "target data prepared"
+    )
 
 
 def linear_probe(

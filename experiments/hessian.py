@@ -21,7 +21,8 @@ checkpoint: common random numbers, so differences between checkpoints are not pr
 
 Each checkpoint is one job of `experiments.jobs` (`RUN/jobs/hessian/step<N>.json`), so a rerun
 skips finished checkpoints. A statistic that is not finite (a diverged checkpoint) is NaN in the
-result with its reason in `nan_reason`; the other statistics and checkpoints go on.
+result with its reason in `nan_reason`; the other statistics and checkpoints go on. On several
+devices or hosts the subset is split across all devices for every estimate (`experiments.multihost`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import ml_collections
 import numpy as np
 
 import hessjax
-from experiments import config_utils, jobs, models, objectives, train, transfer
+from experiments import config_utils, jobs, models, multihost, objectives, train, transfer
 from experiments.config_utils import Field
 from experiments.data import tasks
 
@@ -89,6 +90,7 @@ def _subset(
 ) -> dict[str, np.ndarray]:
     """The fixed examples of every checkpoint: the first batches of the `seed`'s data order."""
     batch_size = min(settings["batch_size"], dataset.num_examples)
+    multihost.check_batch_size(batch_size, "config.hessian.batch_size")
     num_batches = min(settings["num_batches"], dataset.num_examples // batch_size)
     return objectives.stacked_batches(
         objective, dataset, batch_size=batch_size, num_batches=num_batches, seed=settings["seed"]
@@ -152,7 +154,7 @@ def _pretraining_statistics(
     summary = hessjax.hessian_summary(
         loss_fn,
         params,
-        batches,
+        multihost.shard_examples(batches, batch_axis=1),
         key,
         rtol=settings["rtol"],
         max_matvecs=settings["max_matvecs"],
@@ -190,7 +192,7 @@ def _pretraining_statistics(
     density = summary["density"]
     if density is not None:
         statistics["density_negative_mass"] = float(density.cdf(0.0))
-        if density_path is not None:
+        if density_path is not None and multihost.is_primary():
             density_path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(
                 density_path, nodes=np.asarray(density.nodes), weights=np.asarray(density.weights)
@@ -206,7 +208,7 @@ def _downstream_trace(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     name = settings["downstream_task"] or tasks.target_task_names(run.config.data)[0]
-    task = tasks.target_task(run.config.data, name)
+    task = multihost.primary_first(lambda: tasks.target_task(run.config.data, name), "target data prepared")
     objective = transfer.downstream_objective()
     batches = _subset(objective, task.train, settings)
     features = transfer.encode(run.model, params, model_state, _flat(batches["inputs"]))
@@ -219,11 +221,13 @@ def _downstream_trace(
     )
     model = transfer.downstream_model(run, task.num_classes)
     loss_fn = transfer.eval_loss(model, objective, "downstream", model_state)
-    downstream_params = transfer.with_head(params, head)
+    downstream_params = multihost.replicate(transfer.with_head(params, head))
 
     def measure() -> dict[str, Any]:
         estimate = hessjax.trace_until(
-            hessjax.dataset_hvp_fn(loss_fn, downstream_params, batches),
+            hessjax.dataset_hvp_fn(
+                loss_fn, downstream_params, multihost.shard_examples(batches, batch_axis=1)
+            ),
             downstream_params,
             key,
             rtol=settings["rtol"],
@@ -253,8 +257,9 @@ def _fisher_trace(
     logits_fn = transfer.eval_logits(run.model, model_state)
 
     def measure() -> dict[str, Any]:
+        inputs = multihost.shard_examples(_flat(batches["inputs"]))
         estimate = hessjax.fisher_trace(
-            logits_fn, params, _flat(batches["inputs"]), key, num_samples=settings["fisher_samples"]
+            logits_fn, params, inputs, key, num_samples=settings["fisher_samples"]
         )
         return {
             "fisher_trace": float(estimate.value),
@@ -290,6 +295,7 @@ def measure(
       a `nan_reason` mapping for the NaN ones.
     """
     start = time.perf_counter()
+    params, model_state = multihost.replicate((params, model_state))
     key = jax.random.key(settings["seed"])
     pretraining_key, downstream_key, fisher_key = jax.random.split(key, 3)
     batches = _subset(run.objective, run.task.train, settings)

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from experiments import multihost
+
 JOBS_DIRNAME = "jobs"
 DONE = "done"
 FAILED = "failed"
@@ -223,12 +225,18 @@ def _to_payload(record: JobResult) -> dict[str, Any]:
     return payload
 
 
+def _serialize(record: JobResult) -> str:
+    """The text of ``record``'s result file."""
+    return json.dumps(_to_payload(record), indent=2, sort_keys=True, allow_nan=False)
+
+
 def write_result(workdir: str | os.PathLike[str], record: JobResult) -> pathlib.Path:
     """Writes ``record`` to its result file atomically.
 
     The JSON text is produced first, then written to a temporary file in the same directory and
     moved into place with ``os.replace``: a reader (or a rerun after a crash) sees either no file or
-    the whole file.
+    the whole file. On several processes (``experiments.multihost``) only the primary one writes;
+    the others check that the record can be stored.
 
     Args:
         workdir: the study's working directory.
@@ -241,7 +249,9 @@ def write_result(workdir: str | os.PathLike[str], record: JobResult) -> pathlib.
         TypeError: when the result is not JSON-serialisable (nothing is written).
     """
     path = result_path(workdir, record.job_id)
-    text = json.dumps(_to_payload(record), indent=2, sort_keys=True, allow_nan=False)
+    text = _serialize(record)
+    if not multihost.is_primary():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -269,6 +279,11 @@ def _from_payload(payload: Mapping[str, Any]) -> JobResult:
         traceback=payload.get("traceback"),
         failed_dependencies=tuple(payload.get("failed_dependencies", ())),
     )
+
+
+def _as_stored(record: JobResult) -> JobResult:
+    """``record`` as :func:`read_result` reads it back from its file (NaNs restored)."""
+    return _from_payload(json.loads(_serialize(record)))
 
 
 def read_result(workdir: str | os.PathLike[str], job_id: str) -> JobResult | None:
@@ -390,6 +405,10 @@ def run_jobs(
         else:
             records[job.job_id] = stored
     log(f"{len(jobs)} jobs: {len(records)} already finished, {len(pending)} to run")
+    # On several processes every one runs every job (their computations are collective), so all
+    # must find the same jobs finished; this is also where all have read the workdir before the
+    # primary process writes to it.
+    multihost.agree("\n".join(job.job_id for job in pending), f"the jobs still to run in {workdir}")
 
     index_of = {job.job_id: index for index, job in enumerate(jobs, start=1)}
     durations: list[float] = []
@@ -420,8 +439,9 @@ def run_jobs(
             durations.append(record.seconds)
         if record.status != DONE:
             write_result(workdir, record)
-        # Re-read so that this call returns exactly what a rerun would (NaNs restored).
-        records[job.job_id] = read_result(workdir, job.job_id)
+        # Exactly what a rerun would read (NaNs restored); not read from the file, which on
+        # several processes only the primary one writes.
+        records[job.job_id] = _as_stored(record)
         remaining = len(pending) - count
         eta = format_seconds(float(np.mean(durations)) * remaining) if durations else "unknown"
         log(

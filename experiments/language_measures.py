@@ -36,7 +36,7 @@ import ml_collections
 from absl import app, flags
 
 import hessjax
-from experiments import config_utils, language, models, objectives, train, transfer
+from experiments import config_utils, language, models, multihost, objectives, train, transfer
 from experiments.config_utils import Field
 
 HESSIAN_SCHEMA = {
@@ -259,8 +259,12 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # On several hosts every process measures (replicated, not split) and only the primary writes.
+    multihost.initialize()
     rows = [row for workdir in flags.FLAGS.workdir for row in measure_run(workdir)]
     table = markdown_table(rows)
+    if not multihost.is_primary():
+        return
     print(table)
     if flags.FLAGS.output:
         pathlib.Path(flags.FLAGS.output).write_text(table)

@@ -3,7 +3,8 @@
   python -m experiments.pretrain --config=experiments/configs/digits.py --workdir=runs/digits \
       [--config.pretrain.steps=500] [--overwrite]
 
-Rerun with the same workdir to resume; see `experiments.train` for what the workdir holds.
+Rerun with the same workdir to resume; see `experiments.train` for what the workdir holds. On
+several hosts, run the same command on each with the `HESSJAX_*` environment (`experiments.multihost`).
 """
 
 import sys
@@ -11,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import config_utils, train
+from experiments import config_utils, multihost, train
 from experiments.data import tfds_data
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -33,6 +34,7 @@ _USER_ERRORS = (
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    multihost.initialize()
     try:
         train.pretrain(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
     except _USER_ERRORS as error:

@@ -3,6 +3,8 @@
 Usage::
 
   python -m experiments.report --workdir=DIR [--num_resamples=1000] [--statistics=trace,...]
+
+Started on several hosts (the `HESSJAX_*` environment), only the primary process writes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
-from experiments import report_lib
+from experiments import multihost, report_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's working directory.", required=True)
 _STATISTICS = flags.DEFINE_list(
@@ -29,6 +31,9 @@ _DENSITY_PATTERN = flags.DEFINE_string(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    multihost.initialize()
+    if not multihost.is_primary():
+        return
     try:
         report = report_lib.write_report(
             _WORKDIR.value,

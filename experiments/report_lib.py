@@ -57,6 +57,7 @@ TRACE_STATISTICS = ("trace", "trace_downstream", "fisher_trace", "trace_per_para
 NAN_REASON_COLUMN = "nan_reason"
 
 DEFAULT_DENSITY_PATTERN = "hessian/{model}/{objective}/seed{seed}/step{step}/density.npz"
+REPORT_FILE = "report.md"
 
 
 def column_role(name: str) -> str:
@@ -999,6 +1000,6 @@ def write_report(
     lines += _ranking_section(correlations, scores, SWEEP_AXES)
     lines += _questions_section(table, correlations, scores, bootstrap)
     lines += ["## Plots", "", *(f"![{p.stem}](plots/{p.name})" for p in plots), ""]
-    report = workdir / "report.md"
+    report = workdir / REPORT_FILE
     report.write_text("\n".join(lines))
     return report

@@ -38,6 +38,7 @@ from experiments import (
     hessian,
     jobs,
     language_measures,
+    multihost,
     report_lib,
     train,
     transfer,
@@ -399,8 +400,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.
     results = jobs.run_jobs(workdir, study, record_failures=True, retry_failed=True)
     failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
-    write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
-    report = report_lib.write_report(workdir, num_resamples=report_settings["num_resamples"])
+    if multihost.is_primary():  # On several hosts, the one process that writes files.
+        write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
+        report_lib.write_report(workdir, num_resamples=report_settings["num_resamples"])
+    report = workdir / report_lib.REPORT_FILE
     if failed:
         first = results[failed[0]]
         raise transfer.StudyIncompleteError(

@@ -26,6 +26,7 @@ config), `checkpoint_steps(workdir)` and `restore_params(workdir, step)`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging as logging_lib
 import pathlib
@@ -42,7 +43,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from experiments import config_utils, language, models, objectives
+from experiments import config_utils, language, models, multihost, objectives
 from experiments.config_utils import Field, IntTuple
 from experiments.data import tasks
 
@@ -238,7 +239,9 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     optimizer, schedule = make_optimizer(settings)
     # Checks the model config before loading any data (the vocabulary size comes with the data).
     models.build_model(config.model, 1, input_vocab_size=1)
-    task = language.source_task(config.data) if is_language else tasks.source_task(config.data)
+    source = language.source_task if is_language else tasks.source_task
+    # The first load prepares an embedded dataset into the data dir: one process at a time.
+    task = multihost.primary_first(lambda: source(config.data), "source data prepared")
     if settings["batch_size"] > task.train.num_examples:
         raise config_utils.ConfigError(
             f"config.pretrain.batch_size={settings['batch_size']} exceeds the "
@@ -295,7 +298,10 @@ def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
 
 
 def _abstract(tree: Any) -> Any:
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if multihost.data_parallel():
+        sharding = multihost.replicated_sharding()
+    else:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree_util.tree_map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), tree
     )
@@ -355,9 +361,10 @@ def _check_workdir(
 ) -> None:
     config_path = workdir / CONFIG_FILE
     if overwrite:
-        shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
-        for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE):
-            (workdir / name).unlink(missing_ok=True)
+        if multihost.is_primary():
+            shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+            for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE):
+                (workdir / name).unlink(missing_ok=True)
         return
     if not config_path.exists():
         if (workdir / CHECKPOINT_DIR).exists():
@@ -386,10 +393,13 @@ def _check_workdir(
 
 class _MetricsLog:
     """Appends JSON lines to the metrics file, dropping lines that a killed run wrote past the
-    checkpoint it is resumed from, so that the file reads like one uninterrupted run."""
+    checkpoint it is resumed from, so that the file reads like one uninterrupted run. Only the
+    primary process writes; on the others it does nothing."""
 
     def __init__(self, path: pathlib.Path, resume_step: int):
-        self._path = path
+        self._path = path if multihost.is_primary() else None
+        if self._path is None:
+            return
         kept = []
         if path.exists():
             kept = [
@@ -400,6 +410,8 @@ class _MetricsLog:
         path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._path is None:
+            return
         with self._path.open("a") as file:
             file.write(json.dumps(record) + "\n")
 
@@ -415,10 +427,14 @@ def make_train_step(run: Run) -> Callable[..., Any]:
       loss)`, where `batch` is a prepared batch (`objectives.training_batch`; with an adversary,
       also its current probe and validation batch under `"adversary_probe"` and
       `"adversary_batch"`) and `loss` is the training-mode loss before the update, the
-      adversary's penalty included.
+      adversary's penalty included. On several devices (`multihost.data_parallel`) the outputs
+      are replicated on every device, whatever the placement of the batch.
     """
+    # Data parallel, the gradients of a split batch are all-reduced; pinning the outputs keeps
+    # the state replicated from step to step (one compilation) and readable on every process.
+    placement = {"out_shardings": multihost.replicated_sharding()} if multihost.data_parallel() else {}
 
-    @jax.jit
+    @functools.partial(jax.jit, **placement)
     def train_step(params, opt_state, model_state, batch):
         def loss_of(params):
             outputs, new_state = models.apply_model(
@@ -484,17 +500,27 @@ def pretrain(
     Returns:
       The `PretrainResult`. Calling `pretrain` again on a finished run only restores it.
 
+    On several devices or hosts (`experiments.multihost`) every process calls it with the same
+    arguments and a shared `workdir`: training is data parallel (each step's batch split across
+    all devices, the state replicated), the primary process writes the files and Orbax the
+    checkpoints; when it returns, the workdir is complete for every process.
+
     Raises:
       WorkdirConfigMismatchError: `workdir` holds a run of a different config (the message
         lists the differing fields) and `overwrite` is False.
-      ConfigError, UnknownDatasetError, DatasetNotPreparedError: see `build_run`.
+      ConfigError, UnknownDatasetError, DatasetNotPreparedError: see `build_run`; also a
+        `config.pretrain.batch_size` that the devices do not divide.
     """
     logging.get_absl_handler().addFilter(_ORBAX_INFO_FILTER)  # Adding it again is a no-op.
     run = build_run(config)
+    multihost.check_batch_size(run.settings["batch_size"], "config.pretrain.batch_size")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir(workdir, config, overwrite)
-    (workdir / CONFIG_FILE).write_text(config.to_json(indent=2, sort_keys=True) + "\n")
+    # Every process has read the workdir before the primary one changes it.
+    multihost.barrier("pretrain: workdir checked")
+    if multihost.is_primary():
+        (workdir / CONFIG_FILE).write_text(config.to_json(indent=2, sort_keys=True) + "\n")
 
     settings, steps = run.settings, run.settings["steps"]
     with _manager(workdir) as manager:
@@ -522,9 +548,11 @@ def pretrain(
             )
             logging.info("Resuming %s from the checkpoint at step %d.", workdir, latest)
         else:
-            params, model_state = run.init()
-            opt_state = run.optimizer.init(params)
-            probe = run.adversary.refit(params) if run.adversary else None
+            # Every process initializes the same values from the seed; replicated, they are one
+            # global state (restored checkpoints come back replicated, see `_abstract`).
+            params, model_state = multihost.replicate(run.init())
+            opt_state = multihost.replicate(run.optimizer.init(params))
+            probe = multihost.replicate(run.adversary.refit(params)) if run.adversary else None
         size = models.num_params(params)
         logging.info(
             "Pretraining %s with %s on %s: %d parameters (encoder %d), %d steps, in %s.",
@@ -536,6 +564,13 @@ def pretrain(
             steps,
             workdir,
         )
+        if multihost.data_parallel():
+            logging.info(
+                "Data parallel: each batch of %d examples is split across %d devices of %d processes.",
+                settings["batch_size"],
+                jax.device_count(),
+                jax.process_count(),
+            )
         step = latest or 0
         metrics = _MetricsLog(workdir / METRICS_FILE, step)
         checkpoint_metrics = _checkpoint_metrics(run)
@@ -570,8 +605,10 @@ def pretrain(
         start_time, start_step, loss_sum = time.perf_counter(), step, 0.0
         interval_time, interval_step = start_time, step
         while step < steps:
-            batch = objectives.training_batch(
-                run.objective, run.task.train, settings["batch_size"], run.seed, step
+            batch = multihost.shard_examples(
+                objectives.training_batch(
+                    run.objective, run.task.train, settings["batch_size"], run.seed, step
+                )
             )
             if run.adversary is not None:
                 if step % run.adversary.refit_every == 0 and step > 0:
@@ -617,5 +654,7 @@ def pretrain(
         "seconds_this_session": time.perf_counter() - start_time,
         "steps_this_session": steps - start_step,
     }
-    (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if multihost.is_primary():
+        (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    multihost.barrier("pretrain: finished")
     return PretrainResult(params, model_state, size, saved)

@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 from ml_collections import config_flags
 from scipy import optimize, special
 
-from experiments import config_utils, models, objectives, train
+from experiments import config_utils, models, multihost, objectives, train
 from experiments.data import tfds_data
 
 # The loss of a categorical classifier, whatever the pretraining objective was.
@@ -299,6 +299,7 @@ def run_binary(
     """The absl main of a stage binary: `--workdir`, `--config` (+ overrides), one call.
 
     The flags are defined here, not at import, so that the stage modules can be imported together.
+    Multi-host JAX starts first when the environment asks for it (`multihost.initialize`).
 
     Args:
       stage: `stage(workdir, config)`, e.g. `hessian.measure_run`.
@@ -315,6 +316,7 @@ def run_binary(
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        multihost.initialize()
         try:
             stage(workdir.value, config.value)
         except USER_ERRORS as error:

@@ -1,8 +1,6 @@
 """Two processes on localhost, joined by jax.distributed, compute the trace of one process."""
 
 import json
-import socket
-import subprocess
 
 import jax
 import numpy as np
@@ -15,38 +13,14 @@ NUM_PROCESSES = 2
 TIMEOUT_SECONDS = 180
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _run_processes() -> list[dict]:
-    port = _free_loopback_port()
-    address = f"127.0.0.1:{port}"
-    processes = [
-        subprocess.Popen(
-            _subprocess.command("_multihost_worker.py"), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-            env=_subprocess.environment(
-                2, HESSJAX_COORDINATOR=address, HESSJAX_NUM_PROCESSES=str(NUM_PROCESSES),
-                HESSJAX_PROCESS_ID=str(index),
-                # JAX's coordinator listens on every interface unless told otherwise.
-                JAX_COORDINATOR_BIND_ADDRESS=address))
-        for index in range(NUM_PROCESSES)]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=TIMEOUT_SECONDS))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for process, (_, stderr) in zip(processes, outputs):
+    completed = _subprocess.run_processes(_subprocess.command("_multihost_worker.py"),
+                                          num_processes=NUM_PROCESSES, num_devices=2,
+                                          timeout=TIMEOUT_SECONDS)
+    for process in completed:
         if process.returncode:
-            pytest.fail(f"a process of the two-process run failed:\n{stderr[-4000:]}")
-    return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+            pytest.fail(f"a process of the two-process run failed:\n{process.stderr[-4000:]}")
+    return [json.loads(process.stdout.strip().splitlines()[-1]) for process in completed]
 
 
 def test_two_processes_compute_the_trace_of_one(x64):
