@@ -296,6 +296,17 @@ def test_tfds_builder_serves_the_splits(tmp_path):
     )
 
 
+def test_small_config_is_the_tiny_grammar_with_many_sentences():
+    # The grammar a tiny model can fit to 0.02 nats on a CPU (docs/pcfg_results.md); built lazily, so
+    # only its parameters are checked here.
+    configs = {c.name: c for c in pcfg_tfds.Pcfg.BUILDER_CONFIGS}
+    small, tiny = configs["small"], configs["tiny"]
+    assert small.grammar == tiny.grammar and small.max_len == tiny.max_len == 8
+    assert small.num_pretrain == 100_000 > tiny.num_pretrain
+    grammar = pcfg.random_grammar(small.grammar)
+    assert grammar.emit.shape == (11, 20)
+
+
 def test_tfds_custom_configs_are_keyed_by_their_parameters(tmp_path):
     first = pcfg_tfds.PcfgConfig(data_seed=1, num_pretrain=10)
     second = pcfg_tfds.PcfgConfig(data_seed=2, num_pretrain=10)
