@@ -2,6 +2,9 @@
 
   python -m experiments.study --workdir=DIR [--config=experiments/configs/NAME.py]
 
+Without `--config` it runs `configs/pcfg.py`, the paper's language setting; `configs/digits.py`
+is the image setting, `configs/smoke.py` a two-minute check of the pipeline.
+
 The config's `sweep` section spans the configurations: every `objectives` x `widths` x `depths` x
 `seeds` combination of the `model.family` is pretrained (`runs/<model>/<objective>/seed<S>/` in
 `DIR`), and each of its checkpoints (the training-iterations axis: `pretrain.checkpoint_steps`
@@ -416,5 +419,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
 if __name__ == "__main__":
     transfer.run_binary(
         lambda workdir, config: run_study(config, workdir),
-        str(pathlib.Path(__file__).parent / "configs" / "digits.py"),
+        # The default study is the paper's language setting (`--config=experiments/configs/digits.py`
+        # for the image one).
+        str(pathlib.Path(__file__).parent / "configs" / "pcfg.py"),
     )
