@@ -11,13 +11,18 @@ For each checkpoint of each `experiments.pretrain` workdir of the language setti
     (`config.pretrain` masking, no adversary term) averaged over a fixed subset of the pretraining
     sentences, with their masked positions fixed too (`config.hessian.num_batches x batch_size`),
     by `hessjax.trace_until` on `hessjax.dataset_hvp_fn` at relative error `rtol`;
+  * `top_eigenvalue`: the largest Hessian eigenvalue of the same loss (`hessjax.top_eigenvalues`,
+    `lanczos_steps` Lanczos steps): what the trace summarizes away (critic 3);
   * `fisher_trace` (+ `_stderr`): the Fisher-sampling estimate of the same trace (Liu et al.,
     2023) on the same sentences: labels drawn from the model's own prediction at the masked
     position (`hessjax.fisher_trace` with the masked positions as weights). The two agree in
     expectation where the model is well specified and at its optimum;
   * `linear_probe_acc/<task>`: test accuracy of a multinomial logistic regression
     (`transfer.fit_linear_head`) on the frozen encoder's features averaged over the task's span
-    (`language.span_features`), fitted on `task_<task>_train`, scored on `task_<task>_test`.
+    (`language.span_features`), fitted on `task_<task>_train`, scored on `task_<task>_test`;
+  * `trace_downstream` (+ `_stderr`, `matvecs_downstream`): the Hessian trace, over every parameter
+    (encoder and probe), of the probe's cross-entropy on the first `downstream_examples` training
+    sentences of `downstream_task` — curvature measured without the pretraining data (critic 1).
 
 The same subset and the same probe keys serve every checkpoint (common random numbers), so
 differences between checkpoints are not probe noise. The binary prints one markdown table row per
@@ -32,7 +37,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import app, flags
 
 import hessjax
@@ -47,6 +54,9 @@ HESSIAN_SCHEMA = {
     "max_matvecs": Field(int, 32),
     "trace_method": Field(str, "hutchinson"),
     "fisher_samples": Field(int, 16),
+    "lanczos_steps": Field(int, 10),
+    "downstream_task": Field(str, "a"),
+    "downstream_examples": Field(int, 256),
 }
 PROBE_SCHEMA = {
     "tasks": Field((tuple, list), ("a", "b", "c")),  # A list after the config's JSON round trip.
@@ -60,7 +70,9 @@ TABLE_COLUMNS = {
     "step": "step",
     "pretrain_loss_gap": "loss gap (nats)",
     "trace": "Hessian trace",
+    "top_eigenvalue": "top eigenvalue",
     "fisher_trace": "Fisher trace",
+    "trace_downstream": "downstream trace",
 }
 
 
@@ -97,11 +109,11 @@ def curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -
       settings: `read_settings(config)`.
 
     Returns:
-      `trace`, `trace_stderr`, `matvecs`, `fisher_trace`, `fisher_trace_stderr`,
-      `fisher_samples`, `seconds_hessian`.
+      `trace`, `trace_stderr`, `matvecs`, `top_eigenvalue`, `fisher_trace`,
+      `fisher_trace_stderr`, `fisher_samples`, `seconds_hessian`.
     """
     start = time.perf_counter()
-    trace_key, fisher_key = jax.random.split(jax.random.key(settings["seed"]))
+    trace_key, fisher_key, eigen_key = jax.random.split(jax.random.key(settings["seed"]), 3)
     batches = objectives.stacked_batches(
         run.objective,
         run.task.train,
@@ -119,6 +131,7 @@ def curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -
         max_matvecs=settings["max_matvecs"],
         method=settings["trace_method"],
     )
+    eigen = hessjax.top_eigenvalues(matvec, params, eigen_key, k=1, num_steps=settings["lanczos_steps"])
     flat = {name: batches[name].reshape(-1, *batches[name].shape[2:]) for name in batches}
     fisher = hessjax.fisher_trace(
         _masked_lm_logits(run), params, flat, fisher_key, num_samples=settings["fisher_samples"]
@@ -127,11 +140,31 @@ def curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -
         "trace": float(trace.value),
         "trace_stderr": float(trace.stderr),
         "matvecs": int(trace.num_matvecs),
+        "top_eigenvalue": float(eigen.values[0]),
         "fisher_trace": float(fisher.value),
         "fisher_trace_stderr": float(fisher.stderr),
         "fisher_samples": int(fisher.num_matvecs),
         "seconds_hessian": time.perf_counter() - start,
     }
+
+
+def _span_encoder(run: train.Run) -> Any:
+    """The jitted span features of the run's model, one compiled function per model."""
+    return transfer.shared_function(
+        ("span_features", run.model),
+        lambda: jax.jit(lambda p, tokens, spans: language.span_features(run.model, p, tokens, spans)),
+    )
+
+
+def _probe(run: train.Run, params: models.Params, settings: dict[str, Any], task: str) -> transfer.LinearHead:
+    split = run.task.splits[f"task_{task}_train"]
+    return transfer.fit_linear_head(
+        _span_encoder(run)(params, split["tokens"], split["span"]),
+        split["label"],
+        run.task.grammar.num_labels,
+        l2=settings["probe_l2"],
+        steps=settings["probe_steps"],
+    )
 
 
 def linear_probe_accuracies(
@@ -147,28 +180,65 @@ def linear_probe_accuracies(
     Returns:
       `linear_probe_acc/<task>` for each of `config.finetune.tasks`.
     """
-    splits = run.task.splits
-    # One compiled encoder per model, shared by every checkpoint.
-    encode = transfer.shared_function(
-        ("span_features", run.model),
-        lambda: jax.jit(
-            lambda p, tokens, spans: language.span_features(run.model, p, tokens, spans)
-        ),
-    )
     accuracies = {}
     for task in settings["tasks"]:
-        train_split, test_split = splits[f"task_{task}_train"], splits[f"task_{task}_test"]
-        train_features = encode(params, train_split["tokens"], train_split["span"])
-        head = transfer.fit_linear_head(
-            train_features,
-            train_split["label"],
-            run.task.grammar.num_labels,
-            l2=settings["probe_l2"],
-            steps=settings["probe_steps"],
-        )
-        test_features = encode(params, test_split["tokens"], test_split["span"])
+        test_split = run.task.splits[f"task_{task}_test"]
+        test_features = _span_encoder(run)(params, test_split["tokens"], test_split["span"])
+        head = _probe(run, params, settings, task)
         accuracies[f"linear_probe_acc/{task}"] = head.accuracy(test_features, test_split["label"])
     return accuracies
+
+
+def _probe_loss(run: train.Run) -> Any:
+    """`loss(params, batch)`: the probe's mean cross-entropy on span features, one per model."""
+
+    def build() -> Any:
+        def loss(params: dict[str, Any], batch: dict[str, jax.Array]) -> jax.Array:
+            features = language.span_features(run.model, params["model"], batch["tokens"], batch["span"])
+            logits = features @ params["head"]["kernel"] + params["head"]["bias"]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+        return loss
+
+    return transfer.shared_function(("span_probe_loss", run.model), build)
+
+
+def downstream_curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -> dict[str, float]:
+    """The Hessian trace of a downstream task's probe loss over all parameters (module docstring).
+
+    The probe of `downstream_task` is fitted to the frozen features first (as for its accuracy);
+    then encoder and probe are perturbed together, on the task's first `downstream_examples`
+    training sentences, with the same probe key for every checkpoint.
+
+    Returns:
+      `trace_downstream`, `trace_downstream_stderr`, `matvecs_downstream`.
+    """
+    task = settings["downstream_task"]
+    config_utils.choose(task, dict.fromkeys(settings["tasks"]), "config.hessian.downstream_task")
+    split = run.task.splits[f"task_{task}_train"]
+    count = min(settings["downstream_examples"], len(split["label"]))
+    batch = {name: split[name][:count] for name in ("tokens", "span", "label")}
+    head = _probe(run, params, settings, task)
+    downstream_params = {
+        "model": params,
+        "head": {
+            "kernel": jnp.asarray(head.kernel, jnp.float32),
+            "bias": jnp.asarray(head.bias, jnp.float32),
+        },
+    }
+    estimate = hessjax.trace_until(
+        hessjax.hvp_fn(_probe_loss(run), downstream_params, batch),
+        downstream_params,
+        jax.random.fold_in(jax.random.key(settings["seed"]), 1),
+        rtol=settings["rtol"],
+        max_matvecs=settings["max_matvecs"],
+        method=settings["trace_method"],
+    )
+    return {
+        "trace_downstream": float(estimate.value),
+        "trace_downstream_stderr": float(estimate.stderr),
+        "matvecs_downstream": int(estimate.num_matvecs),
+    }
 
 
 def measure(run: train.Run, params: models.Params, settings: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +249,7 @@ def measure(run: train.Run, params: models.Params, settings: dict[str, Any]) -> 
         "pretrain_loss_gap_stderr": gap.stderr,
         **curvature(run, params, settings),
         **linear_probe_accuracies(run, params, settings),
+        **downstream_curvature(run, params, settings),
     }
 
 

@@ -94,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.max_matvecs = 32
     config.hessian.trace_method = "hutchinson"
     config.hessian.fisher_samples = 16
+    config.hessian.lanczos_steps = 10  # For the top eigenvalue.
+    # Critic 1: the trace of task A's probe loss on 256 task sentences, no pretraining data.
+    config.hessian.downstream_task = "a"
+    config.hessian.downstream_examples = 256
 
     # Linear probes of tasks A/B/C on the frozen encoder's span features.
     config.finetune = ml_collections.ConfigDict()
