@@ -8,11 +8,12 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from experiments import language, language_measures, objectives, train
+from experiments import config_utils, language, language_measures, objectives, train
 from experiments.configs import pcfg as pcfg_config
 from experiments.data import pcfg
 
@@ -175,6 +176,27 @@ def test_curvature_and_probes_are_finite_with_stderr(tiny_config):
         [{**result, "objective": "adamw", "width": 16, "depth": 1, "step": 0}]
     )
     assert table.count("\n") == 3 and "±" in table
+
+
+def test_downstream_trace_perturbs_the_fitted_probe_on_the_task_sentences(tiny_config):
+    run = train.build_run(tiny_config)
+    params, _ = run.init()
+    settings = {**language_measures.read_settings(tiny_config), "probe_steps": 500}
+    split = run.task.splits["task_a_train"]
+    assert len(split["label"]) <= settings["downstream_examples"]  # The loss sees every sentence.
+    head = language_measures._probe(run, params, settings, "a")
+    both = {"model": params, "head": {"kernel": jnp.asarray(head.kernel), "bias": jnp.asarray(head.bias)}}
+    batch = {name: split[name] for name in ("tokens", "span", "label")}
+    gradient = jax.grad(language_measures._probe_loss(run))(both, batch)["head"]
+    # The probe minimizes CE + l2/2 |W|^2 on the same features and labels as the loss whose
+    # curvature is measured: at the probe, the loss's head gradient is -l2 W and 0 for the bias.
+    np.testing.assert_allclose(gradient["kernel"], -settings["probe_l2"] * head.kernel, atol=2e-5)
+    np.testing.assert_allclose(gradient["bias"], 0.0, atol=2e-5)
+    result = language_measures.downstream_curvature(run, params, settings)
+    assert np.isfinite(result["trace_downstream"]) and result["trace_downstream_stderr"] > 0
+    assert 2 <= result["matvecs_downstream"] <= settings["max_matvecs"]
+    with pytest.raises(config_utils.ConfigError, match="config.hessian.downstream_task"):
+        language_measures.downstream_curvature(run, params, {**settings, "downstream_task": "z"})
 
 
 def test_matching_step_picks_the_first_checkpoint_at_the_target():
