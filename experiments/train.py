@@ -276,6 +276,9 @@ def load_run(workdir: str | pathlib.Path) -> Run:
 
 
 def _manager(workdir: pathlib.Path, read_only: bool = False) -> ocp.CheckpointManager:
+    # Every stage that opens checkpoints (pretraining, and the stages restoring them): keep Orbax's
+    # per-file INFO lines out of the progress. Adding the filter again is a no-op.
+    logging.get_absl_handler().addFilter(_ORBAX_INFO_FILTER)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None,  # Keep every checkpoint: each one is measured later.
         create=not read_only,
@@ -511,7 +514,6 @@ def pretrain(
       ConfigError, UnknownDatasetError, DatasetNotPreparedError: see `build_run`; also a
         `config.pretrain.batch_size` that the devices do not divide.
     """
-    logging.get_absl_handler().addFilter(_ORBAX_INFO_FILTER)  # Adding it again is a no-op.
     run = build_run(config)
     multihost.check_batch_size(run.settings["batch_size"], "config.pretrain.batch_size")
     workdir = pathlib.Path(workdir)
