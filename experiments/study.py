@@ -12,9 +12,10 @@ and the last step) is measured by the stages of its setting (`SETTINGS`, by `swe
   * the image settings (digits, smoke): `experiments.hessian` (densities in
     `hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and `experiments.finetune`;
   * the language setting (`pcfg`): one `measure` job per checkpoint,
-    `experiments.language_measures.measure` (the exact loss gap, Hessian and Fisher traces, and a
-    linear probe per downstream task; `linear_probe_acc` is the mean over the tasks, each task's
-    accuracy is `linear_probe_<task>_acc`).
+    `experiments.language_measures.measure` (the exact loss gap, Hessian trace, top eigenvalue and
+    Fisher trace of the masked-LM loss, the trace of a task probe's loss on downstream sentences,
+    and a linear probe per downstream task; `linear_probe_acc` is the mean over the tasks, each
+    task's accuracy is `linear_probe_<task>_acc`).
 Every piece is a job of `experiments.jobs` (`jobs/<stage>/<model>/<objective>/seed<S>[/step<N>]`),
 so a rerun skips what is finished and a killed study loses at most the job in flight. A failing
 job is recorded and its dependents skipped; the rest of the study goes on. Progress lines with an
