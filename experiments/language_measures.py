@@ -168,7 +168,10 @@ def _probe(run: train.Run, params: models.Params, settings: dict[str, Any], task
 
 
 def linear_probe_accuracies(
-    run: train.Run, params: models.Params, settings: dict[str, Any]
+    run: train.Run,
+    params: models.Params,
+    settings: dict[str, Any],
+    heads: dict[str, transfer.LinearHead] | None = None,
 ) -> dict[str, float]:
     """Test accuracy of a logistic-regression probe of each downstream task (module docstring).
 
@@ -176,6 +179,7 @@ def linear_probe_accuracies(
       run: the pretraining run of the language setting.
       params: the parameters whose encoder is probed.
       settings: `read_settings(config)`.
+      heads: the probes already fitted to these parameters, by task; fitted here if None.
 
     Returns:
       `linear_probe_acc/<task>` for each of `config.finetune.tasks`.
@@ -184,7 +188,7 @@ def linear_probe_accuracies(
     for task in settings["tasks"]:
         test_split = run.task.splits[f"task_{task}_test"]
         test_features = _span_encoder(run)(params, test_split["tokens"], test_split["span"])
-        head = _probe(run, params, settings, task)
+        head = heads[task] if heads is not None else _probe(run, params, settings, task)
         accuracies[f"linear_probe_acc/{task}"] = head.accuracy(test_features, test_split["label"])
     return accuracies
 
@@ -203,12 +207,18 @@ def _probe_loss(run: train.Run) -> Any:
     return transfer.shared_function(("span_probe_loss", run.model), build)
 
 
-def downstream_curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -> dict[str, float]:
+def downstream_curvature(
+    run: train.Run,
+    params: models.Params,
+    settings: dict[str, Any],
+    head: transfer.LinearHead | None = None,
+) -> dict[str, float]:
     """The Hessian trace of a downstream task's probe loss over all parameters (module docstring).
 
-    The probe of `downstream_task` is fitted to the frozen features first (as for its accuracy);
-    then encoder and probe are perturbed together, on the task's first `downstream_examples`
-    training sentences, with the same probe key for every checkpoint.
+    The probe of `downstream_task` is fitted to the frozen features first (the one whose accuracy
+    is reported; pass it as `head` if already fitted); then encoder and probe are perturbed
+    together, on the task's first `downstream_examples` training sentences, with the same probe
+    key for every checkpoint.
 
     Returns:
       `trace_downstream`, `trace_downstream_stderr`, `matvecs_downstream`.
@@ -218,7 +228,7 @@ def downstream_curvature(run: train.Run, params: models.Params, settings: dict[s
     split = run.task.splits[f"task_{task}_train"]
     count = min(settings["downstream_examples"], len(split["label"]))
     batch = {name: split[name][:count] for name in ("tokens", "span", "label")}
-    head = _probe(run, params, settings, task)
+    head = head if head is not None else _probe(run, params, settings, task)
     downstream_params = {
         "model": params,
         "head": {
@@ -244,12 +254,13 @@ def downstream_curvature(run: train.Run, params: models.Params, settings: dict[s
 def measure(run: train.Run, params: models.Params, settings: dict[str, Any]) -> dict[str, Any]:
     """Every statistic of the module docstring for one set of parameters."""
     gap = language.masked_lm_gap(run.model, params, run.task)
+    heads = {task: _probe(run, params, settings, task) for task in settings["tasks"]}
     return {
         "pretrain_loss_gap": gap.value,
         "pretrain_loss_gap_stderr": gap.stderr,
         **curvature(run, params, settings),
-        **linear_probe_accuracies(run, params, settings),
-        **downstream_curvature(run, params, settings),
+        **linear_probe_accuracies(run, params, settings, heads),
+        **downstream_curvature(run, params, settings, heads.get(settings["downstream_task"])),
     }
 
 
