@@ -1,17 +1,37 @@
 #!/usr/bin/env bash
 # The one GPU check for a lent H100: `bash benchmarks/gpu_check.sh` from the repository root.
 #
-# Runs benchmarks/gpu.py (ResNet-18 and a GPT-2-small-sized decoder: gradient vs hvp vs hvp_fn
-# chunks, a 100-probe trace, peak memory, PyTorch double backward) under a hard time limit that
-# leaves room for a rerun inside a 15-minute device budget. The table is rewritten after every row,
-# so a run cut short still returns what it measured: $OUT/gpu_results.md, log in $OUT/gpu_log.txt.
-# Extra arguments go to benchmarks/gpu.py (e.g. --skip-check, --repeats 3).
+# 1. benchmarks/gpu_scale.py: the largest GPT-2-style decoder whose 100-probe trace fits on the
+#    card, without and with remat, and its time (limit GPU_SCALE_SECONDS, default 250 s;
+#    GPU_SCALE_SETTINGS picks settings, e.g. "1" for remat only).
+# 2. benchmarks/gpu.py: ResNet-18 and a GPT-2-small-sized decoder: gradient vs hvp vs hvp_fn
+#    chunks, reverse-over-reverse, PyTorch double backward, torch.func, a 100-probe trace against
+#    PyHessian, peak memory (limit GPU_CHECK_SECONDS, default 250 s).
+#
+# Each table is rewritten after every row, so a run cut short still returns what it measured:
+# $OUT/gpu_results.md, $OUT/gpu_scale.md, logs $OUT/gpu_log.txt and $OUT/gpu_scale_log.txt.
+# PyHessian (pure Python) travels as a wheel: fetch it into .whl/ (ignored by git) with
+#   pip download --no-deps -d .whl pyhessian==0.1
+# and name .whl in the device call's `carry`. Extra arguments go to benchmarks/gpu.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp}"
+python="${PYTHON:-python3}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu_scale_log.txt" || true
+scale_seconds="${GPU_SCALE_SECONDS:-250}"
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
-  python -c "import jax; print('jax', jax.__version__, jax.devices())"
-  timeout --signal=INT --kill-after=15 "${GPU_CHECK_SECONDS:-330}" python -m benchmarks.gpu "$@"
+  timeout --signal=INT --kill-after=15 "$((scale_seconds + 20))" \
+    "$python" -m benchmarks.gpu_scale --seconds "$scale_seconds" \
+    --settings "${GPU_SCALE_SETTINGS:-0,1,2}"
+  echo "benchmarks.gpu_scale exit status: $?"
+} 2>&1 | tee -a "$out/gpu_scale_log.txt"
+{
+  "$python" -c "import jax; print('jax', jax.__version__, jax.devices())"
+  timeout --signal=INT --kill-after=15 "${GPU_CHECK_SECONDS:-250}" "$python" -m benchmarks.gpu "$@"
   echo "benchmarks.gpu exit status: $?"
 } 2>&1 | tee "$out/gpu_log.txt"

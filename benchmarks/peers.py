@@ -108,18 +108,25 @@ def _pyhessian(torch_side: TorchHessian):
         # PyHessian calls ``backward(create_graph=True)``, which PyTorch warns about; not ours.
         warnings.filterwarnings("ignore", "Using backward\\(\\) with create_graph=True")
         return hessian(torch_side.model, torch_side.criterion,
-                       data=(torch_side.inputs, torch_side.labels), cuda=False)
+                       data=(torch_side.inputs, torch_side.labels),
+                       cuda=torch_side.device != "cpu")
 
 
-def pyhessian_trace(workload: Workload, num_probes: int) -> tuple[float, int]:
-    """PyHessian's Hutchinson trace with ``tol=0`` (graph built in its constructor, included).
+def pyhessian_trace(workload: Workload, num_probes: int, device: str = "cpu"
+                    ) -> tuple[float, int]:
+    """PyHessian's Hutchinson trace with all ``num_probes`` probes (graph built in its constructor).
+
+    PyHessian's stopping rule divides the change of the running mean by the *signed* mean, so with
+    its documented ``tol=0`` it stops after two probes whenever that mean is negative (common on an
+    indefinite Hessian at initialization). ``tol=-inf`` never stops early: every call uses exactly
+    ``num_probes`` probes, the same work as the hessjax call it is compared with.
 
     Returns:
-        The estimate and the number of probes PyHessian actually used: its stopping rule divides
-        by the signed running mean, so even with ``tol=0`` it stops early if that mean is negative.
+        The estimate and the number of probes PyHessian used.
     """
-    estimator = _pyhessian(TorchHessian(workload))
-    samples = estimator.trace(maxIter=num_probes, tol=0.0)
+    torch_side = TorchHessian(workload, device)
+    samples = _pyhessian(torch_side).trace(maxIter=num_probes, tol=float("-inf"))
+    torch_side.sync()
     return float(np.mean(samples)), len(samples)
 
 

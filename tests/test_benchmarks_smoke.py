@@ -2,12 +2,15 @@
 
 import importlib
 
+import jax
+import numpy as np
 import pytest
 
 import hessjax
 from benchmarks import workloads
 
-BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "gpu", "peers", "timing", "workloads")
+BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "gpu", "gpu_scale", "peers", "timing",
+                     "workloads")
 
 
 def _tiny_workloads():
@@ -32,3 +35,30 @@ def test_jax_and_torch_workloads_agree():
     pytest.importorskip("torch")
     for workload in _tiny_workloads():
         workloads.check_agreement(workload, hvp=hessjax.hvp, use_torch=True)
+
+
+def test_scale_decoder_remat_and_bfloat16_compute_the_same_curvature():
+    from benchmarks import gpu_scale
+
+    shape = gpu_scale.Decoder(depth=3, width=16, num_heads=2, vocab_size=50, length=8,
+                              batch_size=2)
+    params = gpu_scale.init_params(shape, jax.random.key(0))
+    assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == shape.num_params
+    batch = gpu_scale.make_batch(shape)
+    v = jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.key(1), x.shape), params)
+    losses, products = {}, {}
+    for setting in gpu_scale.SETTINGS:
+        loss_fn = gpu_scale.make_loss(shape, setting)
+        losses[setting], products[setting] = loss_fn(params, batch), hessjax.hvp(loss_fn, params,
+                                                                                 batch, v)
+    plain, remat, bf16 = gpu_scale.SETTINGS
+    assert abs(float(losses[plain]) - np.log(shape.vocab_size)) < 0.5  # near-uniform at init
+    np.testing.assert_allclose(losses[remat], losses[plain], rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(products[remat]),
+                    jax.tree_util.tree_leaves(products[plain])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(losses[bf16], losses[plain], rtol=2e-2)
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+    cosine = np.dot(flat(products[bf16]), flat(products[plain])) / (
+        np.linalg.norm(flat(products[bf16])) * np.linalg.norm(flat(products[plain])))
+    assert cosine > 0.99, cosine
