@@ -266,8 +266,9 @@ def measure_in_subprocess(shape: Decoder, setting: Setting, chunk_size: int, tim
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail)[-400:]}
+        output = (done.stderr or done.stdout).strip().splitlines()
+        errors = [line for line in output if "Error" in line] or output[-1:]
+        return {"error": errors[-1].strip()[-300:] if errors else f"exit status {done.returncode}"}
     return json.loads(lines[-1])
 
 
@@ -313,8 +314,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=240.0, help="time limit for the sweep")
     parser.add_argument("--settings", default="0,1,2",
                         help="comma-separated indices into: no remat, remat, remat + bf16")
+    parser.add_argument("--plan", action="store_true",
+                        help="print XLA's planned footprint per layer of a small decoder (any "
+                             "backend, no allocation) and exit")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plan:
+        print_plan([SETTINGS[int(i)] for i in args.settings.split(",")])
+        return
     if args.measure:
         request = json.loads(args.measure)
         print(json.dumps(measure_one(Decoder(**request["shape"]), Setting(**request["setting"]),
@@ -343,6 +350,22 @@ def main(argv: list[str] | None = None) -> None:
     settings = [SETTINGS[int(i)] for i in args.settings.split(",")]
     sweep(base, budget, step, settings, table, args.seconds)
     print(table.markdown(), flush=True)
+
+
+def print_plan(settings, base: Decoder = Decoder(width=512, num_heads=8, vocab_size=5000,
+                                               length=64, batch_size=2)) -> None:
+    """XLA's planned footprint of the jitted 100-probe trace, per layer, in copies of a layer's
+    parameters: how much of the memory is the probe machinery rather than the activations. Runs
+    on a CPU in a few minutes (the measure of the probe-memory change in ``benchmarks/NOTES.md``).
+    """
+    layer = dataclasses.replace(base, depth=1).num_params - dataclasses.replace(base, depth=0).num_params
+    for setting in settings:
+        planned = {depth: footprint(dataclasses.replace(base, depth=depth), setting, 1)
+                   for depth in (4, 8)}
+        per_layer = (planned[8] - planned[4]) / 4
+        print(f"{setting.label}: planned {size(per_layer)} per layer = "
+              f"{per_layer / (4 * layer):.2f} copies of a layer's float32 parameters "
+              f"(width {base.width}, batch {base.batch_size}x{base.length})", flush=True)
 
 
 class _Recording(timing.Table):
