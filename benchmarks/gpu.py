@@ -1,21 +1,23 @@
 """GPU benchmark: per-probe Hessian-vector product cost and memory on a ResNet-18 and a GPT-2 small.
 
-Run on a GPU machine through ``benchmarks/gpu_check.sh`` (about 5 minutes on one H100), or
-anywhere as ``python -m benchmarks.gpu --tiny`` (tiny sizes, a minute on a CPU) to check the
-script. Synthetic batches: ResNet-18 (11.2M parameters) on 128 images of 32x32x3, and a
-GPT-2-small-sized decoder (124M parameters) on 8 sequences of 256 tokens. Figures: a gradient,
-``hessjax.hvp``, ``hessjax.hvp_fn`` on vmapped chunks of 10 and 50 probes and JAX reverse-over-reverse as
-multiples of the gradient, the device's peak memory, PyTorch's double-backward HVP, PyHessian's
-reused-graph product and ``torch.func`` forward-over-reverse (curvlinops' method) where PyTorch is
-installed, and a 100-probe trace against PyHessian's ``trace`` where PyHessian is installed
-(carried to the GPU machine as a wheel, see ``benchmarks/gpu_check.sh``). The largest model whose
-trace fits is ``benchmarks/gpu_scale.py``.
+Run on a GPU machine through ``benchmarks/gpu_check.sh`` (about 8 minutes on one H100: ResNet-18
+alone took 4), or anywhere as ``python -m benchmarks.gpu --tiny`` (tiny sizes, a few minutes on a
+CPU) to check the script. Synthetic batches: ResNet-18 (11.2M parameters) on 128 images of
+32x32x3, and a GPT-2-small-sized decoder (124M parameters) on 8 sequences of 256 tokens.
 
-Both frameworks run in full float32 (no TF32) so that the agreement check before timing holds. The
-JAX peak memory is ``device.memory_stats()["peak_bytes_in_use"]``, which JAX cannot reset: figures
-run from the smallest expected footprint to the largest, so each row's peak is its own until a row
-needs less than an earlier one. The markdown table is rewritten after every row to
-``$OUT/gpu_results.md`` (when ``OUT`` is set), so a run cut short still leaves its rows.
+First, for each workload, the figures the targets are about: the JAX/PyTorch agreement check, a
+gradient, a one-shot ``hessjax.hvp``, the linearized operator's memory, ``hessjax.hvp_fn`` per
+probe in vmapped chunks of 10 (as multiples of the gradient, with the device's peak memory after
+each, in increasing order of footprint), and a 100-probe trace against PyHessian's ``trace``
+(PyHessian carried to the GPU machine as a wheel, see ``benchmarks/gpu_check.sh``). Then the rest:
+chunks of 50, JAX reverse-over-reverse, PyTorch's double-backward HVP, PyHessian's reused-graph
+product and ``torch.func`` forward-over-reverse (curvlinops' method). The largest model whose trace
+fits is ``benchmarks/gpu_scale.py``.
+
+Both frameworks run in full float32 (no TF32). The JAX peak memory is
+``device.memory_stats()["peak_bytes_in_use"]``, which JAX cannot reset, hence the order above. The
+markdown table is rewritten after every row to ``$OUT/gpu_results.md`` (when ``OUT`` is set), so a
+run cut short still leaves its rows; the log gives each row's elapsed time.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402
+import time  # noqa: E402
 
 import jax  # noqa: E402
 
 import hessjax  # noqa: E402
 from benchmarks import peers, timing  # noqa: E402
-from benchmarks.figures import product_figures  # noqa: E402
+from benchmarks.figures import product_figures, rademacher, ratio  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     TransformerShape,
     Workload,
@@ -67,11 +70,13 @@ class RecordingTable(timing.Table):
     def __init__(self, path: pathlib.Path | None, header: str):
         super().__init__()
         self.path, self.header = path, header
+        self.start = time.perf_counter()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, workload: str, figure: str, value: str, note: str = "") -> None:
         super().add(workload, figure, value, note)
+        print(f"    (+{time.perf_counter() - self.start:.0f} s)", flush=True)
         if self.path is not None:
             self.path.write_text(f"{self.header}\n\n{self.markdown()}\n")
 
@@ -92,6 +97,35 @@ def torch_device() -> str | None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def headline_figures(workload: Workload, table: timing.Table, repeats: int) -> None:
+    """A gradient, a one-shot HVP and ``hvp_fn`` per probe in vmapped chunks of ``CHUNKS[0]``.
+
+    In that order, the order of their memory footprints, so each row's peak memory is its own.
+    """
+    loss_fn, params, batch = workload.jax_loss(), workload.jax_params(), workload.jax_batch()
+    gradient = jax.jit(jax.grad(loss_fn))
+    grad = timing.measure(lambda: gradient(params, batch), repeats)
+    table.add(workload.name, "JAX gradient", timing.seconds(grad.median),
+              ", ".join(filter(None, (f"compile {timing.seconds(grad.compile)}",
+                                      jax_peak_memory()))))
+    v = rademacher(jax.random.key(1), params)
+    one_shot = timing.measure(lambda: hessjax.hvp(loss_fn, params, batch, v), repeats)
+    table.add(workload.name, "hessjax.hvp (one-shot, jvp of grad) / JAX gradient",
+              ratio(one_shot.median, grad.median),
+              ", ".join(filter(None, (timing.seconds(one_shot.median), jax_peak_memory()))))
+    matvec = hessjax.hvp_fn(loss_fn, params, batch)
+    jax.block_until_ready(matvec)
+    table.add(workload.name, "hessjax.hvp_fn operator (linearized gradient) held", "",
+              jax_peak_memory())
+    apply = jax.jit(lambda m, probes: jax.vmap(m)(probes))
+    probes = rademacher(jax.random.key(0), params, CHUNKS[0])
+    chunk = timing.measure(lambda: apply(matvec, probes), repeats)
+    per_probe = chunk.median / CHUNKS[0]
+    table.add(workload.name, f"hvp_fn per probe, vmapped chunks of {CHUNKS[0]} / JAX gradient",
+              ratio(per_probe, grad.median),
+              ", ".join(filter(None, (f"{timing.seconds(per_probe)} per probe", jax_peak_memory()))))
 
 
 def trace_figure(workload: Workload, table: timing.Table, repeats: int,
@@ -143,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"- PyTorch device: {device}; float32 matmuls without TF32 in both"])
     print(header, flush=True)
     table = RecordingTable(pathlib.Path(out) / "gpu_results.md" if out else None, header)
+    checked = []
+    # First, for every workload, the figures the targets are about, so that a run cut short by
+    # its time limit still has them; then the remaining product figures.
     for workload in workloads(args.tiny):
         table.add(workload.name, "parameters", f"{workload.num_params:,}")
         if device is not None and not args.skip_check:
@@ -154,11 +191,14 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             table.add(workload.name, "JAX vs torch relative error: loss / gradient / HVP",
                       " / ".join(f"{e:.1e}" for e in errors.values()))
-        product_figures(workload, table, args.repeats, chunks=CHUNKS, extras=True,
-                        use_torch=device is not None, device=device or "cpu",
-                        jax_memory=jax_peak_memory)
+        checked.append(workload)
+        headline_figures(workload, table, args.repeats)
         trace_figure(workload, table, max(2, args.repeats // 2), device)
-
+    for workload in checked:
+        # Peak memory stays out of these rows: JAX's peak cannot be reset, and earlier rows
+        # (the trace, the other workload) needed more.
+        product_figures(workload, table, args.repeats, chunks=CHUNKS[1:], extras=True,
+                        use_torch=device is not None, device=device or "cpu")
 
 if __name__ == "__main__":
     main()
