@@ -139,37 +139,47 @@ def eval_loss(
     objective_key: str,
     model_state: models.ModelState,
 ) -> objectives.LossFn:
-    """`objectives.make_eval_loss`, one function object per `(model, objective_key)` if stateless.
+    """`objectives.make_eval_loss`, compiled once per `(model, objective_key)`.
 
     Args:
       model: the model.
       objective: the loss.
       objective_key: identifies `objective` and its options (e.g. `config.pretrain` as JSON).
-      model_state: the model's non-trainable collections. Models with state (BatchNorm
-        statistics, which differ per checkpoint) get a fresh function.
+      model_state: the model's non-trainable collections. For models with state (BatchNorm
+        statistics, which differ per checkpoint) the result is a `jax.tree_util.Partial` that binds
+        `model_state` as an argument: hessjax passes its arrays to the compiled products, so the
+        next checkpoint reuses them instead of compiling afresh.
     """
-    # Jitted, so that evaluating the loss outside hessjax does not compile op by op.
-    build = lambda: jax.jit(objectives.make_eval_loss(model, objective, model_state))
     if jax.tree_util.tree_leaves(model_state):
-        return build()
-    return shared_function(("eval_loss", model, objective_key), build)
+        stateful = shared_function(
+            ("eval_loss_with_state", model, objective_key),
+            lambda: jax.jit(
+                lambda state, params, batch: objectives.make_eval_loss(model, objective, state)(
+                    params, batch
+                )
+            ),
+        )
+        return jax.tree_util.Partial(stateful, model_state)
+    # Jitted, so that evaluating the loss outside hessjax does not compile op by op.
+    return shared_function(
+        ("eval_loss", model, objective_key),
+        lambda: jax.jit(objectives.make_eval_loss(model, objective, model_state)),
+    )
 
 
 def eval_logits(
     model: models.EncoderHead, model_state: models.ModelState
 ) -> Callable[[models.Params, jax.Array], jax.Array]:
     """The evaluation-mode outputs `logits_fn(params, inputs)`, shared like `eval_loss`."""
-
-    def build() -> Callable[[models.Params, jax.Array], jax.Array]:
-        return jax.jit(
-            lambda params, inputs: models.apply_model(
-                model, params, model_state, inputs, train=False
+    logits = shared_function(
+        ("eval_logits", model),
+        lambda: jax.jit(
+            lambda state, params, inputs: models.apply_model(
+                model, params, state, inputs, train=False
             )[0]
-        )
-
-    if jax.tree_util.tree_leaves(model_state):
-        return build()
-    return shared_function(("eval_logits", model), build)
+        ),
+    )
+    return jax.tree_util.Partial(logits, model_state)
 
 
 def pretraining_key(run: train.Run) -> str:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from hessjax import _checks
 from hessjax._vectors import Moments, accumulate
-from hessjax.products import _ByIdentity
+from hessjax.products import as_function_tree
 from hessjax.trace import TraceEstimate, _check_key, _chunk
 
 Array = jax.Array
@@ -36,10 +36,11 @@ def _check_outputs(logits_fn: Callable[..., Any], params: Any, inputs: Any) -> N
             f"logits' shape without its class axis, {tuple(logits.shape[:-1])}.")
 
 
-def _squared_score_norm(logits_fn: _ByIdentity, params: Any, inputs: Any, key: Array) -> Array:
+def _squared_score_norm(logits_fn: jax.tree_util.Partial, params: Any, inputs: Any, key: Array
+                        ) -> Array:
     label_key, sign_key = jax.random.split(key)
     logits, pullback, weights = jax.vjp(
-        lambda p: _split_outputs(logits_fn.fn(p, inputs)), params, has_aux=True)
+        lambda p: _split_outputs(logits_fn(p, inputs)), params, has_aux=True)
     if weights is None:
         weights = jnp.ones(logits.shape[:-1], logits.dtype)
     weights = jax.lax.stop_gradient(weights).astype(logits.dtype)
@@ -53,8 +54,8 @@ def _squared_score_norm(logits_fn: _ByIdentity, params: Any, inputs: Any, key: A
     return sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(gradient))
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "count"))
-def _score_moments(logits_fn: _ByIdentity, params: Any, inputs: Any, key: Array, start: Any,
+@functools.partial(jax.jit, static_argnames=("count",))
+def _score_moments(logits_fn: jax.tree_util.Partial, params: Any, inputs: Any, key: Array, start: Any,
                    previous: Moments, *, count: int) -> Moments:
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
     return previous.merge(
@@ -101,8 +102,8 @@ def fisher_trace(logits_fn: Callable[[Any, Any], Any], params: Any, inputs: Any,
     _check_key(key)
     num = _checks.check_int(num_samples, "num_samples", minimum=2, why=" for an error bar")
     _check_outputs(logits_fn, params, inputs)
-    static = _ByIdentity(logits_fn)
-    kernel = lambda start, count, previous: _score_moments(static, params, inputs, key, start,
+    function = as_function_tree(logits_fn)
+    kernel = lambda start, count, previous: _score_moments(function, params, inputs, key, start,
                                                            previous, count=count)
     eager = not _checks.is_tracing(params, inputs, key)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))

@@ -43,6 +43,28 @@ class _ByIdentity:
     def __hash__(self) -> int:
         return hash((type(self), id(self.fn), self.options))
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+def _is_array_like(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex))
+
+
+def as_function_tree(fn: Callable[..., Any]) -> jax.tree_util.Partial:
+    """``fn`` as a pytree argument of jitted code: what it may change between calls is dynamic.
+
+    A ``jax.tree_util.Partial`` whose bound arguments are all arrays (say
+    ``Partial(loss, batch_stats)``) passes them as arguments of the compiled programs, so the same
+    function with new arrays (the next checkpoint's BatchNorm statistics, a new target) reuses the
+    compiled code. Any other callable is static and compared by identity: the same object hits the
+    compilation cache, a new one (e.g. a new closure) compiles afresh.
+    """
+    if isinstance(fn, jax.tree_util.Partial) and all(
+            _is_array_like(x) for x in jax.tree_util.tree_leaves(fn)):
+        return fn
+    return jax.tree_util.Partial(_ByIdentity(fn))
+
 
 def _gradient(loss_fn: LossFn, batch: Any) -> Callable[[Any], Any]:
     return lambda params: jax.grad(_checks.checked_scalar_loss(loss_fn, "loss_fn"))(params, batch)
@@ -53,9 +75,9 @@ def _like_params(params: Any, v: Any) -> Any:
     return jax.tree_util.tree_map(lambda p, x: jnp.asarray(x, p.dtype), params, v)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _hvp(loss: _ByIdentity, params: Any, batch: Any, v: Any) -> Any:
-    return jax.jvp(_gradient(loss.fn, batch), (params,), (_like_params(params, v),))[1]
+@jax.jit
+def _hvp(loss: jax.tree_util.Partial, params: Any, batch: Any, v: Any) -> Any:
+    return jax.jvp(_gradient(loss, batch), (params,), (_like_params(params, v),))[1]
 
 
 def hvp(loss_fn: LossFn, params: Any, batch: Any, v: Any) -> Any:
@@ -85,12 +107,13 @@ def hvp(loss_fn: LossFn, params: Any, batch: Any, v: Any) -> Any:
         Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 1994.
     """
     Layout.of(params, "params").check(v, "v")
-    return _hvp(_ByIdentity(loss_fn), params, batch, v)
+    return _hvp(as_function_tree(loss_fn), params, batch, v)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _linearized_gradient(loss: _ByIdentity, params: Any, batch: Any) -> jax.tree_util.Partial:
-    return jax.linearize(_gradient(loss.fn, batch), params)[1]
+@jax.jit
+def _linearized_gradient(loss: jax.tree_util.Partial, params: Any, batch: Any
+                         ) -> jax.tree_util.Partial:
+    return jax.linearize(_gradient(loss, batch), params)[1]
 
 
 def hvp_fn(loss_fn: LossFn, params: Any, batch: Any) -> jax.tree_util.Partial:
@@ -121,15 +144,25 @@ def hvp_fn(loss_fn: LossFn, params: Any, batch: Any) -> jax.tree_util.Partial:
                [0., 0., 3.]], dtype=float32)
     """
     _checks.check_float_tree(params, "params")
-    return _linearized_gradient(_ByIdentity(loss_fn), params, batch)
+    return _linearized_gradient(as_function_tree(loss_fn), params, batch)
 
 
-class _DatasetHessian(_ByIdentity):
+class _DatasetHessian:
     """The product of the Hessian of a size-weighted mean of per-batch losses with a vector."""
 
-    def __call__(self, params: Any, groups: list[Any], weights: list[jax.Array], v: Any) -> Any:
-        (unroll,) = self.options
-        gradient = lambda batch: _gradient(self.fn, batch)
+    def __init__(self, unroll: int | bool):
+        self.unroll = unroll
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.unroll == self.unroll
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.unroll))
+
+    def __call__(self, loss: jax.tree_util.Partial, params: Any, groups: list[Any],
+                 weights: list[jax.Array], v: Any) -> Any:
+        unroll = self.unroll
+        gradient = lambda batch: _gradient(loss, batch)
         v = _like_params(params, v)
         total = jax.tree_util.tree_map(jnp.zeros_like, v)
         for stacked, group_weights in zip(groups, weights):
@@ -212,7 +245,8 @@ def dataset_hvp_fn(loss_fn: LossFn, params: Any, batches: Any, *,
     weights = [jnp.asarray(np.asarray(c, np.float64) / total) for c in counts]
     if unroll is None:
         unroll = True if jax.default_backend() == "cpu" and sum(map(len, counts)) <= 16 else 1
-    return jax.tree_util.Partial(_DatasetHessian(loss_fn, unroll), params, stacked, weights)
+    return jax.tree_util.Partial(_DatasetHessian(unroll), as_function_tree(loss_fn), params,
+                                 stacked, weights)
 
 
 class _GaussNewton(_ByIdentity):

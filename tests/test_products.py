@@ -104,3 +104,46 @@ def test_float32_products_stay_float32():
         toy.classification_batch(jax.random.key(1), dtype=jnp.float32)
     out = hessjax.hvp_fn(loss, params, batch)(params)
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(out)} == {np.dtype(np.float32)}
+
+
+def _scaled_loss(scale, params, batch):
+    return scale * toy.mlp_loss(params, batch)
+
+
+def test_partial_losses_bind_arrays_as_arguments_and_compile_once(x64):
+    # A loss with constants that change between calls (BatchNorm statistics per checkpoint) given as
+    # a `Partial`: the constants are arguments of the compiled products, not baked into them.
+    import importlib
+
+    from hessjax import products
+
+    trace_module = importlib.import_module("hessjax.trace")  # the module, not the function
+
+    key = jax.random.key(0)
+    params = toy.mlp_params(key)
+    batch = toy.classification_batch(jax.random.key(1))
+    v = jax.tree_util.tree_map(jnp.ones_like, params)
+    reference = hessjax.hvp(toy.mlp_loss, params, batch, v)
+    sizes = []
+    for scale in (2.0, 3.0, 0.5):
+        loss_fn = jax.tree_util.Partial(_scaled_loss, jnp.asarray(scale))
+        for name, product in (("hvp", hessjax.hvp(loss_fn, params, batch, v)),
+                              ("hvp_fn", hessjax.hvp_fn(loss_fn, params, batch)(v)),
+                              ("dataset", hessjax.dataset_hvp_fn(loss_fn, params, [batch])(v))):
+            for got, want in zip(jax.tree_util.tree_leaves(product),
+                                 jax.tree_util.tree_leaves(reference)):
+                np.testing.assert_allclose(got, scale * want, rtol=1e-10, err_msg=name)
+        hessjax.trace(hessjax.hvp_fn(loss_fn, params, batch), params, key, num_matvecs=4)
+        sizes.append((products._hvp._cache_size(), products._linearized_gradient._cache_size(),
+                      trace_module._probe_moments._cache_size()))
+    assert sizes[0] == sizes[1] == sizes[2], sizes
+    # A new closure is a new function: it compiles afresh (the documented alternative).
+    hessjax.hvp(lambda p, b: 2.0 * toy.mlp_loss(p, b), params, batch, v)
+    assert products._hvp._cache_size() == sizes[0][0] + 1
+
+
+def test_partials_with_non_array_arguments_stay_static():
+    loss_fn = jax.tree_util.Partial(lambda mode, p, b: jnp.sum(p ** 2) * (2.0 if mode == "double"
+                                                                            else 1.0), "double")
+    product = hessjax.hvp(loss_fn, jnp.ones(3), None, jnp.ones(3))
+    np.testing.assert_allclose(product, 4.0 * np.ones(3))

@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -116,3 +117,37 @@ def test_wrong_field_types_and_values_name_the_field():
         models.build_model(
             ml_collections.ConfigDict({"family": "vit", "width": 10, "depth": 1, "num_heads": 4}), 3
         )
+
+
+def test_batchnorm_eval_loss_takes_the_statistics_as_arguments():
+    # The Hessian stage measures one checkpoint after another; with BatchNorm each has its own
+    # running statistics. `transfer.eval_loss` binds them as arguments (a `Partial`), so the
+    # curvature products compile once, not once per checkpoint, and still use each state.
+    import importlib
+
+    import hessjax
+    from experiments import objectives, transfer
+
+    products = importlib.import_module("hessjax.products")
+    model = models.build_model(_config("resnet_batchnorm", 4, 1), 3)
+    objective = objectives.cross_entropy(ml_collections.ConfigDict())
+    params, state = models.init_model(model, 0, IMAGE_SHAPE)
+    images = 3.0 + jax.random.normal(jax.random.key(1), (8, *IMAGE_SHAPE))
+    batch = {"inputs": images, "labels": jnp.arange(8) % 3}
+    states = [state]
+    for _ in range(2):  # two later "checkpoints": statistics moved by training-mode passes
+        states.append(_jitted_apply(model, train=True)(params, states[-1], images)[1])
+    v = jax.tree_util.tree_map(jnp.ones_like, params)
+    sizes, products_seen = [], []
+    for model_state in states:
+        loss_fn = transfer.eval_loss(model, objective, "test_bn", model_state)
+        reference = objectives.make_eval_loss(model, objective, model_state)
+        np.testing.assert_allclose(loss_fn(params, batch), reference(params, batch), rtol=1e-6)
+        product = hessjax.hvp_fn(loss_fn, params, batch)(v)
+        expected = hessjax.hvp(reference, params, batch, v)
+        for got, want in zip(jax.tree_util.tree_leaves(product), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
+        products_seen.append(jax.flatten_util.ravel_pytree(product)[0])
+        sizes.append(products._linearized_gradient._cache_size())
+    assert sizes[0] == sizes[1] == sizes[2], sizes
+    assert not np.allclose(products_seen[0], products_seen[2])  # the statistics were used
