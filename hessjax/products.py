@@ -89,7 +89,8 @@ def hvp(loss_fn: LossFn, params: Any, batch: Any, v: Any) -> Any:
     computed as ``jax.jvp`` of ``jax.grad``: one forward and one backward pass carried with tangents.
 
     Args:
-        loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+        loss_fn: ``loss_fn(params, batch) -> scalar``, pure. A ``jax.tree_util.Partial`` with
+            array arguments bound passes them to the compiled code (see :func:`as_function_tree`).
         params: pytree of floating arrays at which the Hessian is taken.
         batch: any pytree, passed to ``loss_fn`` unchanged.
         v: a pytree with the structure and shapes of ``params``.
@@ -126,7 +127,8 @@ def hvp_fn(loss_fn: LossFn, params: Any, batch: Any) -> jax.tree_util.Partial:
     ``chunk_size`` guidance on large models).
 
     Args:
-        loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+        loss_fn: ``loss_fn(params, batch) -> scalar``, pure. A ``jax.tree_util.Partial`` with
+            array arguments bound passes them to the compiled code (see :func:`as_function_tree`).
         params: pytree of floating arrays at which the Hessian is taken.
         batch: any pytree, passed to ``loss_fn`` unchanged.
 
@@ -209,7 +211,8 @@ def dataset_hvp_fn(loss_fn: LossFn, params: Any, batches: Any, *,
     ``lax.scan`` at every product, so memory does not grow with their number (nothing is linearized).
 
     Args:
-        loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over one batch.
+        loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over one batch (a ``Partial``
+            with bound arrays passes them to the compiled code, see :func:`as_function_tree`).
         params: pytree of floating arrays.
         batches: either a pytree whose leaves have a leading batch-index axis (``batches[i]`` being
             batch ``i``; all batches the same size), or a ``list``/iterator of batch pytrees (read once;
