@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hessjax.products import binds_arrays
+
 LossFn = Callable[[Any, Any], jax.Array]
 
 POLICIES: dict[str, Callable[..., bool]] = {
@@ -70,7 +72,16 @@ def remat(loss_fn: LossFn, policy: str | Callable[..., bool] = "nothing_saveable
         raise TypeError(f"`policy` must be a policy name or callable; got {type(policy).__name__}.")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable; got {type(loss_fn).__name__}.")
-    return _remat(loss_fn, policy)
+    return _keep_bound(loss_fn, lambda fn: _remat(fn, policy))
+
+
+def _keep_bound(loss_fn: LossFn, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> LossFn:
+    """``wrap(loss_fn)``, or for a ``Partial`` with bound arrays the same ``Partial`` of
+    ``wrap(loss_fn.func)``: its arrays stay arguments of the compiled code
+    (``products.as_function_tree``) instead of making every new ``Partial`` a new program."""
+    if binds_arrays(loss_fn):
+        return jax.tree_util.Partial(wrap(loss_fn.func), *loss_fn.args, **loss_fn.keywords)
+    return wrap(loss_fn)
 
 
 @functools.lru_cache(maxsize=128)
@@ -126,14 +137,17 @@ def mixed_precision(loss_fn: LossFn, compute_dtype: Any = jnp.bfloat16) -> LossF
                         f"{compute_dtype!r}.")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable; got {type(loss_fn).__name__}.")
-    return _mixed_precision(loss_fn, dtype)
+    return _keep_bound(loss_fn, lambda fn: _mixed_precision(fn, dtype))
 
 
 @functools.lru_cache(maxsize=128)
 def _mixed_precision(loss_fn: LossFn, dtype: jnp.dtype) -> LossFn:
+    # `*bound`: the arguments a `Partial` binds before `params` and `batch` (left uncast).
     @functools.wraps(loss_fn)
-    def loss_in_compute_dtype(params: Any, batch: Any) -> jax.Array:
-        loss = loss_fn(_cast_floating(params, dtype), _cast_floating(batch, dtype))
+    def loss_in_compute_dtype(*args: Any, **keywords: Any) -> jax.Array:
+        *bound, params, batch = args
+        loss = loss_fn(*bound, _cast_floating(params, dtype), _cast_floating(batch, dtype),
+                       **keywords)
         return jnp.asarray(loss).astype(jnp.float32)
 
     return loss_in_compute_dtype

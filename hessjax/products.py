@@ -47,8 +47,11 @@ class _ByIdentity:
         return self.fn(*args, **kwargs)
 
 
-def _is_array_like(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex))
+def binds_arrays(fn: Any) -> bool:
+    """Whether ``fn`` is a ``jax.tree_util.Partial`` whose bound arguments are all arrays."""
+    return isinstance(fn, jax.tree_util.Partial) and all(
+        isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex))
+        for x in jax.tree_util.tree_leaves(fn))
 
 
 def as_function_tree(fn: Callable[..., Any]) -> jax.tree_util.Partial:
@@ -60,8 +63,7 @@ def as_function_tree(fn: Callable[..., Any]) -> jax.tree_util.Partial:
     compiled code. Any other callable is static and compared by identity: the same object hits the
     compilation cache, a new one (e.g. a new closure) compiles afresh.
     """
-    if isinstance(fn, jax.tree_util.Partial) and all(
-            _is_array_like(x) for x in jax.tree_util.tree_leaves(fn)):
+    if binds_arrays(fn):
         return fn
     return jax.tree_util.Partial(_ByIdentity(fn))
 

@@ -76,3 +76,25 @@ def test_wrapper_errors_name_the_argument():
         memory.mixed_precision(toy.mlp_loss, "not a dtype")
     with pytest.raises(TypeError, match="`loss_fn` must be callable"):
         memory.remat("loss")
+
+
+def _scaled_square(scale, params, batch):
+    return scale * jnp.sum(jnp.tanh(params * batch) ** 2)
+
+
+@pytest.mark.parametrize("wrap", [lambda f: hessjax.memory.remat(f),
+                                  lambda f: hessjax.memory.mixed_precision(f, jnp.bfloat16)])
+def test_wrappers_keep_a_partial_loss_arrays_as_arguments(wrap):
+    import importlib
+
+    products = importlib.import_module("hessjax.products")
+    params, batch, v = jnp.linspace(0.1, 1.0, 5), jnp.linspace(1.0, 2.0, 5), jnp.ones(5)
+    reference = hessjax.hvp(lambda p, b: _scaled_square(1.0, p, b), params, batch, v)
+    sizes = []
+    for scale in (1.0, 2.0, 4.0):
+        wrapped = wrap(jax.tree_util.Partial(_scaled_square, jnp.asarray(scale)))
+        assert isinstance(wrapped, jax.tree_util.Partial)
+        np.testing.assert_allclose(hessjax.hvp(wrapped, params, batch, v), scale * reference,
+                                   rtol=2e-2)
+        sizes.append(products._hvp._cache_size())
+    assert sizes[0] == sizes[1] == sizes[2], sizes
