@@ -48,10 +48,13 @@ class _ByIdentity:
 
 
 def binds_arrays(fn: Any) -> bool:
-    """Whether ``fn`` is a ``jax.tree_util.Partial`` whose bound arguments are all arrays."""
+    """Whether ``fn`` is a ``jax.tree_util.Partial`` whose bound arguments are all arrays.
+
+    Python scalars do not count: they are often static settings (a class count, a flag) that the
+    function uses in Python control flow or as shapes, which a traced argument would break.
+    """
     return isinstance(fn, jax.tree_util.Partial) and all(
-        isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex))
-        for x in jax.tree_util.tree_leaves(fn))
+        isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in jax.tree_util.tree_leaves(fn))
 
 
 def as_function_tree(fn: Callable[..., Any]) -> jax.tree_util.Partial:

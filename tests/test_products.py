@@ -143,7 +143,11 @@ def test_partial_losses_bind_arrays_as_arguments_and_compile_once(x64):
 
 
 def test_partials_with_non_array_arguments_stay_static():
+    # A string or a Python number bound in a Partial is a setting used in Python (control flow,
+    # shapes), not an array: the Partial stays static.
     loss_fn = jax.tree_util.Partial(lambda mode, p, b: jnp.sum(p ** 2) * (2.0 if mode == "double"
                                                                             else 1.0), "double")
     product = hessjax.hvp(loss_fn, jnp.ones(3), None, jnp.ones(3))
     np.testing.assert_allclose(product, 4.0 * np.ones(3))
+    sized = jax.tree_util.Partial(lambda n, p, b: jnp.sum(jnp.ones(n) * p ** 2), 3)
+    np.testing.assert_allclose(hessjax.hvp_fn(sized, jnp.ones(3), None)(jnp.ones(3)), 2.0 * np.ones(3))
