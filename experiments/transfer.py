@@ -145,26 +145,20 @@ def eval_loss(
       model: the model.
       objective: the loss.
       objective_key: identifies `objective` and its options (e.g. `config.pretrain` as JSON).
-      model_state: the model's non-trainable collections. For models with state (BatchNorm
-        statistics, which differ per checkpoint) the result is a `jax.tree_util.Partial` that binds
-        `model_state` as an argument: hessjax passes its arrays to the compiled products, so the
-        next checkpoint reuses them instead of compiling afresh.
+      model_state: the model's non-trainable collections (BatchNorm statistics, which differ per
+        checkpoint), bound as an argument of a `jax.tree_util.Partial`: hessjax passes its arrays
+        to the compiled products, so the next checkpoint reuses them instead of compiling afresh.
     """
-    if jax.tree_util.tree_leaves(model_state):
-        stateful = shared_function(
-            ("eval_loss_with_state", model, objective_key),
-            lambda: jax.jit(
-                lambda state, params, batch: objectives.make_eval_loss(model, objective, state)(
-                    params, batch
-                )
-            ),
-        )
-        return jax.tree_util.Partial(stateful, model_state)
     # Jitted, so that evaluating the loss outside hessjax does not compile op by op.
-    return shared_function(
+    loss = shared_function(
         ("eval_loss", model, objective_key),
-        lambda: jax.jit(objectives.make_eval_loss(model, objective, model_state)),
+        lambda: jax.jit(
+            lambda state, params, batch: objectives.make_eval_loss(model, objective, state)(
+                params, batch
+            )
+        ),
     )
+    return jax.tree_util.Partial(loss, model_state)
 
 
 def eval_logits(
