@@ -33,7 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -62,23 +61,6 @@ def workloads(tiny: bool) -> list[Workload]:
         return [synthetic_resnet18(batch_size=8, image_size=8, width=4),
                 synthetic_transformer(2, 16, TransformerShape(100, 16, 32, 2, 4))]
     return [synthetic_resnet18(batch_size=128), synthetic_transformer(8, 256)]
-
-
-class RecordingTable(timing.Table):
-    """A :class:`timing.Table` that rewrites its markdown file after every row."""
-
-    def __init__(self, path: pathlib.Path | None, header: str):
-        super().__init__()
-        self.path, self.header = path, header
-        self.start = time.perf_counter()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def add(self, workload: str, figure: str, value: str, note: str = "") -> None:
-        super().add(workload, figure, value, note)
-        print(f"    (+{time.perf_counter() - self.start:.0f} s)", flush=True)
-        if self.path is not None:
-            self.path.write_text(f"{self.header}\n\n{self.markdown()}\n")
 
 
 def jax_peak_memory() -> str:
@@ -176,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"- versions: {timing.versions_line()}",
                         f"- PyTorch device: {device}; float32 matmuls without TF32 in both"])
     print(header, flush=True)
-    table = RecordingTable(pathlib.Path(out) / "gpu_results.md" if out else None, header)
+    table = timing.RecordingTable(pathlib.Path(out) / "gpu_results.md" if out else None, header)
     checked = []
     # First, for every workload, the figures the targets are about, so that a run cut short by
     # its time limit still has them; then the remaining product figures.

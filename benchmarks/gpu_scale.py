@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{size(budget)}" + ("" if args.tiny else " (90% of the device's limit)")])
     print(header, flush=True)
     path = pathlib.Path(out) / "gpu_scale.md" if out else None
-    table = _Recording(path, header)
+    table = timing.RecordingTable(path, header)
     settings = [SETTINGS[int(i)] for i in args.settings.split(",")]
     sweep(base, budget, step, settings, table, args.seconds)
     print(table.markdown(), flush=True)
@@ -369,21 +369,6 @@ def print_plan(settings, base: Decoder = Decoder(width=512, num_heads=8, vocab_s
         print(f"{setting.label}: planned {size(per_layer)} per layer = "
               f"{per_layer / (4 * layer):.2f} copies of a layer's float32 parameters "
               f"(width {base.width}, batch {base.batch_size}x{base.length})", flush=True)
-
-
-class _Recording(timing.Table):
-    """A table that prints each row and rewrites its markdown file after every row."""
-
-    def __init__(self, path: pathlib.Path | None, header: str):
-        super().__init__()
-        self.path, self.header = path, header
-
-    def add(self, workload: str, figure: str, value: str, note: str = "") -> None:
-        super().add(workload, figure, value, note)
-        print(f"{workload} | {figure} | {value} | {note}", flush=True)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(f"{self.header}\n\n{self.markdown()}\n")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import os
+import pathlib
 import platform
 import statistics
 import subprocess
@@ -117,6 +118,24 @@ class Table:
 
     def markdown(self) -> str:
         return markdown_table(("workload", "figure", "value", "note"), self.rows)
+
+
+class RecordingTable(Table):
+    """A :class:`Table` that logs each row's elapsed time and rewrites its markdown file
+    (``header``, then the table) after every row, so a run cut short still leaves its rows."""
+
+    def __init__(self, path: pathlib.Path | None, header: str):
+        super().__init__()
+        self.path, self.header = path, header
+        self.start = time.perf_counter()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, workload: str, figure: str, value: str, note: str = "") -> None:
+        super().add(workload, figure, value, note)
+        print(f"    (+{time.perf_counter() - self.start:.0f} s)", flush=True)
+        if self.path is not None:
+            self.path.write_text(f"{self.header}\n\n{self.markdown()}\n")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
