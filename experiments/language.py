@@ -16,7 +16,9 @@ on the sentences of `experiments.data.pcfg_tfds` (Liu et al., 2023):
 
 Masking scheme (the one the exact optimum assumes, see `experiments.data.pcfg`): in every
 sentence exactly one position, uniform over the sentence, is replaced by the mask token, and the
-loss is the cross-entropy of the original word there. The model (`text_transformer`) predicts
+loss is the cross-entropy of the original word there. The prepared batch's `"inputs"` are
+`models.TokensAt(masked tokens, masked position)`, so the model computes its last block at the
+masked position only (the loss reads nothing else). The model (`text_transformer`) predicts
 over all `V + 2` ids; ids past the words (padding, mask) count as wrong predictions in the gap.
 
 The adversarial algorithm. With :math:`L_{MLM}` the masked-LM loss of the batch,
@@ -212,12 +214,15 @@ def _mask_one_position(batch: objectives.Batch, rng: np.random.Generator) -> dic
     positions = rng.integers(0, lengths).astype(np.int32)  # Uniform over each sentence.
     inputs = tokens.copy()
     inputs[rows, positions] = batch["mask_id"]
-    return {"inputs": inputs, "positions": positions, "targets": tokens[rows, positions]}
+    return {
+        "inputs": models.TokensAt(inputs, positions[:, None]),
+        "targets": tokens[rows, positions],
+    }
 
 
 def _masked_lm_loss(logits: jax.Array, batch: objectives.Batch) -> jax.Array:
-    masked = jnp.take_along_axis(logits, batch["positions"][:, None, None], axis=1)[:, 0]
-    return optax.softmax_cross_entropy_with_integer_labels(masked, batch["targets"]).mean()
+    # `logits` is `(batch, 1, V')`: the model's outputs at the masked positions (`TokensAt`).
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, 0], batch["targets"]).mean()
 
 
 def _vocabulary(num_classes: int, image_shape: tuple[int, ...]) -> int:
@@ -412,8 +417,9 @@ def every_position_masked(
 
     def at(position: jax.Array) -> jax.Array:
         masked = tokens.at[:, position].set(mask_id)
-        logits, _ = models.apply_model(model, params, {}, masked, train=False)
-        return jax.nn.log_softmax(logits[:, position])
+        where = jnp.full((tokens.shape[0], 1), position)
+        logits, _ = models.apply_model(model, params, {}, models.TokensAt(masked, where), train=False)
+        return jax.nn.log_softmax(logits[:, 0])
 
     return jnp.moveaxis(jax.lax.map(at, jnp.arange(tokens.shape[1])), 0, 1)
 

@@ -15,7 +15,7 @@ For each checkpoint of each `experiments.pretrain` workdir of the language setti
     `lanczos_steps` Lanczos steps): what the trace summarizes away (critic 3);
   * `fisher_trace` (+ `_stderr`): the Fisher-sampling estimate of the same trace (Liu et al.,
     2023) on the same sentences: labels drawn from the model's own prediction at the masked
-    position (`hessjax.fisher_trace` with the masked positions as weights). The two agree in
+    position (`hessjax.fisher_trace` on the logits at the masked positions). The two agree in
     expectation where the model is well specified and at its optimum;
   * `linear_probe_acc/<task>`: test accuracy of a multinomial logistic regression
     (`transfer.fit_linear_head`) on the frozen encoder's features averaged over the task's span
@@ -87,13 +87,14 @@ def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _masked_lm_logits(run: train.Run) -> Any:
-    """`logits_fn(params, batch) -> (logits, weights)`: every position's logits, the masked ones
-    weighted; one function object per model, so every checkpoint reuses its compilation."""
+    """`logits_fn(params, batch) -> (logits, weights)`: the logits at the masked positions (the
+    batch's `TokensAt` inputs), each of weight 1; one function object per model, so every
+    checkpoint reuses its compilation."""
 
     def build() -> Any:
-        def logits_fn(params: models.Params, batch: dict[str, jax.Array]) -> Any:
+        def logits_fn(params: models.Params, batch: dict[str, Any]) -> Any:
             logits, _ = models.apply_model(run.model, params, {}, batch["inputs"], train=False)
-            return logits, jax.nn.one_hot(batch["positions"], logits.shape[1])
+            return logits, jnp.ones(logits.shape[:2], logits.dtype)
 
         return logits_fn
 
@@ -132,7 +133,7 @@ def curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -
         method=settings["trace_method"],
     )
     eigen = hessjax.top_eigenvalues(matvec, params, eigen_key, k=1, num_steps=settings["lanczos_steps"])
-    flat = {name: batches[name].reshape(-1, *batches[name].shape[2:]) for name in batches}
+    flat = jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), batches)
     fisher = hessjax.fisher_trace(
         _masked_lm_logits(run), params, flat, fisher_key, num_samples=settings["fisher_samples"]
     )

@@ -3,7 +3,8 @@
 An `Objective` has three parts:
   * `prepare_batch(batch, rng)`: numpy, outside `jit`: turns a `{"images", "labels"}` batch into
     what the loss needs, always with an `"inputs"` entry that the model is applied to (e.g. two
-    augmented views for contrastive learning, noisy images for denoising);
+    augmented views for contrastive learning, noisy images for denoising, or the masked-LM's
+    `models.TokensAt`: entries may be pytrees of arrays, each with the examples on axis 0);
   * the head it needs: `head` (`"linear"` or `"mlp"`) and `output_size(num_classes, image_shape)`;
   * `loss(outputs, batch)`: a scalar from the model's outputs on `batch["inputs"]`.
 
@@ -281,7 +282,7 @@ def training_batch(
       step: the 0-based training step.
 
     Returns:
-      The dict of numpy arrays that `objective.loss` takes.
+      The dict (of numpy arrays, or pytrees of them) that `objective.loss` takes.
     """
     if isinstance(dataset, ImageDataset):
         batch = pipeline.batch_at(dataset, batch_size, seed, step)
@@ -311,12 +312,12 @@ def stacked_batches(
       seed: the data-order and augmentation seed.
 
     Returns:
-      A dict of arrays of shape `(num_batches, ...)`.
+      The batches' pytree (a dict) with arrays of shape `(num_batches, ...)`.
     """
     batches = [
         training_batch(objective, dataset, batch_size, seed, step) for step in range(num_batches)
     ]
-    return {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
 
 
 def make_eval_loss(

@@ -66,7 +66,10 @@ def test_masked_lm_loss_is_finite_and_decreases(tiny_config):
     params, model_state = run.init()
     opt_state = run.optimizer.init(params)
     probe = objectives.training_batch(run.objective, run.task.train, 64, seed=99, step=0)
-    assert (probe["inputs"] == run.task.grammar.mask_id).sum(axis=1).tolist() == [1] * 64
+    tokens, positions = probe["inputs"]
+    assert positions.shape == (64, 1)
+    assert (tokens == run.task.grammar.mask_id).sum(axis=1).tolist() == [1] * 64
+    assert (tokens[np.arange(64), positions[:, 0]] == run.task.grammar.mask_id).all()
     eval_loss = jax.jit(run.eval_loss(model_state))
     initial = float(eval_loss(params, probe))
     train_step = train.make_train_step(run)

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import config_utils, train
+from experiments import config_utils, objectives, train
 from experiments.configs import smoke
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -150,6 +150,20 @@ def test_a_different_config_is_refused_unless_overwrite(finished_run, tmp_path):
     assert result.num_params == (64 * 32 + 32) + (32 * 5 + 5)
     assert train.load_config(workdir).model.width == 32
     assert [r["step"] for r in _metrics(workdir) if "test_loss" in r] == [0, 5, 20, 60]
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 3), (5, 9), (4, 4)])
+def test_batches_made_ahead_are_the_batches_of_their_steps(smoke_config, start, stop):
+    run = train.build_run(smoke_config)
+    size = run.settings["batch_size"]
+    expected = [
+        objectives.training_batch(run.objective, run.task.train, size, run.seed, step)
+        for step in range(start, stop)
+    ]
+    made = list(train._training_batches(run, start, stop))
+    assert len(made) == len(expected) == stop - start
+    for actual, wanted in zip(made, expected, strict=True):
+        _assert_trees_equal(actual, wanted)
 
 
 def test_wrong_field_types_name_the_field(smoke_config, tmp_path):
