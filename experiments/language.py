@@ -46,13 +46,15 @@ task from the best linear reader of its current features, not from one stale hea
     better than guessing from label frequencies, so the loss is bounded below and the masked-LM
     term decides everything else;
   * :math:`\lambda = 1` (`adversary_weight`): the two terms are of the same order (the masked-LM
-    loss is about 2.4 nats at the optimum of the default grammar, the probe's squared error
-    below 1), so neither is negligible; the capped penalty moves the loss by at most
-    :math:`\lambda\,\mathrm{MSE}_{prior} < 1` nat;
+    loss is about 1.5 nats at the optimum of the `small` grammar and 2.4 at that of the `default`
+    one, the probe's squared error below 1), so neither is negligible; the capped penalty moves
+    the loss by at most :math:`\lambda\,\mathrm{MSE}_{prior} < 1` nat;
   * every 25 steps (`adversary_refit_every`): a refit costs about one training step, and in 25
     AdamW steps the features move little, so the probe stays close to the best one;
-  * the validation minibatch (`adversary_batch_size`, 64 sentences) is the size of the masked-LM
-    batch, so the adversarial step costs about twice a standard one.
+  * the validation minibatch (`adversary_batch_size`, 64 sentences) is a quarter of the masked-LM
+    batch of `configs/pcfg.py`: its features are needed at every position of the task's span,
+    so a sentence of it costs more than a masked-LM sentence, whose last block runs at one
+    position (`models.TokensAt`).
 
 The study stops an adversarial run where its pretraining loss matches the standard run's:
 `matching_step` picks that checkpoint.
