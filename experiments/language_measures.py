@@ -86,21 +86,6 @@ def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return settings
 
 
-def _masked_lm_logits(run: train.Run) -> Any:
-    """`logits_fn(params, batch) -> (logits, weights)`: the logits at the masked positions (the
-    batch's `TokensAt` inputs), each of weight 1; one function object per model, so every
-    checkpoint reuses its compilation."""
-
-    def build() -> Any:
-        def logits_fn(params: models.Params, batch: dict[str, Any]) -> Any:
-            logits, _ = models.apply_model(run.model, params, {}, batch["inputs"], train=False)
-            return logits, jnp.ones(logits.shape[:2], logits.dtype)
-
-        return logits_fn
-
-    return transfer.shared_function(("masked_lm_logits", run.model), build)
-
-
 def curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -> dict[str, float]:
     """The Hessian trace and the Fisher-sampling trace of the masked-LM loss (module docstring).
 
@@ -133,9 +118,14 @@ def curvature(run: train.Run, params: models.Params, settings: dict[str, Any]) -
         method=settings["trace_method"],
     )
     eigen = hessjax.top_eigenvalues(matvec, params, eigen_key, k=1, num_steps=settings["lanczos_steps"])
-    flat = jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), batches)
+    # The inputs are `TokensAt`, so the logits are those of the masked positions, each of weight 1.
+    inputs = jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), batches["inputs"])
     fisher = hessjax.fisher_trace(
-        _masked_lm_logits(run), params, flat, fisher_key, num_samples=settings["fisher_samples"]
+        transfer.eval_logits(run.model, {}),
+        params,
+        inputs,
+        fisher_key,
+        num_samples=settings["fisher_samples"],
     )
     return {
         "trace": float(trace.value),
