@@ -15,6 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
+    config.setting = "vision"  # The study setting (`experiments.training.setting.SETTINGS`).
+
     config.data = ml_collections.ConfigDict()
     config.data.name = "digits"
     config.data.data_dir = config_dict.placeholder(str)  # None: the TFDS default data dir.
@@ -57,13 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
     # The study (`experiments.study`): every objective x width x depth x seed is pretrained with
     # the settings above, and each checkpoint is measured and transferred.
     config.sweep = ml_collections.ConfigDict()
-    config.sweep.setting = "digits"
     config.sweep.objectives = ("cross_entropy", "label_smoothing", "squared_error")
     config.sweep.widths = (8, 16)
     config.sweep.depths = (2,)
     config.sweep.seeds = (0,)
 
-    # `experiments.hessian`: statistics on a fixed subset of the pretraining data.
+    # `experiments.measurement`: statistics on a fixed subset of the pretraining data.
     config.hessian = ml_collections.ConfigDict()
     config.hessian.seed = 0  # Of the subset and of every probe: the same for every checkpoint.
     config.hessian.num_batches = 2
@@ -82,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.head_l2 = 1e-3
     config.hessian.head_steps = 100
 
-    # `experiments.finetune`: linear probe and full fine-tuning on every target task.
+    # `experiments.vision.transfer`: linear probe and full fine-tuning on every target task.
     config.finetune = ml_collections.ConfigDict()
     config.finetune.tasks = ()  # (): every target task of `config.data`.
     config.finetune.k_shots = (0, 10)  # Examples per class; 0: the whole training split.

@@ -5,7 +5,7 @@ single-position masked-LM loss on the `pretrain` sentences of the `small` gramma
 non-terminals, 20 words, sentences of 4-8 words, 100,000 pretraining sentences;
 `experiments.data.pcfg_tfds`): small enough that a tiny model gets within 0.02 nats of the
 optimum on a 2-core CPU in about five minutes (below). The pretraining loss is reported as the
-exact gap to the Bayes-optimal loss on the `evaluation` split (`experiments.language.masked_lm_gap`,
+exact gap to the Bayes-optimal loss on the `evaluation` split (`experiments.language.evaluation.masked_lm_gap`,
 logged as `loss_gap` at every checkpoint). `--config.data.pcfg_config=default` selects the richer
 grammar (31 non-terminals, 100 words, sentences of up to 16 words), which stays about 1 nat from
 the optimum on a CPU budget (`docs/pcfg_results.md`).
@@ -19,8 +19,7 @@ The study's three interventions, each an axis of `sweep`:
   * training algorithm (`sweep.objectives`): `"adamw"`, the plain masked-LM loss with AdamW, and
     `"adversarial"`, the masked-LM loss minus `adversary_weight` times the validation error of a
     linear probe of task C refitted every `adversary_refit_every` steps (the choices of lambda = 1
-    and 25 steps are argued in `experiments.language`). The adversarial run is compared at the
-    checkpoint whose gap first matches the standard run's final gap (`language.matching_step`).
+    and 25 steps are argued in `experiments.language.adversary`).
 
   python -m experiments.pretrain --config=experiments/configs/pcfg.py --workdir=runs/pcfg \\
       [--config.pretrain.objective=adversarial] [--config.model.width=32]
@@ -42,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     """The PCFG masked-LM config: a 2-layer width-32 transformer, 8,000 AdamW steps."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+
+    config.setting = "language"  # The study setting (`experiments.training.setting.SETTINGS`).
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "pcfg"
@@ -72,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.pretrain.steps = 8000
     config.pretrain.checkpoint_steps = (250, 1000, 2000, 4000, 8000)
     config.pretrain.log_every = 100
-    # The adversarial algorithm (`experiments.language`); ignored by "adamw".
+    # The adversarial algorithm (`experiments.language.adversary`); ignored by "adamw".
     config.pretrain.adversary_weight = 1.0
     config.pretrain.adversary_refit_every = 25
     config.pretrain.adversary_task = "c"
@@ -81,14 +82,13 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The study: every objective x width x depth x seed is pretrained with the settings above.
     config.sweep = ml_collections.ConfigDict()
-    config.sweep.setting = "pcfg"
     config.sweep.objectives = ("adamw", "adversarial")
     config.sweep.widths = (16, 32)
     config.sweep.depths = (2,)
     config.sweep.seeds = (0,)
 
-    # Hessian statistics on a fixed subset of the pretraining sentences
-    # (`experiments.language_measures`).
+    # Curvature statistics on a fixed subset of the pretraining sentences, their masks fixed too
+    # (`experiments.measurement`).
     config.hessian = ml_collections.ConfigDict()
     config.hessian.seed = 0
     config.hessian.num_batches = 4
@@ -97,12 +97,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.max_matvecs = 32
     config.hessian.trace_method = "hutchinson"
     config.hessian.fisher_samples = 16
-    config.hessian.lanczos_steps = 10  # For the top eigenvalue.
+    config.hessian.top_k = 3
+    config.hessian.lanczos_steps = 10
+    config.hessian.block_matvecs = 10  # Per-layer traces.
+    # One probe of as many steps as `lanczos_steps`: the density reuses the compiled Lanczos step.
+    config.hessian.density_probes = 1
+    config.hessian.density_steps = 10
     # Critic 1: the trace of task A's probe loss on 256 task sentences, no pretraining data.
     config.hessian.downstream_task = "a"
     config.hessian.downstream_examples = 256
 
-    # Linear probes of tasks A/B/C on the frozen encoder's span features.
+    # Linear probes of tasks A/B/C on the frozen encoder's span features
+    # (`experiments.language.probes`).
     config.finetune = ml_collections.ConfigDict()
     config.finetune.tasks = ("a", "b", "c")
     config.finetune.probe_l2 = 1e-3

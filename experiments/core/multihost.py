@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import config_utils
+from experiments.core import config_utils
 from hessjax import sharding
 
 T = TypeVar("T")

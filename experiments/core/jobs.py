@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from experiments import multihost
+from experiments.core import multihost
 
 JOBS_DIRNAME = "jobs"
 DONE = "done"
@@ -53,6 +53,10 @@ SKIPPED = "skipped"
 # One path segment of a job id: no separators and no leading dot (so no ".", ".." or hidden files).
 _ID_SEGMENT = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
 _JOB_NAN_REASON_KEY = "nan_reason"
+
+
+class StudyIncompleteError(RuntimeError):
+    """Some jobs of a study failed; its results and report cover the others."""
 
 
 def make_job_id(kind: str, *parts: object, **fields: object) -> str:

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import config_utils
-from experiments.config_utils import Field
+from experiments.core import config_utils
+from experiments.core.config_utils import Field
 
 Params = Any
 ModelState = dict[str, Any]
@@ -371,14 +371,14 @@ def build_model(
 
 
 def init_model(
-    model: nn.Module, seed: int, image_shape: tuple[int, ...]
+    model: nn.Module, seed: int, input_shape: tuple[int, ...]
 ) -> tuple[Params, ModelState]:
-    """Initializes a model for images of shape `image_shape` (without the batch axis).
+    """Initializes a model for inputs of shape `input_shape` (without the batch axis).
 
     Args:
       model: a model from `build_model`.
       seed: the initialization seed; the result is a function of it.
-      image_shape: `(height, width, channels)`.
+      input_shape: one example's shape, e.g. `(height, width, channels)` or `(max_len,)`.
 
     Returns:
       `(params, model_state)`: `model_state` holds the non-trainable collections
@@ -389,7 +389,7 @@ def init_model(
     key = jax.random.key(seed, impl="rbg")
     # One compiled program: op-by-op dispatch would compile every initializer separately.
     init = jax.jit(model.init, static_argnames="train")
-    variables = dict(init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False))
+    variables = dict(init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False))
     params = variables.pop("params")
     return params, variables
 

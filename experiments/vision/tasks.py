@@ -22,10 +22,10 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from experiments import config_utils
-from experiments.config_utils import Field, IntTuple
-from experiments.data import pipeline, tfds_data
-from experiments.data.tfds_data import ImageDataset
+from experiments.core import config_utils
+from experiments.core.config_utils import Field, IntTuple
+from experiments.vision import images, tfds_data
+from experiments.vision.tfds_data import ImageDataset
 
 DATA_SCHEMA = {
     "name": Field(str),
@@ -57,8 +57,13 @@ class Task:
         return self.train.num_classes
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
+
+    @property
+    def input_vocab_size(self) -> int:
+        """Images are not tokens."""
+        return 0
 
 
 def class_subset(dataset: ImageDataset, classes: Sequence[int]) -> ImageDataset:
@@ -110,8 +115,8 @@ def k_shot_subset(dataset: ImageDataset, k: int, seed: int) -> ImageDataset:
 def _task(name: str, classes: Sequence[int], data_dir: str | None) -> Task:
     train = tfds_data.load_split(name, "train", data_dir)
     test = tfds_data.load_split(name, "test", data_dir)
-    mean, std = pipeline.channel_statistics(train.images)
-    train, test = (pipeline.standardize(split, mean, std) for split in (train, test))
+    mean, std = images.channel_statistics(train.images)
+    train, test = (images.standardize(split, mean, std) for split in (train, test))
     if classes:
         train, test = class_subset(train, classes), class_subset(test, classes)
         name = f"{name}{list(classes)}"

@@ -1,28 +1,28 @@
-"""Hessian statistics of every checkpoint of a pretraining run, on pretraining and downstream data.
+"""The measurement stage: every curvature statistic of a checkpoint, for every setting.
 
-  python -m experiments.hessian --workdir=RUN [--config=experiments/configs/digits.py]
+  python -m experiments.measure --workdir=RUN [--config=experiments/configs/NAME.py]
 
-For each checkpoint of the pretraining workdir `RUN` (without `--config`: its saved config, whose
-`hessian` section sets the knobs), `measure_checkpoint` computes, on a fixed subset of the
-pretraining data (the same `num_batches x batch_size` examples and the same probe key for every
-checkpoint: common random numbers, so differences between checkpoints are not probe noise):
+For a checkpoint of a pretraining run, `measure` computes on a fixed subset of the pretraining
+data (the first `num_batches x batch_size` examples of the `seed`'s data order, the same for every
+checkpoint, as are the probe keys: common random numbers, so differences between checkpoints are
+not probe noise):
 
   * `hessjax.hessian_summary` of the evaluation-mode pretraining loss: the trace and its standard
-    error from `trace_until` at `rtol`, the top eigenvalues, per-layer traces and the spectral
-    density (saved as `density.npz` with `nodes` and `weights`), and from it the fraction of
-    spectral mass at or below 0;
-  * the matvecs the trace needs for 5% and 1% relative standard error, extrapolated from the
+    error from `trace_until` at `rtol` (method `trace_method`), the top eigenvalues, per-layer
+    traces and the spectral density (saved as `density.npz` with `nodes` and `weights` in the
+    checkpoint's output directory), and from it the fraction of spectral mass at or below 0;
+  * the products the trace needs for 5% and 1% relative standard error, extrapolated from the
     Hutchinson per-probe variance: `m = var / (rtol * trace)^2` with `var = stderr^2 * m_spent`;
-  * the trace on downstream data (critic 1: does the trace need the pretraining data?): the
-    target task's cross-entropy with a linear head fitted to the frozen features
-    (`transfer.fit_linear_head`), its Hessian over all parameters, encoder and new head;
-  * for objectives with a categorical output (cross-entropy, label smoothing) the Fisher trace
-    of the classifier (`hessjax.fisher_trace`, labels sampled from the model); else none.
+  * the trace of a downstream loss (critic 1: does the trace need the pretraining data?): the
+    setting says which loss and data (`Setting.downstream_problem`, e.g. a linear head fitted to
+    the frozen features of a target task, differentiated over encoder and head);
+  * for objectives whose outputs are categorical logits (`Objective.categorical`), the
+    Fisher-sampling trace (`hessjax.fisher_trace`, labels sampled from the model); else none.
 
-Each checkpoint is one job of `experiments.jobs` (`RUN/jobs/hessian/step<N>.json`), so a rerun
-skips finished checkpoints. A statistic that is not finite (a diverged checkpoint) is NaN in the
-result with its reason in `nan_reason`; the other statistics and checkpoints go on. On several
-devices or hosts the subset is split across all devices for every estimate (`experiments.multihost`).
+Each checkpoint is one job of `experiments.core.jobs`, so a rerun skips finished checkpoints. A
+statistic that is not finite (a diverged checkpoint) is NaN in the result with its reason in
+`nan_reason`; the other statistics and checkpoints go on. On several devices or hosts the subset is
+split across all devices for every estimate (`experiments.core.multihost`).
 """
 
 from __future__ import annotations
@@ -38,43 +38,39 @@ import ml_collections
 import numpy as np
 
 import hessjax
-from experiments import config_utils, jobs, models, multihost, objectives, train, transfer
-from experiments.config_utils import Field
-from experiments.data import tasks
+from experiments.core import config_utils, multihost
+from experiments.core.config_utils import Field
+from experiments.training import evaluation, models, objectives, runs, setting
 
-HESSIAN_SCHEMA = {
+SCHEMA = {
     "seed": Field(int, 0),  # Of the data subset and of every probe.
     "num_batches": Field(int),
     "batch_size": Field(int),
     "rtol": Field(float, 0.05),
     "max_matvecs": Field(int, 200),
+    "trace_method": Field(str, "hutchinson"),
     "top_k": Field(int, 3),
     "lanczos_steps": Field(int, 20),
     "block_matvecs": Field(int, 20),
     "density_probes": Field(int, 4),
     "density_steps": Field(int, 30),
     "fisher_samples": Field(int, 20),
-    "downstream_task": Field(str, ""),  # "": the first of `target_task_names`.
-    "head_l2": Field(float, 1e-3),
-    "head_steps": Field(int, 100),
 }
-# Objectives whose model output is the logits of a categorical distribution over the labels.
-CATEGORICAL_OBJECTIVES = ("cross_entropy", "label_smoothing")
 RELATIVE_ERRORS = {"matvecs_5pct": 0.05, "matvecs_1pct": 0.01}
 DENSITY_FILE = "density.npz"
 
 
 def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The `config.hessian` fields, type-checked, with defaults.
+    """The `config.hessian` fields, type-checked, with defaults, and the setting's own knobs.
 
     Raises:
       ConfigError: the section or a field is missing or invalid (the message names it).
     """
     if "hessian" not in config:
         raise config_utils.ConfigError("config.hessian is missing.")
-    settings = config_utils.read_fields(config.hessian, HESSIAN_SCHEMA, "config.hessian")
-    minimums = {"num_batches": 1, "batch_size": 1, "head_steps": 1}
-    minimums.update(max_matvecs=2, fisher_samples=2)  # An error bar needs two samples.
+    settings = config_utils.read_fields(config.hessian, SCHEMA, "config.hessian")
+    minimums = {"num_batches": 1, "batch_size": 1, "top_k": 0, "block_matvecs": 0}
+    minimums.update(density_probes=0, max_matvecs=2, fisher_samples=2)  # Error bars need two.
     for name, minimum in minimums.items():
         if settings[name] < minimum:
             raise config_utils.ConfigError(
@@ -82,13 +78,21 @@ def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
             )
     if not settings["rtol"] > 0:
         raise config_utils.ConfigError(f"config.hessian.rtol must be > 0; got {settings['rtol']}.")
-    return settings
+    config_utils.choose(
+        settings["trace_method"], dict.fromkeys(("hutchinson", "hutch++", "xtrace")),
+        "config.hessian.trace_method",
+    )
+    return {**settings, **setting.of_config(config).read_measurement_settings(config)}
 
 
-def _subset(
-    objective: objectives.Objective, dataset: Any, settings: dict[str, Any]
-) -> dict[str, np.ndarray]:
-    """The fixed examples of every checkpoint: the first batches of the `seed`'s data order."""
+def fixed_batches(
+    objective: objectives.Objective, dataset: objectives.BatchSource, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The fixed examples of every checkpoint: the first batches of the `seed`'s data order.
+
+    `num_batches` batches of `batch_size` examples, stacked on a leading axis; fewer and smaller
+    where the dataset is small.
+    """
     batch_size = min(settings["batch_size"], dataset.num_examples)
     multihost.check_batch_size(batch_size, "config.hessian.batch_size")
     num_batches = min(settings["num_batches"], dataset.num_examples // batch_size)
@@ -97,8 +101,9 @@ def _subset(
     )
 
 
-def _flat(stacked: np.ndarray) -> np.ndarray:
-    return stacked.reshape(-1, *stacked.shape[2:])
+def examples(stacked: Any) -> Any:
+    """Stacked batches as one batch of all their examples (the leading two axes merged)."""
+    return jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), stacked)
 
 
 def _layer_traces(blocks: Any) -> dict[str, float]:
@@ -142,8 +147,26 @@ def _measured(
     return {**dict.fromkeys(names, math.nan), "nan_reason": dict.fromkeys(names, reason)}
 
 
+def _measured(
+    names: tuple[str, ...],
+    loss_fn: objectives.LossFn,
+    params: models.Params,
+    batches: Any,
+    measure: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """`measure()`, or NaN for each of `names` with the reason when the curvature is not finite."""
+    reason = _non_finite_reason(loss_fn, params, batches)
+    if not reason:
+        try:
+            return measure()
+        except ValueError as error:
+            if "non-finite" not in str(error):
+                raise
+            reason = str(error)
+    return {**dict.fromkeys(names, math.nan), "nan_reason": dict.fromkeys(names, reason)}
+
+
 def _pretraining_statistics(
-    run: train.Run,
     params: models.Params,
     loss_fn: objectives.LossFn,
     batches: Any,
@@ -201,27 +224,16 @@ def _pretraining_statistics(
 
 
 def _downstream_trace(
-    run: train.Run,
+    run: runs.Run,
     params: models.Params,
     model_state: models.ModelState,
     key: jax.Array,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
-    name = settings["downstream_task"] or tasks.target_task_names(run.config.data)[0]
-    task = multihost.primary_first(lambda: tasks.target_task(run.config.data, name), "target data prepared")
-    objective = transfer.downstream_objective()
-    batches = _subset(objective, task.train, settings)
-    features = transfer.encode(run.model, params, model_state, _flat(batches["inputs"]))
-    head = transfer.fit_linear_head(
-        features,
-        _flat(batches["labels"]),
-        task.num_classes,
-        l2=settings["head_l2"],
-        steps=settings["head_steps"],
+    loss_fn, downstream_params, batches = run.setting.downstream_problem(
+        run, params, model_state, settings
     )
-    model = transfer.downstream_model(run, task.num_classes)
-    loss_fn = transfer.eval_loss(model, objective, "downstream", model_state)
-    downstream_params = multihost.replicate(transfer.with_head(params, head))
+    downstream_params = multihost.replicate(downstream_params)
 
     def measure() -> dict[str, Any]:
         estimate = hessjax.trace_until(
@@ -232,6 +244,7 @@ def _downstream_trace(
             key,
             rtol=settings["rtol"],
             max_matvecs=settings["max_matvecs"],
+            method=settings["trace_method"],
         )
         return {
             "trace_downstream": float(estimate.value),
@@ -244,7 +257,7 @@ def _downstream_trace(
 
 
 def _fisher_trace(
-    run: train.Run,
+    run: runs.Run,
     params: models.Params,
     model_state: models.ModelState,
     loss_fn: objectives.LossFn,
@@ -252,12 +265,12 @@ def _fisher_trace(
     key: jax.Array,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
-    if run.objective.name not in CATEGORICAL_OBJECTIVES:
+    if not run.objective.categorical:
         return {"fisher_trace": None, "fisher_trace_stderr": None}
-    logits_fn = transfer.eval_logits(run.model, model_state)
+    logits_fn = evaluation.eval_logits(run.model, model_state)
 
     def measure() -> dict[str, Any]:
-        inputs = multihost.shard_examples(_flat(batches["inputs"]))
+        inputs = multihost.shard_examples(examples(batches["inputs"]))
         estimate = hessjax.fisher_trace(
             logits_fn, params, inputs, key, num_samples=settings["fisher_samples"]
         )
@@ -270,20 +283,20 @@ def _fisher_trace(
 
 
 def measure(
-    run: train.Run,
+    run: runs.Run,
     params: models.Params,
     model_state: models.ModelState,
     settings: dict[str, Any],
-    density_path: pathlib.Path | None = None,
+    output_dir: pathlib.Path | None = None,
 ) -> dict[str, Any]:
-    """Every Hessian statistic of one set of parameters (see the module docstring).
+    """Every curvature statistic of one set of parameters (see the module docstring).
 
     Args:
-      run: the pretraining run (model, objective, data, config).
+      run: the pretraining run (model, objective, data, config, setting).
       params: the parameters to measure.
       model_state: their non-trainable collections.
       settings: `read_settings(config)`.
-      density_path: where to save the spectral density's `nodes` and `weights`, if anywhere.
+      output_dir: where to save the spectral density (`DENSITY_FILE`), if anywhere.
 
     Returns:
       A job result: the statistics (`trace`, `trace_stderr`, `trace_per_param`, `matvecs` (all
@@ -298,11 +311,12 @@ def measure(
     params, model_state = multihost.replicate((params, model_state))
     key = jax.random.key(settings["seed"])
     pretraining_key, downstream_key, fisher_key = jax.random.split(key, 3)
-    batches = _subset(run.objective, run.task.train, settings)
-    loss_fn = transfer.eval_loss(
-        run.model, run.objective, transfer.pretraining_key(run), model_state
+    batches = fixed_batches(run.objective, run.task.train, settings)
+    loss_fn = evaluation.eval_loss(
+        run.model, run.objective, evaluation.pretraining_key(run), model_state
     )
     subset_loss = float(np.mean([loss_fn(params, b) for b in _unstack(batches)]))
+    density_path = output_dir / DENSITY_FILE if output_dir is not None else None
     names = ("trace", "trace_stderr", "trace_per_param", "top_eigenvalue")
     parts = [
         _measured(
@@ -311,7 +325,7 @@ def measure(
             params,
             batches,
             lambda: _pretraining_statistics(
-                run, params, loss_fn, batches, pretraining_key, settings, density_path
+                params, loss_fn, batches, pretraining_key, settings, density_path
             ),
         ),
         _downstream_trace(run, params, model_state, downstream_key, settings),
@@ -325,61 +339,11 @@ def measure(
     return result
 
 
-def _unstack(batches: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    count = len(next(iter(batches.values())))
-    return [{name: value[i] for name, value in batches.items()} for i in range(count)]
+def _unstack(batches: dict[str, Any]) -> list[dict[str, Any]]:
+    count = len(jax.tree_util.tree_leaves(batches)[0])
+    return [jax.tree.map(lambda leaf, i=i: leaf[i], batches) for i in range(count)]
 
 
-def measure_checkpoint(
-    workdir: str | pathlib.Path,
-    step: int,
-    run: train.Run,
-    settings: dict[str, Any],
-    density_path: pathlib.Path | None = None,
-) -> dict[str, Any]:
-    """`measure` of the checkpoint at `step` of the pretraining run in `workdir`."""
-    params, model_state = transfer.restore_checkpoint(workdir, step, run)
-    return measure(run, params, model_state, settings, density_path)
-
-
-def job_id(step: int, *prefix: str) -> str:
-    """The id of the Hessian job of checkpoint `step` (under `prefix`, e.g. the configuration)."""
-    return jobs.make_job_id("hessian", *prefix, step=step)
-
-
-def measure_run(
-    workdir: str | pathlib.Path, config: ml_collections.ConfigDict | None = None
-) -> dict[str, jobs.JobResult]:
-    """Measures every checkpoint of the pretraining run in `workdir`, resumably.
-
-    Args:
-      workdir: a `train.pretrain` workdir; results go to `jobs/hessian/step<N>.json` and densities
-        to `hessian/step<N>/density.npz` inside it.
-      config: the config (its `hessian` section sets the knobs); `None`: the run's saved config.
-
-    Returns:
-      Job id -> `jobs.JobResult`, one per checkpoint.
-
-    Raises:
-      NoCheckpointsError, ConfigError, FileNotFoundError: see `transfer.open_run`.
-    """
-    run, steps = transfer.open_run(workdir, config)
-    settings = read_settings(config or run.config)
-    workdir = pathlib.Path(workdir)
-    return jobs.run_jobs(
-        workdir,
-        [
-            jobs.Job(
-                job_id(step),
-                lambda step=step: measure_checkpoint(
-                    workdir, step, run, settings, workdir / "hessian" / f"step{step}" / DENSITY_FILE
-                ),
-            )
-            for step in steps
-        ],
-        record_failures=True,
-    )
-
-
-if __name__ == "__main__":
-    transfer.run_binary(measure_run)
+STAGE = setting.CheckpointStage(
+    "measure", read_settings, measure, ("trace", "top_eigenvalue", "trace_downstream")
+)

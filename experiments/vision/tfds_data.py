@@ -2,7 +2,7 @@
 
 Every dataset goes through one path: `tfds.builder(name, data_dir=...)`, then
 `builder.as_data_source(split)`, which reads ARRAY_RECORD files and decodes images with PIL. The
-embedded `digits` dataset (see `experiments.data.digits`) is prepared on first use, offline; every
+embedded `digits` dataset (see `experiments.vision.digits`) is prepared on first use, offline; every
 other dataset (`mnist`, `fashion_mnist`, `cifar10`, ...) must already be prepared in ARRAY_RECORD
 format in the data directory: nothing is ever downloaded from here, so runs never stall on the
 network and fail fast, with instructions, where the data is missing.
@@ -15,20 +15,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from experiments.data import digits
+from experiments.core import config_utils, data_dirs
+from experiments.training import pipeline
+from experiments.vision import digits
 
 # Datasets that this package can prepare offline; every other name must be prepared beforehand.
 EMBEDDED_DATASETS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {"digits": digits.Digits}
 _EXAMPLE_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10")
 
 
-class UnknownDatasetError(ValueError):
-    """A dataset name that neither this package nor TFDS knows."""
+class UnknownDatasetError(config_utils.ConfigError):
+    """A dataset name (`config.data.name`) that neither this package nor TFDS knows."""
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -69,14 +70,15 @@ class ImageDataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
+    def batch_at(self, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+        """The training batch of step `step` (`images` NHWC float32, `labels`), a function of
+        `(seed, step)` only (`experiments.training.pipeline`)."""
+        indices = pipeline.batch_indices(self.num_examples, batch_size, seed, step)
+        return {"images": self.images[indices], "labels": self.labels[indices]}
+
     def take(self, indices: np.ndarray) -> ImageDataset:
         """Returns the examples at `indices`, in that order, with the same `num_classes`."""
         return ImageDataset(self.images[indices], self.labels[indices], self.num_classes)
-
-
-def resolve_data_dir(data_dir: str | None) -> str:
-    """Returns the TFDS data directory used for `data_dir` (`None`: the TFDS default)."""
-    return os.path.expanduser(data_dir) if data_dir else tfds.core.constants.DATA_DIR
 
 
 def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
@@ -152,4 +154,4 @@ def load_split(name: str, split: str, data_dir: str | None = None) -> ImageDatas
       UnknownDatasetError: `name` is not a known dataset.
       DatasetNotPreparedError: the dataset is not prepared in ARRAY_RECORD format in `data_dir`.
     """
-    return _load_split(name, split, resolve_data_dir(data_dir))
+    return _load_split(name, split, data_dirs.resolve(data_dir))

@@ -1,0 +1,91 @@
+"""The language setting of Liu et al. (2023): masked-LM pretraining on PCFG sentences.
+
+`SETTING` (registered as `config.setting = "language"`, `experiments.training.setting`) plugs into
+the generic code:
+  * data: the `Pcfg` TFDS dataset of `config.data.pcfg_config` (`experiments.language.data`);
+  * objectives: the training algorithms `"adamw"` and `"adversarial"`
+    (`experiments.language.objectives`); the adversarial one's per-step extra term is the
+    `Adversary` (`experiments.language.adversary`);
+  * checkpoint metrics: the exact gap to the Bayes-optimal masked-LM loss on the evaluation split
+    (`loss_gap`, `loss_gap_stderr`; `experiments.language.evaluation`), logged by pretraining at
+    every checkpoint and reported as `pretrain_loss_gap`;
+  * measurement: the downstream loss is a span task's probe loss (`experiments.language.probes`);
+  * transfer: linear probes of every span task; `linear_probe_acc` is their mean.
+
+References:
+  H. Liu, S. M. Xie, Z. Li and T. Ma, "Same Pre-training Loss, Better Downstream: Implicit Bias
+  Matters for Language Models", ICML 2023.
+  J. Devlin, M.-W. Chang, K. Lee and K. Toutanova, "BERT: Pre-training of Deep Bidirectional
+  Transformers for Language Understanding", NAACL 2019.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from experiments.language import adversary, data, evaluation, probes
+from experiments.language import objectives as language_objectives
+from experiments.training import models, objectives, runs, setting
+
+
+class LanguageSetting:
+    """Masked-LM pretraining on PCFG sentences (see the module docstring)."""
+
+    name = "language"
+    objectives = language_objectives.OBJECTIVES
+    transfer = probes.STAGE
+
+    def source_task(self, data_config: ml_collections.ConfigDict) -> data.LanguageTask:
+        return data.source_task(data_config)
+
+    def step_extras(
+        self,
+        objective: objectives.Objective,
+        pretrain_config: ml_collections.ConfigDict,
+        model: models.EncoderHead,
+        task: setting.SourceTask,
+    ) -> adversary.Adversary | None:
+        if objective.name != "adversarial":
+            return None
+        return adversary.Adversary(pretrain_config, model, task)
+
+    def checkpoint_metrics(
+        self, run: runs.Run
+    ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+        def metrics(params: models.Params, model_state: models.ModelState) -> dict[str, float]:
+            del model_state
+            gap = evaluation.masked_lm_gap(run.model, params, run.task)
+            return {"loss_gap": gap.value, "loss_gap_stderr": gap.stderr}
+
+        return metrics
+
+    def read_measurement_settings(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        return probes.read_measurement_settings(config)
+
+    def downstream_problem(
+        self,
+        run: runs.Run,
+        params: models.Params,
+        model_state: models.ModelState,
+        settings: dict[str, Any],
+    ) -> setting.DownstreamProblem:
+        return probes.downstream_problem(run, params, model_state, settings)
+
+    def derive_row(self, row: dict[str, Any]) -> None:
+        """`linear_probe_acc` is the mean of the per-task probes, `linear_probe_<task>_acc`.
+
+        The per-task cells arrive as `linear_probe_acc/<task>` and are renamed to end in `_acc`, so
+        that the report treats each as a transfer score.
+        """
+        tasks = sorted(name for name in row if name.startswith("linear_probe_acc/"))
+        for name in tasks:
+            row[f"linear_probe_{name.split('/', 1)[1]}_acc"] = row.pop(name)
+        if tasks:
+            accuracies = [row[f"linear_probe_{name.split('/', 1)[1]}_acc"] for name in tasks]
+            row["linear_probe_acc"] = sum(accuracies) / len(accuracies)
+
+
+SETTING = LanguageSetting()

@@ -1,0 +1,388 @@
+"""The transfer study, end to end: pretrain -> measure -> transfer -> results and report.
+
+`run_study(config, workdir)` (the `experiments.study` binary) spans the configurations of the
+config's `sweep` section: every `objectives` x `widths` x `depths` x `seeds` combination of the
+`model.family` is pretrained (`runs/<model>/<objective>/seed<S>/` in the workdir), and each of its
+checkpoints (the training-iterations axis: `pretrain.checkpoint_steps` and the last step) gets
+two per-checkpoint stages: the measurement stage (`experiments.measurement.stage`, densities in
+`hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and the transfer stage of the config's
+setting (`Setting.transfer`: the vision setting's linear probe and fine-tuning, the language
+setting's span-task probes).
+
+Every piece is a job of `experiments.core.jobs` (`jobs/<stage>/<model>/<objective>/seed<S>[/step<N>]`),
+so a rerun skips what is finished and a killed study loses at most the job in flight. A failing
+job is recorded and its dependents skipped; the rest of the study goes on. Progress lines with an
+ETA are logged after every job. Finally `results.csv` (one row per configuration and checkpoint;
+see `experiments.analysis.results` for its conventions) and the report (`report.md`, `plots/`)
+are written.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from experiments.analysis import markdown
+from experiments.core import config_utils, jobs, multihost
+from experiments.core.config_utils import Field, IntTuple
+from experiments.measurement import stage as measurement
+from experiments.training import runs, setting, train
+
+SWEEP_SCHEMA = {
+    "objectives": Field((tuple, list)),
+    "widths": Field(IntTuple),
+    "depths": Field(IntTuple),
+    "seeds": Field(IntTuple),
+}
+REPORT_SCHEMA = {"num_resamples": Field(int, 1000)}
+RESULTS_FILE = "results.csv"
+# The columns of the contract (API.md), in its order; extras follow, `nan_reason` last.
+CONTRACT_COLUMNS = (
+    "setting",
+    "objective",
+    "model",
+    "width",
+    "depth",
+    "num_params",
+    "seed",
+    "step",
+    "pretrain_loss",
+    "pretrain_loss_gap",
+    "trace",
+    "trace_stderr",
+    "matvecs",
+    "top_eigenvalue",
+    "trace_downstream",
+    "fisher_trace",
+    "linear_probe_acc",
+    "finetune_acc",
+    "seconds_hessian",
+)
+# Job-result entries that are not table cells (lists, nested records, duplicates, sample counts).
+_NOT_COLUMNS = ("top_eigenvalues", "pretrain_loss_subset", "fisher_samples")
+
+
+class EmptySweepError(config_utils.ConfigError):
+    """A sweep with no configuration to run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One pretraining configuration of the sweep.
+
+    Attributes:
+      config: the full config of the run (sweep values filled in).
+      objective: the pretraining objective.
+      model: the model label, `<family>_w<width>_d<depth>`.
+      width: the model width.
+      depth: the model depth.
+      seed: the pretraining seed.
+      steps: the checkpoint steps the run saves.
+    """
+
+    config: ml_collections.ConfigDict
+    objective: str
+    model: str
+    width: int
+    depth: int
+    seed: int
+    steps: tuple[int, ...]
+
+    @property
+    def parts(self) -> tuple[str, str, str]:
+        """The path segments that name it in job ids and directories."""
+        return self.model, self.objective, f"seed{self.seed}"
+
+    def run_dir(self, workdir: pathlib.Path) -> pathlib.Path:
+        """Its pretraining workdir."""
+        return workdir.joinpath("runs", *self.parts)
+
+    def density_path(self, workdir: pathlib.Path, step: int) -> pathlib.Path:
+        """Where the measurement stage saves the spectral density of checkpoint `step`."""
+        return self.output_dir(workdir, step) / measurement.DENSITY_FILE
+
+    def output_dir(self, workdir: pathlib.Path, step: int) -> pathlib.Path:
+        """Where the per-checkpoint stages of checkpoint `step` write their files."""
+        return workdir.joinpath("hessian", *self.parts, f"step{step}")
+
+
+def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
+    """The configurations of `config.sweep`, each validated (`runs.build_run`).
+
+    Raises:
+      EmptySweepError: an axis of the sweep is empty.
+      ConfigError: an invalid field (named).
+    """
+    if "sweep" not in config:
+        raise config_utils.ConfigError("config.sweep is missing.")
+    sweep = config_utils.read_fields(config.sweep, SWEEP_SCHEMA, "config.sweep")
+    empty = [axis for axis in ("objectives", "widths", "depths", "seeds") if not sweep[axis]]
+    if empty:
+        raise EmptySweepError(
+            f"The sweep is empty: config.sweep.{', config.sweep.'.join(empty)} "
+            "must list at least one value."
+        )
+    result = []
+    for objective in sweep["objectives"]:
+        for width in sweep["widths"]:
+            for depth in sweep["depths"]:
+                for seed in sweep["seeds"]:
+                    run_config = config.copy_and_resolve_references()
+                    run_config.pretrain.objective = objective
+                    run_config.model.width, run_config.model.depth = width, depth
+                    run_config.seed = seed
+                    run = runs.build_run(run_config)
+                    model = f"{run_config.model.family}_w{width}_d{depth}"
+                    result.append(
+                        Configuration(
+                            run_config, objective, model, width, depth, seed, tuple(run.saved_steps)
+                        )
+                    )
+    return result
+
+
+def _pretrain_job(configuration: Configuration, workdir: pathlib.Path) -> dict[str, Any]:
+    outcome = train.pretrain(configuration.config, configuration.run_dir(workdir))
+    summary = json.loads((configuration.run_dir(workdir) / train.SUMMARY_FILE).read_text())
+    return {
+        "num_params": outcome.num_params,
+        "num_encoder_params": summary["num_encoder_params"],
+        "checkpoint_steps": outcome.checkpoint_steps,
+    }
+
+
+def stages_of(config: ml_collections.ConfigDict) -> tuple[setting.CheckpointStage, ...]:
+    """The per-checkpoint stages of a study: measurement, then the setting's transfer stage."""
+    return (measurement.STAGE, setting.of_config(config).transfer)
+
+
+def job_id(stage: setting.CheckpointStage, configuration: Configuration, step: int) -> str:
+    """The id of `stage`'s job of checkpoint `step` of `configuration`."""
+    return jobs.make_job_id(stage.name, *configuration.parts, step=step)
+
+
+def study_jobs(
+    configs: list[Configuration], config: ml_collections.ConfigDict, workdir: pathlib.Path
+) -> list[jobs.Job]:
+    """The jobs of the study: per configuration, pretraining, then each checkpoint's stages."""
+    stages = stages_of(config)
+    settings = {stage.name: stage.read_settings(config) for stage in stages}
+    opened: dict[pathlib.Path, runs.Run] = {}
+
+    def run_of(configuration: Configuration) -> runs.Run:
+        # Built once per run and process: rebuilding reloads the data.
+        run_dir = configuration.run_dir(workdir)
+        if run_dir not in opened:
+            opened[run_dir] = runs.open_run(run_dir, configuration.config)[0]
+        return opened[run_dir]
+
+    result = []
+    for c in configs:
+        pretrain_id = jobs.make_job_id("pretrain", *c.parts)
+        result.append(jobs.Job(pretrain_id, lambda c=c: _pretrain_job(c, workdir)))
+        for step in c.steps:
+            for stage in stages:
+                result.append(
+                    jobs.Job(
+                        job_id(stage, c, step),
+                        lambda c=c, step=step, stage=stage: score_checkpoint(
+                            stage,
+                            c.run_dir(workdir),
+                            step,
+                            run_of(c),
+                            settings[stage.name],
+                            c.output_dir(workdir, step),
+                        ),
+                        (pretrain_id,),
+                    )
+                )
+    return result
+
+
+# Checkpoint metrics logged by pretraining (`train.pretrain`) -> their results columns.
+_CHECKPOINT_COLUMNS = {
+    "test_loss": "pretrain_loss",
+    "loss_gap": "pretrain_loss_gap",
+    "loss_gap_stderr": "pretrain_loss_gap_stderr",
+}
+
+
+def _checkpoint_cells(run_dir: pathlib.Path) -> dict[int, dict[str, float]]:
+    """The pretraining metrics of each checkpoint, as logged by pretraining, by column."""
+    path = run_dir / train.METRICS_FILE
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {
+        r["step"]: {column: r[name] for name, column in _CHECKPOINT_COLUMNS.items() if name in r}
+        for r in records
+        if "test_loss" in r
+    }
+
+
+def score_checkpoint(
+    stage: setting.CheckpointStage,
+    run_dir: pathlib.Path,
+    step: int,
+    run: runs.Run,
+    settings: dict[str, Any],
+    output_dir: pathlib.Path,
+) -> dict[str, Any]:
+    """`stage.score` of the checkpoint at `step` of the pretraining run in `run_dir`."""
+    params, model_state = runs.restore_checkpoint(run_dir, step, run)
+    return stage.score(run, params, model_state, settings, output_dir)
+
+
+def run_stage(
+    stage: setting.CheckpointStage,
+    workdir: str | pathlib.Path,
+    config: ml_collections.ConfigDict | None = None,
+) -> dict[str, jobs.JobResult]:
+    """Runs `stage` on every checkpoint of the pretraining run in `workdir`, resumably.
+
+    Args:
+      stage: e.g. `measurement.STAGE` or the setting's `transfer` stage.
+      workdir: a `train.pretrain` workdir; results go to `jobs/<stage>/step<N>.json` and files to
+        `hessian/step<N>/` inside it.
+      config: the config (its stage sections set the knobs); `None`: the run's saved config.
+
+    Returns:
+      Job id -> `jobs.JobResult`, one per checkpoint.
+
+    Raises:
+      NoCheckpointsError, ConfigError, FileNotFoundError: see `runs.open_run`.
+    """
+    run, steps = runs.open_run(workdir, config)
+    settings = stage.read_settings(config or run.config)
+    workdir = pathlib.Path(workdir)
+    return jobs.run_jobs(
+        workdir,
+        [
+            jobs.Job(
+                jobs.make_job_id(stage.name, step=step),
+                lambda step=step: score_checkpoint(
+                    stage, workdir, step, run, settings, workdir / "hessian" / f"step{step}"
+                ),
+            )
+            for step in steps
+        ],
+        record_failures=True,
+    )
+
+
+def _cells(
+    record: jobs.JobResult | None, stage: setting.CheckpointStage
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The table cells of one stage's job, and the reasons of its NaN cells."""
+    if record is None:
+        return {}, {}
+    if record.status != jobs.DONE:
+        why = record.error or f"dependencies not done: {', '.join(record.failed_dependencies)}"
+        reason = f"{stage.name} job {record.status} ({why})"
+        return dict.fromkeys(stage.failure_columns, float("nan")), dict.fromkeys(
+            stage.failure_columns, reason
+        )
+    cells = {
+        name: value
+        for name, value in record.result.items()
+        if name not in _NOT_COLUMNS and (value is None or isinstance(value, (int, float)))
+    }
+    reasons = {pointer.lstrip("/"): why for pointer, why in record.nan_reason.items()}
+    return cells, reasons
+
+
+def result_rows(
+    configs: list[Configuration], workdir: pathlib.Path, results: dict[str, jobs.JobResult]
+) -> list[dict[str, Any]]:
+    """One row per configuration and checkpoint, from the job results (see `CONTRACT_COLUMNS`)."""
+    rows = []
+    for c in configs:
+        study_setting = setting.of_config(c.config)
+        pretrained = results.get(jobs.make_job_id("pretrain", *c.parts))
+        done = pretrained is not None and pretrained.status == jobs.DONE
+        checkpoint_cells = _checkpoint_cells(c.run_dir(workdir))
+        for step in c.steps:
+            row: dict[str, Any] = {
+                "setting": study_setting.name,
+                "objective": c.objective,
+                "model": c.model,
+                "width": c.width,
+                "depth": c.depth,
+                "num_params": pretrained.result["num_params"] if done else None,
+                "seed": c.seed,
+                "step": step,
+                "pretrain_loss": None,
+                # Logged where the exact optimum is known (the language setting).
+                "pretrain_loss_gap": None,
+                **checkpoint_cells.get(step, {}),
+            }
+            reasons: dict[str, str] = {}
+            for stage in stages_of(c.config):
+                cells, why = _cells(results.get(job_id(stage, c, step)), stage)
+                row.update(cells)
+                reasons.update(why)
+            study_setting.derive_row(row)
+            # `;` separates the items of the column (see `experiments.analysis.results`).
+            row["nan_reason"] = "; ".join(
+                f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()
+            )
+            rows.append(row)
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
+    """Writes `rows` as CSV: contract columns first, then the extras, `nan_reason` last.
+
+    Empty cells where a row has no value (`None` or absent): "does not apply".
+    """
+    extras = sorted({name for row in rows for name in row} - set(CONTRACT_COLUMNS))
+    extras = [name for name in extras if name != "nan_reason"] + ["nan_reason"]
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, [*CONTRACT_COLUMNS, *extras], restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Runs (or resumes) the whole study of `config` in `workdir` and writes its report.
+
+    Args:
+      config: a study config: `seed`, `data`, `model`, `pretrain` (the base of every run), `sweep`,
+        `hessian`, `finetune` and optionally `report` (see `configs/digits.py`).
+      workdir: the study's directory, created if needed.
+
+    Returns:
+      The path of `report.md`.
+
+    Raises:
+      EmptySweepError: the sweep has no configuration.
+      ConfigError: an invalid field, or an unknown target task (the message names it).
+    """
+    workdir = pathlib.Path(workdir)
+    configs = configurations(config)
+    study = study_jobs(configs, config, workdir)
+    report_settings = config_utils.read_fields(
+        config.get("report", {}), REPORT_SCHEMA, "config.report"
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
+    # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.
+    results = jobs.run_jobs(workdir, study, record_failures=True, retry_failed=True)
+    failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
+    if multihost.is_primary():  # On several hosts, the one process that writes files.
+        write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
+        markdown.write_report(workdir, num_resamples=report_settings["num_resamples"])
+    report = workdir / markdown.REPORT_FILE
+    if failed:
+        first = results[failed[0]]
+        raise jobs.StudyIncompleteError(
+            f"{len(failed)} of {len(study)} jobs did not finish (first: {failed[0]}: "
+            f"{first.error or 'a dependency failed'}). {RESULTS_FILE} and {report.name} cover the "
+            f"others; each failure is recorded under {workdir / 'jobs'}; rerun to retry them.")
+    return report
+

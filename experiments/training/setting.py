@@ -1,0 +1,186 @@
+"""The `Setting` interface and its registry: what a study setting plugs into the generic code.
+
+A setting (images, masked-LM language, ...) is one package under `experiments/` with a module
+that defines `SETTING`, an object with the members of `Setting`. The generic code — the training
+loop (`experiments.training.train`), the measurement stage (`experiments.measurement`), the study
+(`experiments.sweep`), jobs, checkpoints and the report — only ever calls these members, and
+finds the setting by the one config field `config.setting` through `SETTINGS`, which names each
+setting's module without importing it. Adding a setting is its own folder plus one line here.
+
+What a setting supplies:
+  * `source_task(config.data)`: the pretraining data (`SourceTask`);
+  * `objectives`: its objectives or training algorithms by name (`config.pretrain.objective`);
+  * `step_extras(...)`: a term added to the training loss whose state is updated outside the
+    compiled step (the language setting's adversary), or None;
+  * `checkpoint_metrics(run)`: metrics logged at each checkpoint beside the source test loss
+    (e.g. the exact gap to the optimal loss, as `loss_gap` and `loss_gap_stderr`);
+  * `read_measurement_settings(config)` and `downstream_problem(...)`: which downstream loss and
+    data the measurement stage differentiates (critic 1: curvature without the pretraining data);
+  * `transfer`: its per-checkpoint transfer stage (`CheckpointStage`), and `derive_row`, which
+    completes a results row from its cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import jax
+import ml_collections
+
+from experiments.core import config_utils
+from experiments.training import models, objectives
+
+if TYPE_CHECKING:
+    from experiments.training.runs import Run
+
+# Setting name (`config.setting`) -> the module that defines its `SETTING`.
+SETTINGS = {
+    "vision": "experiments.vision.setting",
+    "language": "experiments.language.setting",
+}
+
+
+class SourceTask(Protocol):
+    """The pretraining data of a setting.
+
+    Attributes:
+      name: a readable description, e.g. `"digits[0, 1, 2, 3, 4]"`.
+      train: the pretraining examples.
+      test: the held-out examples of the source test loss.
+      num_classes: the outputs of a classifier over its labels (the vocabulary for a masked LM).
+      input_shape: the shape of one input example.
+      input_vocab_size: the number of token ids of token inputs; 0 for images.
+    """
+
+    name: str
+    train: objectives.BatchSource
+    test: objectives.BatchSource
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def input_vocab_size(self) -> int: ...
+
+
+class StepExtras(Protocol):
+    """A term added to the training loss, with state updated between compiled steps.
+
+    The training loop calls, at every step, `state = update(step, params, state)` and then the
+    compiled step on the batch plus `{"extras_state": state, "extras_batch": batch(seed, step)}`,
+    whose loss adds `penalty(params, state, extras_batch)`. The state is checkpointed with the
+    run (item `step_extras`), so a resumed run continues exactly.
+    """
+
+    def init(self, params: models.Params) -> Any:
+        """The state at step 0."""
+
+    def update(self, step: int, params: models.Params, state: Any) -> Any:
+        """The state for training step `step`, before the step runs."""
+
+    def batch(self, seed: int, step: int) -> dict[str, Any]:
+        """The extra inputs of step `step`, a function of `(seed, step)` only."""
+
+    def penalty(self, params: models.Params, state: Any, batch: Mapping[str, Any]) -> jax.Array:
+        """The term added to the loss; traceable."""
+
+
+class DownstreamProblem(NamedTuple):
+    """A downstream loss whose Hessian the measurement stage estimates.
+
+    Attributes:
+      loss_fn: `loss_fn(params, batch) -> scalar`.
+      params: the parameters it is differentiated in (e.g. the encoder with a fitted head).
+      batches: the batches, stacked on a leading axis (`hessjax.dataset_hvp_fn`).
+    """
+
+    loss_fn: objectives.LossFn
+    params: Any
+    batches: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointStage:
+    """A stage run once per checkpoint after pretraining (one job each).
+
+    Attributes:
+      name: the stage, the first segment of its job ids.
+      read_settings: `config -> settings`, validated once per study.
+      score: `(run, params, model_state, settings, output_dir) -> job result` (table cells, and a
+        `nan_reason` mapping for NaN cells); `output_dir` is where the checkpoint's files go.
+      failure_columns: the cells left NaN, with the failure as the reason, when the job fails.
+    """
+
+    name: str
+    read_settings: Callable[[ml_collections.ConfigDict], dict[str, Any]]
+    score: Callable[[Run, models.Params, models.ModelState, dict[str, Any], pathlib.Path], dict[str, Any]]
+    failure_columns: tuple[str, ...]
+
+
+class Setting(Protocol):
+    """What a study setting supplies to the generic code (see the module docstring).
+
+    Attributes:
+      name: its registry name, the value of `config.setting`.
+      objectives: objective name (`config.pretrain.objective`) -> factory.
+      transfer: its per-checkpoint transfer stage.
+    """
+
+    name: str
+    objectives: Mapping[str, objectives.ObjectiveFactory]
+    transfer: CheckpointStage
+
+    def source_task(self, data_config: ml_collections.ConfigDict) -> SourceTask:
+        """The pretraining task of `config.data` (built into the data dir on first use)."""
+
+    def step_extras(
+        self,
+        objective: objectives.Objective,
+        pretrain_config: ml_collections.ConfigDict,
+        model: models.EncoderHead,
+        task: SourceTask,
+    ) -> StepExtras | None:
+        """The extra training term of `objective`, or None."""
+
+    def checkpoint_metrics(
+        self, run: Run
+    ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+        """Metrics of a checkpoint logged beside the source test loss (may return `{}`)."""
+
+    def read_measurement_settings(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """The setting's own knobs of the measurement stage, validated."""
+
+    def downstream_problem(
+        self,
+        run: Run,
+        params: models.Params,
+        model_state: models.ModelState,
+        settings: dict[str, Any],
+    ) -> DownstreamProblem:
+        """The downstream loss and data of a checkpoint (critic 1)."""
+
+    def derive_row(self, row: dict[str, Any]) -> None:
+        """Completes a results row in place once every stage's cells are in."""
+
+
+def get(name: str) -> Setting:
+    """The setting registered as `name`.
+
+    Raises:
+      ConfigError: `name` is not registered (the message lists the registered settings).
+    """
+    module = config_utils.choose(name, SETTINGS, "config.setting")
+    return importlib.import_module(module).SETTING
+
+
+def of_config(config: ml_collections.ConfigDict) -> Setting:
+    """The setting of `config.setting`."""
+    name = config_utils.read_fields(config, {"setting": config_utils.Field(str)}, "config")
+    return get(name["setting"])
