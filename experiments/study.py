@@ -43,10 +43,10 @@ from experiments import (
     jobs,
     language_measures,
     multihost,
-    report_lib,
     train,
     transfer,
 )
+from experiments.analysis import markdown
 from experiments.config_utils import Field, IntTuple
 
 SWEEP_SCHEMA = {
@@ -406,8 +406,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
     if multihost.is_primary():  # On several hosts, the one process that writes files.
         write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
-        report_lib.write_report(workdir, num_resamples=report_settings["num_resamples"])
-    report = workdir / report_lib.REPORT_FILE
+        markdown.write_report(workdir, num_resamples=report_settings["num_resamples"])
+    report = workdir / markdown.REPORT_FILE
     if failed:
         first = results[failed[0]]
         raise transfer.StudyIncompleteError(
