@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
-from experiments import multihost, report_lib
+from experiments import multihost
+from experiments.analysis import markdown
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's working directory.", required=True)
 _STATISTICS = flags.DEFINE_list(
@@ -23,7 +24,7 @@ _NUM_RESAMPLES = flags.DEFINE_integer("num_resamples", 1000, "Bootstrap resample
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
 _DENSITY_PATTERN = flags.DEFINE_string(
     "density_pattern",
-    report_lib.DEFAULT_DENSITY_PATTERN,
+    markdown.DEFAULT_DENSITY_PATTERN,
     "Path of a checkpoint's spectral density relative to the workdir, formatted with its row.",
 )
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str]) -> None:
     if not multihost.is_primary():
         return
     try:
-        report = report_lib.write_report(
+        report = markdown.write_report(
             _WORKDIR.value,
             statistics=_STATISTICS.value,
             num_resamples=_NUM_RESAMPLES.value,

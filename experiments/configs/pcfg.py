@@ -114,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.finetune.probe_l2 = 1e-3
     config.finetune.probe_steps = 25  # L-BFGS steps; the fit is convex and converges in a few.
 
-    # Bootstrap resamples of the report's confidence intervals (`experiments.report_lib`).
+    # Bootstrap resamples of the report's confidence intervals (`experiments.analysis.statistics`).
     config.report = ml_collections.ConfigDict()
     config.report.num_resamples = 1000
     return config

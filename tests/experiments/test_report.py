@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments import report_lib
+from experiments.analysis import markdown, plots, results, statistics
 
-AXES = {axis.name: axis for axis in report_lib.SWEEP_AXES}
+AXES = {axis.name: axis for axis in statistics.SWEEP_AXES}
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -27,17 +27,17 @@ def small_table(**extra_columns):
     for name, values in extra_columns.items():
         for row, value in zip(rows, values, strict=True):
             row[name] = value
-    return report_lib.ResultsTable.from_rows(rows)
+    return results.ResultsTable.from_rows(rows)
 
 
 def test_rank_correlations_match_hand_computed_values():
     x = np.arange(1.0, 7.0)
-    tau, rho = report_lib.rank_correlations(x, 2 * x + 1)
+    tau, rho = statistics.rank_correlations(x, 2 * x + 1)
     assert (tau, rho) == pytest.approx((1.0, 1.0))
-    tau, rho = report_lib.rank_correlations(x, -x)
+    tau, rho = statistics.rank_correlations(x, -x)
     assert (tau, rho) == pytest.approx((-1.0, -1.0))
     # Two discordant pairs out of 15: tau = (13 - 2) / 15; sum d^2 = 4: rho = 1 - 6*4 / (6*35).
-    tau, rho = report_lib.rank_correlations(x, np.array([1.0, 3, 2, 5, 4, 6]))
+    tau, rho = statistics.rank_correlations(x, np.array([1.0, 3, 2, 5, 4, 6]))
     assert tau == pytest.approx(11 / 15)
     assert rho == pytest.approx(1 - 24 / 210)
 
@@ -46,7 +46,7 @@ def test_batched_rank_correlations_agree_with_scipy_row_by_row():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 4, size=(5, 9)).astype(float)  # Integer values: ties included.
     y = rng.normal(size=(5, 9))
-    tau, rho = report_lib.rank_correlations(x, y)
+    tau, rho = statistics.rank_correlations(x, y)
     for i in range(5):
         assert tau[i] == pytest.approx(stats.kendalltau(x[i], y[i]).statistic)
         assert rho[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic)
@@ -54,10 +54,10 @@ def test_batched_rank_correlations_agree_with_scipy_row_by_row():
 
 def test_pooled_correlation_of_monotone_columns_is_exact():
     table = small_table(up=[1, 2, 4, 8, 16, 32], down=[6, 5, 4, 3, 2, 1])
-    up = report_lib.correlate(table, "up", "finetune_acc", AXES["pooled"], num_resamples=200)
+    up = statistics.correlate(table, "up", "finetune_acc", AXES["pooled"], num_resamples=200)
     assert (up.tau, up.rho, up.num_rows, up.num_groups) == pytest.approx((1.0, 1.0, 6, 1))
     assert up.tau_interval == pytest.approx((1.0, 1.0))
-    down = report_lib.correlate(table, "down", "finetune_acc", AXES["pooled"], num_resamples=200)
+    down = statistics.correlate(table, "down", "finetune_acc", AXES["pooled"], num_resamples=200)
     assert (down.tau, down.rho) == pytest.approx((-1.0, -1.0))
 
 
@@ -65,8 +65,8 @@ def test_bootstrap_interval_is_seeded_and_contains_the_estimate():
     rng = np.random.default_rng(1)
     table = small_table(noisy=rng.normal(size=6))
     pooled = AXES["pooled"]
-    first = report_lib.correlate(table, "noisy", "finetune_acc", pooled, num_resamples=300, seed=3)
-    again = report_lib.correlate(table, "noisy", "finetune_acc", pooled, num_resamples=300, seed=3)
+    first = statistics.correlate(table, "noisy", "finetune_acc", pooled, num_resamples=300, seed=3)
+    again = statistics.correlate(table, "noisy", "finetune_acc", pooled, num_resamples=300, seed=3)
     assert first == again
     assert first.tau_interval[0] <= first.tau <= first.tau_interval[1]
     assert first.tau == pytest.approx(
@@ -92,7 +92,7 @@ def sweep_table():
                         "linear_probe_acc": offset + step / 1000,
                     }
                 )
-    return report_lib.ResultsTable.from_rows(rows)
+    return results.ResultsTable.from_rows(rows)
 
 
 def test_axis_groups_select_the_intended_rows():
@@ -109,14 +109,14 @@ def test_axis_groups_select_the_intended_rows():
             for g in groups
         ]
 
-    assert [len(g) for g in report_lib.axis_groups(table, AXES["pooled"])] == [12]
-    iterations = report_lib.axis_groups(table, AXES["iterations"])
+    assert [len(g) for g in statistics.axis_groups(table, AXES["pooled"])] == [12]
+    iterations = statistics.axis_groups(table, AXES["iterations"])
     assert [len(g) for g in iterations] == [3] * 4
     assert varying(iterations) == [{"step"}] * 4
-    objectives = report_lib.axis_groups(table, AXES["objective"])
+    objectives = statistics.axis_groups(table, AXES["objective"])
     assert [len(g) for g in objectives] == [2] * 6
     assert varying(objectives) == [{"objective"}] * 6
-    sizes = report_lib.axis_groups(table, AXES["size"])
+    sizes = statistics.axis_groups(table, AXES["size"])
     assert [len(g) for g in sizes] == [2] * 6
     assert varying(sizes) == [{"model"}] * 6
     assert sorted(np.concatenate(sizes)) == list(range(12))
@@ -125,15 +125,15 @@ def test_axis_groups_select_the_intended_rows():
 def test_within_group_correlation_differs_from_pooled():
     table = sweep_table()
     kwargs = dict(num_resamples=200)
-    pooled = report_lib.correlate(table, "statistic", "linear_probe_acc", AXES["pooled"], **kwargs)
+    pooled = statistics.correlate(table, "statistic", "linear_probe_acc", AXES["pooled"], **kwargs)
     expected = stats.kendalltau(table.values("statistic"), table.values("linear_probe_acc"))
     assert pooled.tau == pytest.approx(expected.statistic) and pooled.tau < 0
-    runs = report_lib.correlate(
+    runs = statistics.correlate(
         table, "statistic", "linear_probe_acc", AXES["iterations"], **kwargs
     )
     assert (runs.tau, runs.num_groups, runs.num_rows) == pytest.approx((1.0, 4, 12))
     assert runs.tau_interval == pytest.approx((1.0, 1.0))
-    sizes = report_lib.correlate(table, "statistic", "linear_probe_acc", AXES["size"], **kwargs)
+    sizes = statistics.correlate(table, "statistic", "linear_probe_acc", AXES["size"], **kwargs)
     assert (sizes.tau, sizes.num_groups) == pytest.approx((-1.0, 6))
 
 
@@ -143,10 +143,10 @@ def test_nan_rows_are_dropped_per_pair_with_their_reason():
         fisher_trace=["", "", "", 1, 2, 3],
         nan_reason=["", "", "trace: loss diverged", "", "", ""],
     )
-    trace = report_lib.correlate(table, "trace", "finetune_acc", AXES["pooled"], num_resamples=50)
+    trace = statistics.correlate(table, "trace", "finetune_acc", AXES["pooled"], num_resamples=50)
     assert (trace.tau, trace.num_rows) == pytest.approx((1.0, 5))
     assert "1 row NaN (loss diverged)" in trace.note
-    fisher = report_lib.correlate(
+    fisher = statistics.correlate(
         table, "fisher_trace", "finetune_acc", AXES["pooled"], num_resamples=50
     )
     assert (fisher.tau, fisher.num_rows) == pytest.approx((1.0, 3))
@@ -157,7 +157,7 @@ def test_all_nan_statistic_is_reported_as_nan_with_its_reason():
     table = small_table(
         top_eigenvalue=["nan"] * 6, nan_reason=["top_eigenvalue: Lanczos broke down"] * 6
     )
-    result = report_lib.correlate(
+    result = statistics.correlate(
         table, "top_eigenvalue", "finetune_acc", AXES["pooled"], num_resamples=50
     )
     assert math.isnan(result.tau) and math.isnan(result.rho) and result.num_rows == 0
@@ -168,28 +168,28 @@ def test_column_roles_and_default_predictors():
     table = small_table(
         trace=range(6), trace_stderr=range(6), linear_probe_acc=range(6), pretrain_loss=range(6)
     )
-    assert report_lib.column_role("block_trace/dense_0") == "statistic"
-    assert report_lib.column_role("knn_acc") == "score"
-    assert report_lib.predictor_columns(table) == ["trace", "pretrain_loss"]
-    assert report_lib.score_columns(table) == ["finetune_acc", "linear_probe_acc"]
+    assert results.column_role("block_trace/dense_0") == "statistic"
+    assert results.column_role("knn_acc") == "score"
+    assert results.predictor_columns(table) == ["trace", "pretrain_loss"]
+    assert results.score_columns(table) == ["finetune_acc", "linear_probe_acc"]
     with pytest.raises(ValueError, match="not columns"):
-        report_lib.correlation_table(table, ["absent"], num_resamples=10)
+        statistics.correlation_table(table, ["absent"], num_resamples=10)
 
 
 def test_probe_budget_extrapolates_from_the_standard_error():
     table = small_table(trace=[10.0] * 6, trace_stderr=[1.0] * 6, matvecs=[10] * 6)
-    budget = report_lib.probe_budget(table)
+    budget = statistics.probe_budget(table)
     # Relative stderr 0.1 at 10 matvecs; 0.05 needs 4x as many, 0.01 needs 100x.
     assert budget.method == "extrapolated"
     assert (budget.median_5pct, budget.max_1pct) == pytest.approx((40.0, 1000.0))
-    measured = report_lib.probe_budget(small_table(matvecs_5pct=[8, 16, 32, 8, 8, 8]))
+    measured = statistics.probe_budget(small_table(matvecs_5pct=[8, 16, 32, 8, 8, 8]))
     assert (measured.method, measured.median_5pct, measured.max_5pct) == ("measured", 8, 32)
 
 
 def test_density_from_lanczos_nodes_is_normalised(tmp_path):
     path = tmp_path / "density.npz"
     np.savez(path, nodes=np.array([[0.0, 1.0], [2.0, 3.0]]), weights=np.full((2, 2), 0.5))
-    grid, pdf = report_lib.load_density(path)
+    grid, pdf = plots.load_density(path)
     assert np.trapezoid(pdf, grid) == pytest.approx(1.0, abs=1e-3)
 
 
@@ -205,7 +205,7 @@ def test_cli_writes_report_and_plots(tmp_path):
     trace = [str(v) for v in table.values("statistic")]
     trace[0] = "nan"
     columns = dict(table.columns, trace=tuple(trace), nan_reason=("trace: diverged",) + ("",) * 11)
-    write_csv(tmp_path / "results.csv", report_lib.ResultsTable(columns))
+    write_csv(tmp_path / "results.csv", results.ResultsTable(columns))
     density = tmp_path / "hessian/small/xent/seed0"
     for step in (0, 100):
         (density / f"step{step}").mkdir(parents=True)
@@ -226,4 +226,4 @@ def test_cli_writes_report_and_plots(tmp_path):
 
 def test_missing_results_csv_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.csv does not exist"):
-        report_lib.write_report(tmp_path)
+        markdown.write_report(tmp_path)
