@@ -7,16 +7,12 @@ Usage::
 Started on several hosts (the `HESSJAX_*` environment), only the primary process writes.
 """
 
-from __future__ import annotations
+from absl import flags, logging
 
-from collections.abc import Sequence
-
-from absl import app, flags, logging
-
-from experiments import multihost
 from experiments.analysis import markdown
+from experiments.core import binaries, multihost
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The study's working directory.", required=True)
+_WORKDIR = binaries.define_workdir_flag("The study's working directory.")
 _STATISTICS = flags.DEFINE_list(
     "statistics", None, "Predictor columns to correlate; default: every Hessian statistic."
 )
@@ -29,24 +25,18 @@ _DENSITY_PATTERN = flags.DEFINE_string(
 )
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    multihost.initialize()
+def _write_report() -> None:
     if not multihost.is_primary():
         return
-    try:
-        report = markdown.write_report(
-            _WORKDIR.value,
-            statistics=_STATISTICS.value,
-            num_resamples=_NUM_RESAMPLES.value,
-            seed=_SEED.value,
-            density_pattern=_DENSITY_PATTERN.value,
-        )
-    except FileNotFoundError as error:
-        raise app.UsageError(str(error)) from error
+    report = markdown.write_report(
+        _WORKDIR.value,
+        statistics=_STATISTICS.value,
+        num_resamples=_NUM_RESAMPLES.value,
+        seed=_SEED.value,
+        density_pattern=_DENSITY_PATTERN.value,
+    )
     logging.info("Wrote %s", report)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    binaries.run(_write_report)

@@ -5,7 +5,8 @@ single-position masked-LM loss on the `pretrain` sentences of the `small` gramma
 non-terminals, 20 words, sentences of 4-8 words, 100,000 pretraining sentences;
 `experiments.data.pcfg_tfds`): small enough that a tiny model gets within 0.02 nats of the
 optimum on a 2-core CPU in about five minutes (below). The pretraining loss is reported as the
-exact gap to the Bayes-optimal loss on the `evaluation` split (`experiments.language.evaluation.masked_lm_gap`,
+exact gap to the Bayes-optimal loss on the `evaluation` split
+(`experiments.language.evaluation.masked_lm_gap`,
 logged as `loss_gap` at every checkpoint). `--config.data.pcfg_config=default` selects the richer
 grammar (31 non-terminals, 100 words, sentences of up to 16 words), which stays about 1 nat from
 the optimum on a CPU budget (`docs/pcfg_results.md`).

@@ -73,7 +73,7 @@ def score(
     params: models.Params,
     model_state: models.ModelState,
     settings: dict[str, Any],
-    output_dir: pathlib.Path,
+    output_dir: pathlib.Path | None,
 ) -> dict[str, float]:
     """Test accuracy of a probe of each task: `linear_probe_acc/<task>` (the transfer stage)."""
     del model_state, output_dir  # No normalization statistics; no files.

@@ -230,7 +230,7 @@ def score_checkpoint(
     step: int,
     run: runs.Run,
     settings: dict[str, Any],
-    output_dir: pathlib.Path,
+    output_dir: pathlib.Path | None,
 ) -> dict[str, Any]:
     """`stage.score` of the checkpoint at `step` of the pretraining run in `run_dir`."""
     params, model_state = runs.restore_checkpoint(run_dir, step, run)

@@ -114,13 +114,16 @@ class CheckpointStage:
       name: the stage, the first segment of its job ids.
       read_settings: `config -> settings`, validated once per study.
       score: `(run, params, model_state, settings, output_dir) -> job result` (table cells, and a
-        `nan_reason` mapping for NaN cells); `output_dir` is where the checkpoint's files go.
+        `nan_reason` mapping for NaN cells); `output_dir` is where the checkpoint's files go (None:
+        nowhere).
       failure_columns: the cells left NaN, with the failure as the reason, when the job fails.
     """
 
     name: str
     read_settings: Callable[[ml_collections.ConfigDict], dict[str, Any]]
-    score: Callable[[Run, models.Params, models.ModelState, dict[str, Any], pathlib.Path], dict[str, Any]]
+    score: Callable[
+        [Run, models.Params, models.ModelState, dict[str, Any], pathlib.Path | None], dict[str, Any]
+    ]
     failure_columns: tuple[str, ...]
 
 

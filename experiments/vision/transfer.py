@@ -234,7 +234,7 @@ def score_checkpoint(
     params: models.Params,
     model_state: models.ModelState,
     settings: dict[str, Any],
-    output_dir: pathlib.Path,
+    output_dir: pathlib.Path | None,
 ) -> dict[str, Any]:
     """`score`, as the setting's transfer stage (`output_dir` is unused)."""
     del output_dir

@@ -8,7 +8,7 @@ import json
 
 import jax
 
-from experiments import multihost
+from experiments.core import multihost
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import ml_collections
 import pytest
 
 from experiments.configs import smoke
-from experiments.data import tfds_data
+from experiments.vision import tfds_data
 
 
 @pytest.fixture(scope="session")

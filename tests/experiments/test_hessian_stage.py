@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import config_utils, hessian, jobs, train, transfer
 from experiments.configs import smoke
+from experiments.core import checkpoints, config_utils, jobs
+from experiments.measurement import stage as hessian
+from experiments.sweep import study
+from experiments.training import runs, train
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +29,14 @@ def smoke_run(digits_data_dir, tmp_path_factory):
 def measured(smoke_run):
     """`measure_run` of the smoke run, with the file times of its results."""
     config, workdir = smoke_run
-    results = hessian.measure_run(workdir)
+    results = study.run_stage(hessian.STAGE, workdir)
     return results, {p: p.stat().st_mtime_ns for p in (workdir / jobs.JOBS_DIRNAME).rglob("*.json")}
 
 
 def test_every_checkpoint_is_measured(smoke_run, measured):
     config, workdir = smoke_run
     results, _ = measured
-    assert list(results) == [hessian.job_id(step) for step in (0, 5, 20, 60)]
+    assert list(results) == [jobs.make_job_id("measure", step=step) for step in (0, 5, 20, 60)]
     settings = hessian.read_settings(config)
     for step, record in zip((0, 5, 20, 60), results.values(), strict=True):
         assert record.status == jobs.DONE, record.error
@@ -58,9 +61,11 @@ def test_same_probes_and_data_for_every_checkpoint(smoke_run, measured):
     """Measuring a checkpoint again gives the identical numbers (common random numbers)."""
     config, workdir = smoke_run
     results, _ = measured
-    run, _ = transfer.open_run(workdir)
-    again = hessian.measure_checkpoint(workdir, 20, run, hessian.read_settings(config))
-    stored = results[hessian.job_id(20)].result
+    run, _ = runs.open_run(workdir)
+    again = study.score_checkpoint(
+        hessian.STAGE, workdir, 20, run, hessian.read_settings(config), None
+    )
+    stored = results[jobs.make_job_id("measure", step=20)].result
     for name in ("trace", "trace_stderr", "top_eigenvalue", "trace_downstream", "fisher_trace"):
         assert again[name] == pytest.approx(stored[name], rel=1e-6)
 
@@ -68,14 +73,14 @@ def test_same_probes_and_data_for_every_checkpoint(smoke_run, measured):
 def test_rerun_skips_finished_checkpoints(smoke_run, measured):
     _, workdir = smoke_run
     _, times = measured
-    hessian.measure_run(workdir)
+    study.run_stage(hessian.STAGE, workdir)
     assert {p: p.stat().st_mtime_ns for p in times} == times
 
 
 def test_non_finite_statistics_are_nan_with_a_reason(smoke_run, tmp_path):
     config, workdir = smoke_run
-    run, _ = transfer.open_run(workdir)
-    params, model_state = transfer.restore_checkpoint(workdir, 60, run)
+    run, _ = runs.open_run(workdir)
+    params, model_state = runs.restore_checkpoint(workdir, 60, run)
     params = jax.tree_util.tree_map(lambda leaf: leaf.at[0].set(jnp.nan), params)
     result = hessian.measure(run, params, model_state, hessian.read_settings(config))
     for name in ("trace", "trace_downstream", "fisher_trace"):
@@ -89,23 +94,28 @@ def test_non_finite_statistics_are_nan_with_a_reason(smoke_run, tmp_path):
 
 def test_workdir_without_checkpoints_is_refused(smoke_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="No pretraining run"):
-        hessian.measure_run(tmp_path)
+        study.run_stage(hessian.STAGE, tmp_path)
     _, workdir = smoke_run
-    shutil.copy(workdir / train.CONFIG_FILE, tmp_path / train.CONFIG_FILE)
-    with pytest.raises(transfer.NoCheckpointsError, match="holds no checkpoint"):
-        hessian.measure_run(tmp_path)
+    shutil.copy(workdir / runs.CONFIG_FILE, tmp_path / runs.CONFIG_FILE)
+    with pytest.raises(checkpoints.NoCheckpointsError, match="holds no checkpoint"):
+        study.run_stage(hessian.STAGE, tmp_path)
 
 
 def test_checkpoint_of_another_model_is_refused(smoke_run, tmp_path):
     _, workdir = smoke_run
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(jobs.JOBS_DIRNAME))
-    saved = json.loads((copy / train.CONFIG_FILE).read_text())
+    saved = json.loads((copy / runs.CONFIG_FILE).read_text())
     saved["model"]["width"] = 8
-    (copy / train.CONFIG_FILE).write_text(json.dumps(saved))
-    with pytest.raises(transfer.CheckpointMismatchError, match="does not fit the model"):
-        hessian.measure_checkpoint(
-            copy, 60, transfer.open_run(copy)[0], hessian.read_settings(train.load_config(copy))
+    (copy / runs.CONFIG_FILE).write_text(json.dumps(saved))
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="does not fit the model"):
+        study.score_checkpoint(
+            hessian.STAGE,
+            copy,
+            60,
+            runs.open_run(copy)[0],
+            hessian.read_settings(runs.load_config(copy)),
+            None,
         )
 
 
@@ -114,4 +124,4 @@ def test_config_of_another_run_is_refused(smoke_run):
     other = config.copy_and_resolve_references()
     other.model.width = 8
     with pytest.raises(config_utils.ConfigError, match="config.model.width: 16 -> 8"):
-        hessian.measure_run(workdir, other)
+        study.run_stage(hessian.STAGE, workdir, other)

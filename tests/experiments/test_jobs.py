@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import jobs
+from experiments.core import jobs
 
 
 class Counter:

@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import config_utils, models
+from experiments.core import config_utils
+from experiments.training import evaluation, models, objectives
+from experiments.vision import objectives as vision_objectives
 
 IMAGE_SHAPE = (8, 8, 1)
 FAMILIES = {
@@ -121,16 +123,15 @@ def test_wrong_field_types_and_values_name_the_field():
 
 def test_batchnorm_eval_loss_takes_the_statistics_as_arguments():
     # The Hessian stage measures one checkpoint after another; with BatchNorm each has its own
-    # running statistics. `transfer.eval_loss` binds them as arguments (a `Partial`), so the
+    # running statistics. `evaluation.eval_loss` binds them as arguments (a `Partial`), so the
     # curvature products compile once, not once per checkpoint, and still use each state.
     import importlib
 
     import hessjax
-    from experiments import objectives, transfer
 
     products = importlib.import_module("hessjax.products")
     model = models.build_model(_config("resnet_batchnorm", 4, 1), 3)
-    objective = objectives.cross_entropy(ml_collections.ConfigDict())
+    objective = vision_objectives.cross_entropy(ml_collections.ConfigDict())
     params, state = models.init_model(model, 0, IMAGE_SHAPE)
     images = 3.0 + jax.random.normal(jax.random.key(1), (8, *IMAGE_SHAPE))
     batch = {"inputs": images, "labels": jnp.arange(8) % 3}
@@ -140,7 +141,7 @@ def test_batchnorm_eval_loss_takes_the_statistics_as_arguments():
     v = jax.tree_util.tree_map(jnp.ones_like, params)
     sizes, products_seen = [], []
     for model_state in states:
-        loss_fn = transfer.eval_loss(model, objective, "test_bn", model_state)
+        loss_fn = evaluation.eval_loss(model, objective, "test_bn", model_state)
         reference = objectives.make_eval_loss(model, objective, model_state)
         np.testing.assert_allclose(loss_fn(params, batch), reference(params, batch), rtol=1e-6)
         product = hessjax.hvp_fn(loss_fn, params, batch)(v)

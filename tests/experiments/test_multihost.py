@@ -14,8 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import hessian, jobs, train
 from experiments.configs import smoke
+from experiments.core import checkpoints, jobs
+from experiments.measurement import stage as measurement
+from experiments.sweep import study
+from experiments.training import runs, train
 from tests import _subprocess
 
 NUM_PROCESSES = 2
@@ -76,11 +79,11 @@ def test_two_processes_pretrain_like_one(pretrained):
     two, one, completed = pretrained
     for process in completed:
         assert "each batch of 32 examples is split across 4 devices of 2 processes" in process.stderr
-    assert train.checkpoint_steps(two) == train.checkpoint_steps(one) == [10, 30]
+    assert checkpoints.steps(two) == checkpoints.steps(one) == [10, 30]
     for step in (10, 30):
         for got, expected in zip(
-            jax.tree_util.tree_leaves(train.restore_params(two, step)),
-            jax.tree_util.tree_leaves(train.restore_params(one, step)),
+            jax.tree_util.tree_leaves(runs.restore_params(two, step)),
+            jax.tree_util.tree_leaves(runs.restore_params(one, step)),
             strict=True,
         ):
             np.testing.assert_allclose(got, expected, rtol=RTOL, atol=RTOL * 1e-2)
@@ -93,8 +96,8 @@ def test_two_processes_pretrain_like_one(pretrained):
         for name in ("train_loss", "test_loss", "learning_rate"):
             if name in reference:
                 np.testing.assert_allclose(record[name], reference[name], rtol=RTOL)
-    assert json.loads((two / train.CONFIG_FILE).read_text()) == json.loads(
-        (one / train.CONFIG_FILE).read_text()
+    assert json.loads((two / runs.CONFIG_FILE).read_text()) == json.loads(
+        (one / runs.CONFIG_FILE).read_text()
     )
     assert json.loads((two / train.SUMMARY_FILE).read_text())["checkpoint_steps"] == [10, 30]
 
@@ -117,7 +120,7 @@ def test_a_batch_the_devices_do_not_divide_is_refused(digits_data_dir, tmp_path)
 
 
 def test_a_malformed_environment_is_reported_in_one_line(tmp_path):
-    command = [sys.executable, "-m", "experiments.hessian", f"--workdir={tmp_path}"]
+    command = [sys.executable, "-m", "experiments.measure", f"--workdir={tmp_path}"]
     environment = _subprocess.environment(1, HESSJAX_COORDINATOR="127.0.0.1:1")
     result = _run_one(command, environment)
     assert result.returncode == 1
@@ -149,15 +152,16 @@ def _assert_results_close(got: dict, expected: dict, where: str) -> None:
 @pytest.mark.slow  # About 60 s on 2 cores: the Hessian stage compiles some 60 kernels, here twice.
 def test_two_processes_measure_the_hessian_like_one(pretrained):
     two, one, _ = pretrained
-    _run_binary("experiments.hessian", f"--workdir={two}")
-    expected = hessian.measure_run(one)
+    _run_binary("experiments.measure", f"--workdir={two}")
+    expected = study.run_stage(measurement.STAGE, one)
     got = jobs.read_results(two)
-    assert sorted(got) == sorted(expected) == [hessian.job_id(10), hessian.job_id(30)]
+    measured = [jobs.make_job_id("measure", step=step) for step in (10, 30)]
+    assert sorted(got) == sorted(expected) == measured
     for job_id, record in expected.items():
         assert record.status == got[job_id].status == jobs.DONE
         _assert_results_close(got[job_id].result, record.result, job_id)
     for step in (10, 30):
-        path = pathlib.Path("hessian", f"step{step}", hessian.DENSITY_FILE)
+        path = pathlib.Path("hessian", f"step{step}", measurement.DENSITY_FILE)
         with np.load(two / path) as density, np.load(one / path) as reference:
             for name in ("nodes", "weights"):
                 np.testing.assert_allclose(density[name], reference[name], rtol=HESSIAN_RTOL, atol=1e-6)
@@ -174,11 +178,11 @@ def test_two_processes_prepare_fresh_data_once_and_pretrain_the_language_setting
         f"--config.data.data_dir={tmp_path / 'data'}",
         f"--workdir={workdir}",
         "--config.pretrain.steps=10",
-        "--config.pretrain.checkpoint_steps=(10,)",
+        "--config.precheckpoints.steps=(10,)",
         "--config.pretrain.warmup_steps=2",
         "--config.pretrain.batch_size=16",
         "--config.pretrain.log_every=5",
     )
-    assert train.checkpoint_steps(workdir) == [10]
+    assert checkpoints.steps(workdir) == [10]
     assert [record["step"] for record in _metrics(workdir)] == [5, 10, 10]
     assert np.isfinite(_metrics(workdir)[-1]["loss_gap"])

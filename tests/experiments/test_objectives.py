@@ -6,17 +6,19 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import config_utils, objectives, train
+from experiments.core import config_utils
+from experiments.training import objectives, runs, train
+from experiments.vision import objectives as vision_objectives
 
 
-def _run(config: ml_collections.ConfigDict, objective: str) -> train.Run:
+def _run(config: ml_collections.ConfigDict, objective: str) -> runs.Run:
     config.pretrain.objective = objective
     config.pretrain.optimizer = "adamw"
     config.pretrain.learning_rate = 0.01
-    return train.build_run(config)
+    return runs.build_run(config)
 
 
-@pytest.mark.parametrize("name", sorted(objectives.OBJECTIVES))
+@pytest.mark.parametrize("name", sorted(vision_objectives.OBJECTIVES))
 def test_loss_is_finite_and_decreases(smoke_config, name):
     run = _run(smoke_config, name)
     params, model_state = run.init()
@@ -36,7 +38,7 @@ def test_loss_is_finite_and_decreases(smoke_config, name):
 
 def test_batches_have_the_shapes_each_loss_needs(smoke_config):
     shapes = {}
-    for name in objectives.OBJECTIVES:
+    for name in vision_objectives.OBJECTIVES:
         run = _run(smoke_config.copy_and_resolve_references(), name)
         batch = objectives.training_batch(run.objective, run.task.train, 4, seed=0, step=0)
         shapes[name] = {key: value.shape for key, value in batch.items()}
@@ -58,7 +60,7 @@ def _nt_xent_reference(projections: np.ndarray, temperature: float) -> float:
 
 
 def test_contrastive_loss_matches_a_direct_implementation():
-    objective = objectives.contrastive(ml_collections.ConfigDict({"temperature": 0.3}))
+    objective = vision_objectives.contrastive(ml_collections.ConfigDict({"temperature": 0.3}))
     projections = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
     loss = objective.loss(jnp.asarray(projections), {})
     np.testing.assert_allclose(float(loss), _nt_xent_reference(projections, 0.3), rtol=1e-5)
@@ -67,10 +69,10 @@ def test_contrastive_loss_matches_a_direct_implementation():
 def test_label_smoothing_and_squared_error_values():
     logits = jnp.zeros((2, 4))
     batch = {"labels": np.array([0, 3], np.int32)}
-    smoothed = objectives.label_smoothing(ml_collections.ConfigDict({"label_smoothing": 0.2}))
+    smoothed = vision_objectives.label_smoothing(ml_collections.ConfigDict({"label_smoothing": 0.2}))
     np.testing.assert_allclose(float(smoothed.loss(logits, batch)), np.log(4), rtol=1e-6)
     outputs = jnp.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    squared = objectives.squared_error(ml_collections.ConfigDict())
+    squared = vision_objectives.squared_error(ml_collections.ConfigDict())
     np.testing.assert_allclose(float(squared.loss(outputs, batch)), 0.25, rtol=1e-6)
 
 
@@ -99,10 +101,10 @@ def test_eval_loss_is_pure_and_uses_fixed_batchnorm_statistics(smoke_config):
 def test_unknown_objective_lists_the_valid_ones():
     config = ml_collections.ConfigDict({"objective": "mae"})
     with pytest.raises(config_utils.ConfigError, match=r"'mae'.*\['contrastive', 'cross_entropy'"):
-        objectives.get_objective(config)
+        objectives.get_objective(config, vision_objectives.OBJECTIVES)
 
 
 def test_objective_knobs_are_type_checked():
     config = ml_collections.ConfigDict({"objective": "label_smoothing", "label_smoothing": "0.1"})
     with pytest.raises(config_utils.ConfigError, match="config.pretrain.label_smoothing must be"):
-        objectives.get_objective(config)
+        objectives.get_objective(config, vision_objectives.OBJECTIVES)

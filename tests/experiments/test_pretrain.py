@@ -14,8 +14,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import config_utils, objectives, train
 from experiments.configs import smoke
+from experiments.core import checkpoints, config_utils
+from experiments.training import objectives, runs, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -48,9 +49,9 @@ def _copy_of(finished_run, tmp_path):
 
 def test_pretrain_writes_checkpoints_metrics_and_config(finished_run):
     config, workdir, result = finished_run
-    assert result.checkpoint_steps == [0, 5, 20, 60] == train.checkpoint_steps(workdir)
+    assert result.checkpoint_steps == [0, 5, 20, 60] == checkpoints.steps(workdir)
     assert result.num_params == (64 * 16 + 16) + (16 * 5 + 5)
-    saved = json.loads((workdir / train.CONFIG_FILE).read_text())
+    saved = json.loads((workdir / runs.CONFIG_FILE).read_text())
     assert saved == config_utils.to_plain(config) and saved["sweep"] == {"axis": "steps"}
     records = _metrics(workdir)
     assert [r["step"] for r in records if "test_loss" in r] == [0, 5, 20, 60]
@@ -63,23 +64,23 @@ def test_pretrain_writes_checkpoints_metrics_and_config(finished_run):
 
 def test_checkpoints_round_trip_exactly(finished_run):
     _, workdir, result = finished_run
-    params, model_state = train.restore_params(workdir)  # The last step by default.
+    params, model_state = runs.restore_params(workdir)  # The last step by default.
     _assert_trees_equal(params, result.params)
     assert model_state == {}
-    run = train.load_run(workdir)
+    run = runs.load_run(workdir)
     initial, _ = run.init()
-    _assert_trees_equal(train.restore_params(workdir, 0, run=run)[0], initial)
+    _assert_trees_equal(runs.restore_params(workdir, 0, run=run)[0], initial)
     with pytest.raises(FileNotFoundError, match=r"step 7.*\[0, 5, 20, 60\]"):
-        train.restore_params(workdir, 7, run=run)
+        runs.restore_params(workdir, 7, run=run)
 
 
 def test_batchnorm_state_round_trips(smoke_config, tmp_path):
     smoke_config.model.family = "resnet"
     smoke_config.model.width = 4
     smoke_config.pretrain.steps = 6
-    smoke_config.pretrain.checkpoint_steps = (3,)
+    smoke_config.precheckpoints.steps = (3,)
     result = train.pretrain(smoke_config, tmp_path)
-    params, model_state = train.restore_params(tmp_path, 6)
+    params, model_state = runs.restore_params(tmp_path, 6)
     _assert_trees_equal(params, result.params)
     _assert_trees_equal(model_state, result.model_state)
     assert set(model_state) == {"batch_stats"}
@@ -90,9 +91,9 @@ def test_resuming_from_an_earlier_checkpoint_reproduces_the_run(finished_run, tm
     config, workdir, first = _copy_of(finished_run, tmp_path)
     metrics = (workdir / train.METRICS_FILE).read_text()
     # Leave the workdir as a run killed just after its checkpoint at `resume_step` would.
-    for step in train.checkpoint_steps(workdir):
+    for step in checkpoints.steps(workdir):
         if step > resume_step:
-            shutil.rmtree(workdir / train.CHECKPOINT_DIR / str(step))
+            shutil.rmtree(workdir / checkpoints.CHECKPOINT_DIR / str(step))
     (workdir / train.SUMMARY_FILE).unlink()
     again = train.pretrain(config, workdir)
     _assert_trees_equal(again.params, first.params)
@@ -122,7 +123,7 @@ def test_a_relative_workdir_is_resolved(finished_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     again = train.pretrain(config, "relative_run")
     _assert_trees_equal(again.params, first.params)
-    assert train.checkpoint_steps("relative_run") == train.checkpoint_steps(reference)
+    assert checkpoints.steps("relative_run") == checkpoints.steps(reference)
 
 
 def test_a_finished_run_is_not_recomputed(finished_run, tmp_path):
@@ -140,7 +141,7 @@ def test_a_different_config_is_refused_unless_overwrite(finished_run, tmp_path):
     changed.model.width = 32
     changed.pretrain.learning_rate = 0.1
     changed.hessian = ml_collections.ConfigDict({"probes": 10})  # Not a pretraining section.
-    with pytest.raises(train.WorkdirConfigMismatchError) as error:
+    with pytest.raises(checkpoints.WorkdirConfigMismatchError) as error:
         train.pretrain(changed, workdir)
     message = str(error.value)
     assert "config.model.width: 16 -> 32" in message
@@ -148,13 +149,13 @@ def test_a_different_config_is_refused_unless_overwrite(finished_run, tmp_path):
     assert "hessian" not in message and "overwrite" in message
     result = train.pretrain(changed, workdir, overwrite=True)
     assert result.num_params == (64 * 32 + 32) + (32 * 5 + 5)
-    assert train.load_config(workdir).model.width == 32
+    assert runs.load_config(workdir).model.width == 32
     assert [r["step"] for r in _metrics(workdir) if "test_loss" in r] == [0, 5, 20, 60]
 
 
 @pytest.mark.parametrize(("start", "stop"), [(0, 3), (5, 9), (4, 4)])
 def test_batches_made_ahead_are_the_batches_of_their_steps(smoke_config, start, stop):
-    run = train.build_run(smoke_config)
+    run = runs.build_run(smoke_config)
     size = run.settings["batch_size"]
     expected = [
         objectives.training_batch(run.objective, run.task.train, size, run.seed, step)
@@ -176,16 +177,16 @@ def test_wrong_field_types_name_the_field(smoke_config, tmp_path):
         train.pretrain(ml_collections.ConfigDict(plain), tmp_path)
     plain = smoke_config.to_dict()
     plain["pretrain"]["checkpoint_steps"] = (5, "10")
-    with pytest.raises(config_utils.ConfigError, match="config.pretrain.checkpoint_steps must be"):
+    with pytest.raises(config_utils.ConfigError, match="config.precheckpoints.steps must be"):
         train.pretrain(ml_collections.ConfigDict(plain), tmp_path)
-    smoke_config.pretrain.checkpoint_steps = (5, 500)
+    smoke_config.precheckpoints.steps = (5, 500)
     with pytest.raises(config_utils.ConfigError, match=r"in \[0, config.pretrain.steps=60\]"):
         train.pretrain(smoke_config, tmp_path)
-    smoke_config.pretrain.checkpoint_steps = (5,)
+    smoke_config.precheckpoints.steps = (5,)
     smoke_config.pretrain.optimizer = "lamb"
     with pytest.raises(config_utils.ConfigError, match=r"'lamb'.*\['adamw', 'sgd'\]"):
         train.pretrain(smoke_config, tmp_path)
-    assert not (tmp_path / train.CONFIG_FILE).exists()
+    assert not (tmp_path / runs.CONFIG_FILE).exists()
 
 
 def _pretrain_command(workdir, data_dir, *overrides):
@@ -205,21 +206,21 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(smoke_config, digits
     steps, checkpoints = 1000, (5, 500)
     overrides = [
         f"--config.pretrain.steps={steps}",
-        f"--config.pretrain.checkpoint_steps={checkpoints}",
+        f"--config.precheckpoints.steps={checkpoints}",
     ]
     workdir = tmp_path / "interrupted"
     command = _pretrain_command(workdir, digits_data_dir, *overrides)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not (workdir / train.CHECKPOINT_DIR / "5").exists():
+        while not (workdir / checkpoints.CHECKPOINT_DIR / "5").exists():
             assert process.poll() is None, "the run ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.01)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
-    assert steps not in train.checkpoint_steps(workdir), "the run finished before it was killed"
+    assert steps not in checkpoints.steps(workdir), "the run finished before it was killed"
 
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -228,9 +229,9 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(smoke_config, digits
     assert metric_steps == sorted(metric_steps)  # Lines past the checkpoint were dropped.
 
     smoke_config.pretrain.steps = steps
-    smoke_config.pretrain.checkpoint_steps = checkpoints
+    smoke_config.precheckpoints.steps = checkpoints
     uninterrupted = train.pretrain(smoke_config, tmp_path / "uninterrupted")
-    resumed_params, _ = train.restore_params(workdir, steps)
+    resumed_params, _ = runs.restore_params(workdir, steps)
     _assert_trees_equal(resumed_params, uninterrupted.params)
 
 

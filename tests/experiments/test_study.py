@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from experiments import finetune, hessian, jobs, study, transfer
 from experiments.configs import smoke
+from experiments.core import jobs
+from experiments.sweep import study
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SMOKE_CONFIG = REPO / "experiments" / "configs" / "smoke.py"
@@ -76,7 +77,7 @@ def test_study_writes_results_report_and_plots(smoke_study):
     ]
     for row in rows:
         assert float(row["trace"]) > 0 and 0 <= float(row["linear_probe_acc"]) <= 1
-        assert row["setting"] == "digits" and row["model"] == "mlp_w16_d1"
+        assert row["setting"] == "vision" and row["model"] == "mlp_w16_d1"
         assert row["pretrain_loss_gap"] == "" and row["nan_reason"] == ""
         # The Fisher trace needs a categorical output: empty, not invented, elsewhere.
         assert (row["fisher_trace"] != "") == (row["objective"] == "cross_entropy")
@@ -127,18 +128,18 @@ def test_failures_and_nans_are_isolated_and_explained(
     workdir = tmp_path / "study"
     shutil.copytree(reference, workdir)
     parts = ("mlp_w16_d1", "cross_entropy", "seed0")
-    for job_id in (hessian.job_id(5, *parts), finetune.job_id(20, *parts)):
+    for job_id in (
+        jobs.make_job_id("measure", *parts, step=5), jobs.make_job_id("finetune", *parts, step=20)
+    ):
         jobs.result_path(workdir, job_id).unlink()
 
-    def diverged(*args, **kwargs):
-        return {"trace": float("nan"), "nan_reason": {"trace": "loss diverged"}}
-
-    def broken(*args, **kwargs):
+    def diverged_or_broken(stage, *args, **kwargs):
+        if stage.name == "measure":
+            return {"trace": float("nan"), "nan_reason": {"trace": "loss diverged"}}
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(hessian, "measure_checkpoint", diverged)
-    monkeypatch.setattr(finetune, "finetune_checkpoint", broken)
-    with pytest.raises(transfer.StudyIncompleteError,
+    monkeypatch.setattr(study, "score_checkpoint", diverged_or_broken)
+    with pytest.raises(jobs.StudyIncompleteError,
                        match=r"1 of \d+ jobs did not finish .*finetune.*out of memory"):
         study.run_study(_config(digits_data_dir), workdir)
     rows = {(r["objective"], r["step"]): r for r in _read_csv(workdir / study.RESULTS_FILE)}
