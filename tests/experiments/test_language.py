@@ -15,7 +15,7 @@ import pytest
 
 from experiments import config_utils, language, language_measures, objectives, train
 from experiments.configs import pcfg as pcfg_config
-from experiments.data import pcfg
+from experiments.language import grammar as pcfg
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = {

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments.data import pcfg, pcfg_tfds
+from experiments.language import grammar as pcfg
+from experiments.language import tfds_builder as pcfg_tfds
 
 NUM_NONTERMINALS, VOCAB = 3, 2
 MAX_ENUMERATED_LENGTH = 4

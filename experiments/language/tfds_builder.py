@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from experiments.data import pcfg
+from experiments.language import grammar as pcfg
 
 # Independent random streams of one data seed, one per split.
 _PRETRAIN_STREAM, _EVALUATION_STREAM, _FIRST_TASK_STREAM = 0, 1, 2

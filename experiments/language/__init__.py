@@ -81,8 +81,9 @@ import optax
 
 from experiments import config_utils, models, objectives
 from experiments.config_utils import Field
-from experiments.data import pcfg, pipeline, tfds_data
-from experiments.data.pcfg_tfds import Pcfg, load_pcfg
+from experiments.data import pipeline, tfds_data
+from experiments.language import grammar as pcfg
+from experiments.language.tfds_builder import Pcfg, load_pcfg
 
 DATASET = "pcfg"  # `config.data.name` of the language setting.
 DATA_SCHEMA = {
