@@ -1,7 +1,7 @@
 r"""The language setting: masked-LM pretraining on PCFG sentences, with the exact loss gap.
 
 What the shared pretraining code (`experiments.train`) needs to pretrain a masked language model
-on the sentences of `experiments.data.pcfg_tfds` (Liu et al., 2023):
+on the sentences of `experiments.language.tfds_builder` (Liu et al., 2023):
 
   * the data: `source_task(config.data)` gives a `LanguageTask` whose `train` split is the
     `pretrain` sentences and whose `test` split is the fixed `evaluation` sentences, as
@@ -14,7 +14,7 @@ on the sentences of `experiments.data.pcfg_tfds` (Liu et al., 2023):
     the evaluation split, computed with the grammar's true conditionals. `train.pretrain` logs it
     at every checkpoint and the study calls it per checkpoint.
 
-Masking scheme (the one the exact optimum assumes, see `experiments.data.pcfg`): in every
+Masking scheme (the one the exact optimum assumes, see `experiments.language.loss_gap`): in every
 sentence exactly one position, uniform over the sentence, is replaced by the mask token, and the
 loss is the cross-entropy of the original word there. The prepared batch's `"inputs"` are
 `models.TokensAt(masked tokens, masked position)`, so the model computes its last block at the
@@ -82,7 +82,8 @@ import optax
 from experiments import config_utils, models, objectives
 from experiments.config_utils import Field
 from experiments.data import pipeline, tfds_data
-from experiments.language import grammar as pcfg
+from experiments.language import inside_outside, loss_gap, span_tasks
+from experiments.language.grammar import Grammar
 from experiments.language.tfds_builder import Pcfg, load_pcfg
 
 DATASET = "pcfg"  # `config.data.name` of the language setting.
@@ -147,7 +148,7 @@ class LanguageTask:
     """
 
     name: str
-    grammar: pcfg.Grammar
+    grammar: Grammar
     train: SentenceDataset
     test: SentenceDataset
     splits: Mapping[str, Mapping[str, np.ndarray]]
@@ -165,12 +166,12 @@ class LanguageTask:
     @functools.cached_property
     def true_conditionals(self) -> np.ndarray:
         """`(num_evaluation, max_len, V)`: `p(w_i | w_{-i})` of every evaluation position."""
-        return pcfg.conditionals(self.grammar, self.test.tokens, self.test.lengths)
+        return inside_outside.conditionals(self.grammar, self.test.tokens, self.test.lengths)
 
     @functools.cached_property
-    def optimal_loss(self) -> pcfg.LossEstimate:
+    def optimal_loss(self) -> loss_gap.LossEstimate:
         """The Bayes-optimal masked-LM loss on the evaluation split."""
-        return pcfg.optimal_masked_lm_loss(self.true_conditionals, self.test.lengths)
+        return loss_gap.optimal_masked_lm_loss(self.true_conditionals, self.test.lengths)
 
 
 @functools.lru_cache(maxsize=4)
@@ -258,7 +259,7 @@ OBJECTIVES: dict[str, Callable[[ml_collections.ConfigDict], objectives.Objective
 def read_adversary_settings(pretrain_config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The `config.pretrain.adversary_*` knobs, checked (see `ADVERSARY_SCHEMA`)."""
     fields = config_utils.read_fields(pretrain_config, ADVERSARY_SCHEMA, "config.pretrain")
-    config_utils.choose(fields["adversary_task"], pcfg.TASKS, "config.pretrain.adversary_task")
+    config_utils.choose(fields["adversary_task"], span_tasks.TASKS, "config.pretrain.adversary_task")
     for name in ("adversary_refit_every", "adversary_batch_size"):
         if fields[name] < 1:
             raise config_utils.ConfigError(
@@ -429,11 +430,11 @@ def every_position_masked(
 
 def masked_lm_gap(
     model: models.EncoderHead, params: models.Params, task: LanguageTask
-) -> pcfg.LossEstimate:
+) -> loss_gap.LossEstimate:
     """The masked-LM loss gap to the Bayes optimum on the evaluation split, exactly.
 
     Every position of every evaluation sentence is masked in turn, and the model's prediction is
-    compared with the grammar's true conditional (`pcfg.masked_lm_gap`, a KL divergence): no
+    compared with the grammar's true conditional (`loss_gap.masked_lm_gap`, a KL divergence): no
     sampling of masks or of words, so the only noise is the choice of evaluation sentences.
 
     Args:
@@ -451,7 +452,7 @@ def masked_lm_gap(
             for i in range(0, len(tokens), _GAP_CHUNK)
         ]
     )
-    return pcfg.masked_lm_gap(task.true_conditionals, log_probs, task.test.lengths)
+    return loss_gap.masked_lm_gap(task.true_conditionals, log_probs, task.test.lengths)
 
 
 def matching_step(gaps: Mapping[int, float], target: float) -> int:

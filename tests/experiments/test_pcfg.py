@@ -8,21 +8,38 @@ import math
 import numpy as np
 import pytest
 
-from experiments.language import grammar as pcfg
-from experiments.language import tfds_builder as pcfg_tfds
+from experiments.language.grammar import (
+    Grammar,
+    GrammarSpec,
+    length_distribution,
+    make_grammar,
+    random_grammar,
+    sample_sentences,
+)
+from experiments.language.inside_outside import (
+    conditionals,
+    inside,
+    masked_conditionals,
+    outside,
+    sentence_log_prob,
+    span_posteriors,
+)
+from experiments.language.loss_gap import masked_lm_gap, optimal_masked_lm_loss
+from experiments.language.span_tasks import TASKS, downstream_task, left_child_labels, span_labels, task_spans
+from experiments.language.tfds_builder import Pcfg, PcfgConfig, load_pcfg
 
 NUM_NONTERMINALS, VOCAB = 3, 2
 MAX_ENUMERATED_LENGTH = 4
 
 
 @pytest.fixture(scope="module")
-def cyclic_grammar() -> pcfg.Grammar:
+def cyclic_grammar() -> Grammar:
     """A dense 3-symbol grammar with recursive rules (S -> S S etc.), so parses are ambiguous."""
     rng = np.random.default_rng(0)
     n, v = NUM_NONTERMINALS, VOCAB
     binary = 0.3 * rng.dirichlet(np.ones(n * n), size=n).reshape(n, n, n)
     emit = 0.7 * rng.dirichlet(np.ones(v), size=n)
-    return pcfg.make_grammar(binary, emit, start=0)
+    return make_grammar(binary, emit, start=0)
 
 
 def _tree_shapes(num_leaves: int):
@@ -50,7 +67,7 @@ def _nodes(shape, first: int, last: int, out: list) -> int:
     return index
 
 
-def _enumerate(grammar: pcfg.Grammar, length: int):
+def _enumerate(grammar: Grammar, length: int):
     """Brute force over every labelled tree with ``length`` leaves.
 
     Returns:
@@ -105,21 +122,21 @@ def test_inside_outside_match_brute_force(cyclic_grammar, enumerated, length):
     flat_spans = spans.reshape(-1, length + 1, length + 1, NUM_NONTERMINALS)
 
     np.testing.assert_allclose(
-        pcfg.sentence_log_prob(cyclic_grammar, tokens, lengths), np.log(flat_joint), rtol=1e-10
+        sentence_log_prob(cyclic_grammar, tokens, lengths), np.log(flat_joint), rtol=1e-10
     )
-    assert pcfg.length_distribution(cyclic_grammar, length)[length] == pytest.approx(joint.sum())
+    assert length_distribution(cyclic_grammar, length)[length] == pytest.approx(joint.sum())
 
-    log_inside = pcfg.inside(cyclic_grammar, tokens, lengths)
-    log_outside = pcfg.outside(cyclic_grammar, log_inside, lengths)
+    log_inside = inside(cyclic_grammar, tokens, lengths)
+    log_outside = outside(cyclic_grammar, log_inside, lengths)
     both = np.exp(log_inside + log_outside)[:, : length + 1, : length + 1]
     np.testing.assert_allclose(both, flat_spans, rtol=1e-9, atol=1e-15)
 
-    posteriors = pcfg.span_posteriors(cyclic_grammar, tokens, lengths)[
+    posteriors = span_posteriors(cyclic_grammar, tokens, lengths)[
         :, : length + 1, : length + 1
     ]
     np.testing.assert_allclose(posteriors, flat_spans / flat_joint[:, None, None, None], atol=1e-10)
 
-    probs = pcfg.conditionals(cyclic_grammar, tokens, lengths)
+    probs = conditionals(cyclic_grammar, tokens, lengths)
     for sentence, words in enumerate(tokens[:, :length]):
         for i in range(length):
             completions = np.array([joint[(*words[:i], v, *words[i + 1 :])] for v in range(VOCAB)])
@@ -129,14 +146,14 @@ def test_inside_outside_match_brute_force(cyclic_grammar, enumerated, length):
     if length > 1:
         flat_left = left_child.reshape(-1, NUM_NONTERMINALS)
         np.testing.assert_array_equal(
-            pcfg.left_child_labels(cyclic_grammar, tokens, lengths), flat_left.argmax(axis=1)
+            left_child_labels(cyclic_grammar, tokens, lengths), flat_left.argmax(axis=1)
         )
         first = length // 2
         spans_asked = np.tile([first, first + 1 + (length > 2)], (lengths.size, 1))
         span_posterior = flat_spans[:, spans_asked[0, 0], spans_asked[0, 1]] / flat_joint[:, None]
         outcomes = np.concatenate([span_posterior, 1 - span_posterior.sum(1, keepdims=True)], 1)
         np.testing.assert_array_equal(
-            pcfg.span_labels(cyclic_grammar, tokens, lengths, spans_asked), outcomes.argmax(1)
+            span_labels(cyclic_grammar, tokens, lengths, spans_asked), outcomes.argmax(1)
         )
 
 
@@ -145,7 +162,7 @@ def test_conditionals_marginalise_hidden_positions(cyclic_grammar, enumerated):
     tokens, lengths = _all_sentences(4, 4, cyclic_grammar.pad_id)
     visible = np.ones(tokens.shape, dtype=bool)
     visible[:, 3] = False
-    probs = pcfg.conditionals(cyclic_grammar, tokens, lengths, visible)
+    probs = conditionals(cyclic_grammar, tokens, lengths, visible)
     # p(w_1 | w_0, w_2) with w_3 hidden, against summing w_3 out of the brute-force joint.
     marginal = joint.sum(axis=3)
     expected = marginal / marginal.sum(axis=1, keepdims=True)
@@ -157,52 +174,52 @@ def test_conditionals_marginalise_hidden_positions(cyclic_grammar, enumerated):
 def test_masked_conditionals_pick_each_sentence_position(cyclic_grammar):
     tokens, lengths = _all_sentences(3, 4, cyclic_grammar.pad_id)
     positions = np.arange(lengths.size) % 3
-    everywhere = pcfg.conditionals(cyclic_grammar, tokens, lengths)
+    everywhere = conditionals(cyclic_grammar, tokens, lengths)
     masked = tokens.copy()
     masked[np.arange(lengths.size), positions] = cyclic_grammar.mask_id
     np.testing.assert_allclose(
-        pcfg.masked_conditionals(cyclic_grammar, masked, lengths, positions),
+        masked_conditionals(cyclic_grammar, masked, lengths, positions),
         everywhere[np.arange(lengths.size), positions],
     )
     with pytest.raises(ValueError, match="positions: expected"):
-        pcfg.masked_conditionals(cyclic_grammar, tokens, lengths, positions + 1)
+        masked_conditionals(cyclic_grammar, tokens, lengths, positions + 1)
 
 
 def test_log_space_handles_sentences_beyond_float64_range():
     # S -> S S with probability p, S -> w uniformly: p(w) = Catalan(n - 1) p^(n-1) q^n.
     p, vocab, length = 0.4, 1000, 120
-    grammar = pcfg.make_grammar(np.full((1, 1, 1), p), np.full((1, vocab), (1 - p) / vocab))
+    grammar = make_grammar(np.full((1, 1, 1), p), np.full((1, vocab), (1 - p) / vocab))
     tokens = np.arange(length, dtype=np.int32)[None] % vocab
     catalan = math.lgamma(2 * length - 1) - math.lgamma(length) - math.lgamma(length + 1)
     expected = catalan + (length - 1) * math.log(p) + length * math.log((1 - p) / vocab)
     assert expected < math.log(np.finfo(np.float64).tiny)
-    log_prob = pcfg.sentence_log_prob(grammar, tokens, np.array([length]))
+    log_prob = sentence_log_prob(grammar, tokens, np.array([length]))
     np.testing.assert_allclose(log_prob, [expected], rtol=1e-10)
 
 
 def test_random_grammar_is_valid_and_seeded():
-    spec = pcfg.GrammarSpec(seed=3, vocab_size=30, num_levels=2, nonterminals_per_level=4)
-    grammar = pcfg.random_grammar(spec)
+    spec = GrammarSpec(seed=3, vocab_size=30, num_levels=2, nonterminals_per_level=4)
+    grammar = random_grammar(spec)
     assert grammar.binary.shape == (spec.num_nonterminals,) * 3
     assert grammar.emit.shape == (spec.num_nonterminals, 30)
     np.testing.assert_allclose(grammar.binary.sum((1, 2)) + grammar.emit.sum(1), 1.0)
-    lengths = pcfg.length_distribution(grammar, 2 * spec.max_sentence_length)
+    lengths = length_distribution(grammar, 2 * spec.max_sentence_length)
     assert lengths[: spec.max_sentence_length + 1].sum() == pytest.approx(1.0)
     assert lengths[1] == 0 and lengths[spec.max_sentence_length] > 0
-    again = pcfg.random_grammar(spec)
+    again = random_grammar(spec)
     np.testing.assert_array_equal(grammar.binary, again.binary)
-    other = pcfg.random_grammar(dataclasses.replace(spec, seed=4))
+    other = random_grammar(dataclasses.replace(spec, seed=4))
     assert not np.array_equal(grammar.emit, other.emit)
 
 
 def test_sampler_is_seeded_and_trees_are_derivations():
-    grammar = pcfg.random_grammar(pcfg.GrammarSpec(vocab_size=30, num_levels=2))
-    sample = pcfg.sample_sentences(grammar, 50, seed=7, min_len=3, max_len=8)
-    again = pcfg.sample_sentences(grammar, 50, seed=7, min_len=3, max_len=8)
+    grammar = random_grammar(GrammarSpec(vocab_size=30, num_levels=2))
+    sample = sample_sentences(grammar, 50, seed=7, min_len=3, max_len=8)
+    again = sample_sentences(grammar, 50, seed=7, min_len=3, max_len=8)
     for mine, theirs in zip(sample, again, strict=True):
         np.testing.assert_array_equal(mine, theirs)
     assert not np.array_equal(
-        sample.tokens, pcfg.sample_sentences(grammar, 50, seed=8).tokens[:, :8]
+        sample.tokens, sample_sentences(grammar, 50, seed=8).tokens[:, :8]
     )
     assert sample.lengths.min() >= 3 and sample.lengths.max() <= 8
     for tokens, length, tree in zip(*sample, strict=True):
@@ -221,7 +238,7 @@ def test_sampler_is_seeded_and_trees_are_derivations():
 
 
 def test_sampler_follows_the_grammar_given_the_length_bounds(cyclic_grammar):
-    sample = pcfg.sample_sentences(cyclic_grammar, 4000, seed=0, min_len=2, max_len=3)
+    sample = sample_sentences(cyclic_grammar, 4000, seed=0, min_len=2, max_len=3)
     counts: dict[tuple, int] = {}
     for tokens, length in zip(sample.tokens, sample.lengths, strict=True):
         key = tuple(tokens[:length].tolist())
@@ -230,50 +247,50 @@ def test_sampler_follows_the_grammar_given_the_length_bounds(cyclic_grammar):
     for length in (2, 3):
         tokens, lengths = _all_sentences(length, 3, cyclic_grammar.pad_id)
         keys += [tuple(row[:length].tolist()) for row in tokens]
-        exact += np.exp(pcfg.sentence_log_prob(cyclic_grammar, tokens, lengths)).tolist()
+        exact += np.exp(sentence_log_prob(cyclic_grammar, tokens, lengths)).tolist()
     exact = np.array(exact) / np.sum(exact)
     empirical = np.array([counts.get(key, 0) for key in keys]) / 4000
     assert 0.5 * np.abs(exact - empirical).sum() < 0.04
 
 
 def test_optimal_loss_and_gap():
-    grammar = pcfg.random_grammar(pcfg.GrammarSpec(vocab_size=30, num_levels=2))
-    sample = pcfg.sample_sentences(grammar, 20, seed=1, max_len=8)
-    truth = pcfg.conditionals(grammar, sample.tokens, sample.lengths)
-    optimum = pcfg.optimal_masked_lm_loss(truth, sample.lengths)
+    grammar = random_grammar(GrammarSpec(vocab_size=30, num_levels=2))
+    sample = sample_sentences(grammar, 20, seed=1, max_len=8)
+    truth = conditionals(grammar, sample.tokens, sample.lengths)
+    optimum = optimal_masked_lm_loss(truth, sample.lengths)
     assert 0 < optimum.value < math.log(30) and optimum.stderr > 0
     np.testing.assert_allclose(truth[sample.tokens < 30].sum(-1), 1.0)
 
     with np.errstate(divide="ignore"):
         perfect = np.log(truth)
-    assert pcfg.masked_lm_gap(truth, perfect, sample.lengths).value == pytest.approx(0.0, abs=1e-12)
+    assert masked_lm_gap(truth, perfect, sample.lengths).value == pytest.approx(0.0, abs=1e-12)
     # A model over V + 2 ids (words, padding, mask): its KL gap is its cross-entropy minus optimum.
     uniform = np.full(truth.shape[:2] + (grammar.model_vocab_size,), -math.log(32))
-    gap = pcfg.masked_lm_gap(truth, uniform, sample.lengths)
+    gap = masked_lm_gap(truth, uniform, sample.lengths)
     cross_entropy = np.mean([math.log(32)] * 20)
     assert gap.value == pytest.approx(cross_entropy - optimum.value)
 
 
 def test_downstream_tasks_are_seeded_and_labelled_consistently():
-    grammar = pcfg.random_grammar(pcfg.GrammarSpec(vocab_size=30, num_levels=2))
-    for task in pcfg.TASKS:
-        examples = pcfg.downstream_task(grammar, task, 30, seed=2, max_len=8)
-        again = pcfg.downstream_task(grammar, task, 30, seed=2, max_len=8)
+    grammar = random_grammar(GrammarSpec(vocab_size=30, num_levels=2))
+    for task in TASKS:
+        examples = downstream_task(grammar, task, 30, seed=2, max_len=8)
+        again = downstream_task(grammar, task, 30, seed=2, max_len=8)
         np.testing.assert_array_equal(examples.labels, again.labels)
         assert examples.labels.min() >= 0 and examples.labels.max() < grammar.num_labels
-        np.testing.assert_array_equal(examples.spans, pcfg.task_spans(task, examples.lengths))
+        np.testing.assert_array_equal(examples.spans, task_spans(task, examples.lengths))
         assert np.all(examples.spans[:, 1] <= examples.lengths)
     lengths = np.array([4, 7])
-    np.testing.assert_array_equal(pcfg.task_spans("a", lengths), [[0, 2], [0, 2]])
-    np.testing.assert_array_equal(pcfg.task_spans("b", lengths), [[1, 3], [2, 4]])
-    np.testing.assert_array_equal(pcfg.task_spans("c", lengths), [[0, 4], [0, 7]])
+    np.testing.assert_array_equal(task_spans("a", lengths), [[0, 2], [0, 2]])
+    np.testing.assert_array_equal(task_spans("b", lengths), [[1, 3], [2, 4]])
+    np.testing.assert_array_equal(task_spans("c", lengths), [[0, 4], [0, 7]])
 
 
 def test_tfds_builder_serves_the_splits(tmp_path):
-    data = pcfg_tfds.load_pcfg(str(tmp_path), "tiny")
-    config = next(c for c in pcfg_tfds.Pcfg.BUILDER_CONFIGS if c.name == "tiny")
+    data = load_pcfg(str(tmp_path), "tiny")
+    config = next(c for c in Pcfg.BUILDER_CONFIGS if c.name == "tiny")
     expected_splits = {"pretrain", "evaluation"} | {
-        f"task_{t}_{s}" for t in pcfg.TASKS for s in ("train", "test")
+        f"task_{t}_{s}" for t in TASKS for s in ("train", "test")
     }
     assert set(data.splits) == expected_splits
     pretrain = data.splits["pretrain"]
@@ -282,16 +299,16 @@ def test_tfds_builder_serves_the_splits(tmp_path):
     np.testing.assert_array_equal(pretrain["span"][:, 1], pretrain["length"])
     task = data.splits["task_b_test"]
     assert task["label"].shape == (config.num_task_test,)
-    relabelled = pcfg.span_labels(data.grammar, task["tokens"], task["length"], task["span"])
+    relabelled = span_labels(data.grammar, task["tokens"], task["length"], task["span"])
     np.testing.assert_array_equal(task["label"], relabelled)
     # Generation order is kept and the sampling is deterministic by seed.
-    direct = pcfg.downstream_task(
+    direct = downstream_task(
         data.grammar, "b", config.num_task_test, seed=(config.data_seed, 5), max_len=config.max_len
     )
     np.testing.assert_array_equal(task["tokens"], direct.tokens)
     with pytest.raises(ValueError, match=r"splits: .* unknown \['validation'\]"):
-        pcfg_tfds.load_pcfg(tmp_path, "tiny", splits=["validation"])
-    reloaded = pcfg_tfds.load_pcfg(str(tmp_path), "tiny", splits=["evaluation"])
+        load_pcfg(tmp_path, "tiny", splits=["validation"])
+    reloaded = load_pcfg(str(tmp_path), "tiny", splits=["evaluation"])
     np.testing.assert_array_equal(
         reloaded.splits["evaluation"]["tokens"], data.splits["evaluation"]["tokens"]
     )
@@ -300,23 +317,23 @@ def test_tfds_builder_serves_the_splits(tmp_path):
 def test_small_config_is_the_tiny_grammar_with_many_sentences():
     # The grammar a tiny model can fit to 0.02 nats on a CPU (docs/pcfg_results.md); built lazily, so
     # only its parameters are checked here.
-    configs = {c.name: c for c in pcfg_tfds.Pcfg.BUILDER_CONFIGS}
+    configs = {c.name: c for c in Pcfg.BUILDER_CONFIGS}
     small, tiny = configs["small"], configs["tiny"]
     assert small.grammar == tiny.grammar and small.max_len == tiny.max_len == 8
     assert small.num_pretrain == 100_000 > tiny.num_pretrain
-    grammar = pcfg.random_grammar(small.grammar)
+    grammar = random_grammar(small.grammar)
     assert grammar.emit.shape == (11, 20)
 
 
 def test_tfds_custom_configs_are_keyed_by_their_parameters(tmp_path):
-    first = pcfg_tfds.PcfgConfig(data_seed=1, num_pretrain=10)
-    second = pcfg_tfds.PcfgConfig(data_seed=2, num_pretrain=10)
+    first = PcfgConfig(data_seed=1, num_pretrain=10)
+    second = PcfgConfig(data_seed=2, num_pretrain=10)
     assert first.name != second.name
-    assert first.name == pcfg_tfds.PcfgConfig(data_seed=1, num_pretrain=10).name
+    assert first.name == PcfgConfig(data_seed=1, num_pretrain=10).name
     with pytest.raises(ValueError, match="config"):
-        pcfg_tfds.load_pcfg(str(tmp_path), "no_such_config")
+        load_pcfg(str(tmp_path), "no_such_config")
     with pytest.raises(ValueError, match="num_pretrain: expected a positive integer"):
-        pcfg_tfds.PcfgConfig(num_pretrain=0)
+        PcfgConfig(num_pretrain=0)
 
 
 def _grammar_arrays(cyclic_grammar):
@@ -336,19 +353,19 @@ def _grammar_arrays(cyclic_grammar):
 def test_make_grammar_rejects_bad_arrays(cyclic_grammar, edit, message):
     binary, emit = edit(*_grammar_arrays(cyclic_grammar))
     with pytest.raises(ValueError, match=message):
-        pcfg.make_grammar(binary, emit)
+        make_grammar(binary, emit)
 
 
 def test_make_grammar_rejects_unreachable_and_endless_grammars():
     binary = np.zeros((2, 2, 2))
     emit = np.array([[1.0], [1.0]])
     with pytest.raises(ValueError, match=r"binary: non-terminals \[1\] are unreachable"):
-        pcfg.make_grammar(binary, emit)
+        make_grammar(binary, emit)
     endless = np.zeros((1, 1, 1)) + 0.6  # S -> S S with probability 0.6: supercritical
     with pytest.raises(ValueError, match="binary: derivations need not terminate"):
-        pcfg.make_grammar(endless, np.array([[0.4]]))
+        make_grammar(endless, np.array([[0.4]]))
     with pytest.raises(ValueError, match="start"):
-        pcfg.make_grammar(binary[:1, :1, :1], emit[:1], start=3)
+        make_grammar(binary[:1, :1, :1], emit[:1], start=3)
 
 
 @pytest.mark.parametrize(
@@ -366,41 +383,41 @@ def test_make_grammar_rejects_unreachable_and_endless_grammars():
 )
 def test_random_grammar_rejects_bad_sizes(field, value):
     with pytest.raises(ValueError, match=f"spec.{field}"):
-        pcfg.random_grammar(pcfg.GrammarSpec(**{field: value}))
+        random_grammar(GrammarSpec(**{field: value}))
 
 
 def test_length_bounds_the_grammar_cannot_meet():
     # Without direct emissions every sentence has exactly 2 ** (num_levels + 1) = 8 words.
-    grammar = pcfg.random_grammar(pcfg.GrammarSpec(num_levels=2, emission_prob=0.0))
+    grammar = random_grammar(GrammarSpec(num_levels=2, emission_prob=0.0))
     with pytest.raises(ValueError, match=r"min_len, max_len: .* \[4, 7\] have probability 0"):
-        pcfg.sample_sentences(grammar, 5, seed=0, min_len=4, max_len=7)
+        sample_sentences(grammar, 5, seed=0, min_len=4, max_len=7)
     assert (
-        pcfg.sample_sentences(grammar, 5, seed=0, min_len=4, max_len=8).lengths.tolist() == [8] * 5
+        sample_sentences(grammar, 5, seed=0, min_len=4, max_len=8).lengths.tolist() == [8] * 5
     )
     with pytest.raises(ValueError, match="min_len <= max_len"):
-        pcfg.sample_sentences(grammar, 5, seed=0, min_len=9, max_len=8)
+        sample_sentences(grammar, 5, seed=0, min_len=9, max_len=8)
     with pytest.raises(ValueError, match="max_len: expected a positive integer"):
-        pcfg.sample_sentences(grammar, 5, seed=0, min_len=1, max_len=0)
+        sample_sentences(grammar, 5, seed=0, min_len=1, max_len=0)
     with pytest.raises(ValueError, match="num"):
-        pcfg.sample_sentences(grammar, -1, seed=0)
+        sample_sentences(grammar, -1, seed=0)
 
 
 def test_spans_and_batches_that_do_not_fit(cyclic_grammar):
     tokens, lengths = np.zeros((2, 5), dtype=np.int32), np.array([3, 5])
     with pytest.raises(ValueError, match=r"spans: span 0 is \(1, 4\) but sentence 0 has length 3"):
-        pcfg.span_labels(cyclic_grammar, tokens, lengths, np.array([[1, 4], [0, 2]]))
+        span_labels(cyclic_grammar, tokens, lengths, np.array([[1, 4], [0, 2]]))
     with pytest.raises(ValueError, match="min_len: task 'a' asks about a span of 2 words"):
-        pcfg.downstream_task(cyclic_grammar, "a", 3, seed=0, min_len=1, max_len=3)
+        downstream_task(cyclic_grammar, "a", 3, seed=0, min_len=1, max_len=3)
     with pytest.raises(ValueError, match="task: expected one of"):
-        pcfg.task_spans("d", lengths)
+        task_spans("d", lengths)
     with pytest.raises(ValueError, match="lengths: expected values in"):
-        pcfg.conditionals(cyclic_grammar, tokens, np.array([3, 6]))
+        conditionals(cyclic_grammar, tokens, np.array([3, 6]))
     with pytest.raises(ValueError, match="tokens: expected word ids"):
-        pcfg.conditionals(cyclic_grammar, tokens + 7, lengths)
+        conditionals(cyclic_grammar, tokens + 7, lengths)
     # Word 1 is never emitted, so no word completes "1 _" in the second sentence.
-    impossible = pcfg.make_grammar(np.full((1, 1, 1), 0.3), np.array([[0.7, 0.0]]))
+    impossible = make_grammar(np.full((1, 1, 1), 0.3), np.array([[0.7, 0.0]]))
     with pytest.raises(ValueError, match=r"tokens: .* sentences \[1\] have probability zero"):
-        pcfg.conditionals(impossible, np.array([[0, 0], [1, 0]]), np.array([2, 2]))
-    truth = pcfg.conditionals(cyclic_grammar, tokens, lengths)
+        conditionals(impossible, np.array([[0, 0], [1, 0]]), np.array([2, 2]))
+    truth = conditionals(cyclic_grammar, tokens, lengths)
     with pytest.raises(ValueError, match="model_log_probs: expected shape"):
-        pcfg.masked_lm_gap(truth, np.zeros((2, 5, 1)), lengths)
+        masked_lm_gap(truth, np.zeros((2, 5, 1)), lengths)
