@@ -39,16 +39,6 @@ TINY_OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="session")
-def pcfg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A TFDS data dir holding the prepared tiny PCFG dataset."""
-    data_dir = str(tmp_path_factory.mktemp("tfds_pcfg"))
-    language.source_task(
-        ml_collections.ConfigDict({"name": "pcfg", "data_dir": data_dir, "pcfg_config": "tiny"})
-    )
-    return data_dir
-
-
 @pytest.fixture
 def tiny_config(pcfg_data_dir: str) -> ml_collections.ConfigDict:
     """`configs/pcfg.py` shrunk to the tiny grammar and a few steps."""

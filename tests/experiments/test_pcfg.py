@@ -4,6 +4,7 @@ the tasks, the TFDS builder, and the errors on bad input."""
 import dataclasses
 import itertools
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -286,8 +287,8 @@ def test_downstream_tasks_are_seeded_and_labelled_consistently():
     np.testing.assert_array_equal(task_spans("c", lengths), [[0, 4], [0, 7]])
 
 
-def test_tfds_builder_serves_the_splits(tmp_path):
-    data = load_pcfg(str(tmp_path), "tiny")
+def test_tfds_builder_serves_the_splits(pcfg_data_dir):
+    data = load_pcfg(pcfg_data_dir, "tiny")
     config = next(c for c in Pcfg.BUILDER_CONFIGS if c.name == "tiny")
     expected_splits = {"pretrain", "evaluation"} | {
         f"task_{t}_{s}" for t in TASKS for s in ("train", "test")
@@ -307,8 +308,8 @@ def test_tfds_builder_serves_the_splits(tmp_path):
     )
     np.testing.assert_array_equal(task["tokens"], direct.tokens)
     with pytest.raises(ValueError, match=r"splits: .* unknown \['validation'\]"):
-        load_pcfg(tmp_path, "tiny", splits=["validation"])
-    reloaded = load_pcfg(str(tmp_path), "tiny", splits=["evaluation"])
+        load_pcfg(pathlib.Path(pcfg_data_dir), "tiny", splits=["validation"])
+    reloaded = load_pcfg(pcfg_data_dir, "tiny", splits=["evaluation"])
     np.testing.assert_array_equal(
         reloaded.splits["evaluation"]["tokens"], data.splits["evaluation"]["tokens"]
     )
