@@ -8,11 +8,9 @@ r"""The inside-outside algorithm on a PCFG and the exact quantities it gives.
   every position at once (the Bayes-optimal masked-LM prediction, see
   :mod:`experiments.language.loss_gap`); :func:`masked_conditionals` at one masked position per
   sentence.
-* :func:`span_posteriors` and :func:`left_child_scores` -- posteriors of the parse, from which
-  :mod:`experiments.language.span_tasks` decodes task labels.
-
-Sentences are processed in chunks of 256, which bounds the ``[chunk, T + 1, T + 1, N]`` charts to
-tens of megabytes.
+* :func:`span_posteriors` and :func:`left_child_scores` -- posteriors of the parse (the latter
+  up to a factor per sentence), from which :mod:`experiments.language.span_tasks` decodes task
+  labels.
 
 References:
   K. Lari and S. J. Young, "The estimation of stochastic context-free grammars using the
