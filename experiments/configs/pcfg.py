@@ -3,7 +3,7 @@
 A BERT-style pre-LayerNorm transformer (`text_transformer`) is pretrained with the
 single-position masked-LM loss on the `pretrain` sentences of the `small` grammar (11
 non-terminals, 20 words, sentences of 4-8 words, 100,000 pretraining sentences;
-`experiments.data.pcfg_tfds`): small enough that a tiny model gets within 0.02 nats of the
+`experiments.language.tfds_builder`): small enough that a tiny model gets within 0.02 nats of the
 optimum on a 2-core CPU in about five minutes (below). The pretraining loss is reported as the
 exact gap to the Bayes-optimal loss on the `evaluation` split
 (`experiments.language.evaluation.masked_lm_gap`,

@@ -53,8 +53,7 @@ import numpy as np
 
 from experiments.core import config_utils
 from experiments.core.config_utils import Field
-from experiments.data import pcfg
-from experiments.language import data, features
+from experiments.language import data, features, span_tasks
 from experiments.training import heads, models, pipeline
 
 SCHEMA = {
@@ -69,7 +68,7 @@ SCHEMA = {
 def read_settings(pretrain_config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The `config.pretrain.adversary_*` knobs, checked (see `SCHEMA`)."""
     fields = config_utils.read_fields(pretrain_config, SCHEMA, "config.pretrain")
-    config_utils.choose(fields["adversary_task"], pcfg.TASKS, "config.pretrain.adversary_task")
+    config_utils.choose(fields["adversary_task"], span_tasks.TASKS, "config.pretrain.adversary_task")
     for name in ("adversary_refit_every", "adversary_batch_size"):
         if fields[name] < 1:
             raise config_utils.ConfigError(

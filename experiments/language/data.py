@@ -1,7 +1,7 @@
 """The language setting's data: PCFG sentences for masked-LM pretraining, and the span tasks.
 
 `source_task(config.data)` gives a `LanguageTask` whose `train` split is the `pretrain` sentences
-of the `Pcfg` TFDS dataset (`experiments.data.pcfg_tfds`) and whose `test` split is the fixed
+of the `Pcfg` TFDS dataset (`experiments.language.tfds_builder`) and whose `test` split is the fixed
 `evaluation` sentences, as `SentenceDataset`s that cut their own step-addressed batches; its
 `splits` also hold the downstream span tasks' `task_{a,b,c}_{train,test}`.
 """
@@ -17,8 +17,9 @@ import numpy as np
 
 from experiments.core import config_utils, data_dirs
 from experiments.core.config_utils import Field
-from experiments.data import pcfg
-from experiments.data.pcfg_tfds import Pcfg, load_pcfg
+from experiments.language import inside_outside, loss_gap
+from experiments.language.grammar import Grammar
+from experiments.language.tfds_builder import Pcfg, load_pcfg
 from experiments.training import pipeline
 
 DATASET = "pcfg"  # `config.data.name` of the language setting.
@@ -50,7 +51,7 @@ class SentenceDataset:
     def batch_at(self, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
         """The raw batch of training step `step` (`tokens`, `lengths`, `mask_id`).
 
-        The order is `experiments.data.pipeline`'s: a function of `(seed, step)` only.
+        The order is `experiments.training.pipeline`'s: a function of `(seed, step)` only.
         """
         indices = pipeline.batch_indices(self.num_examples, batch_size, seed, step)
         return {
@@ -74,7 +75,7 @@ class LanguageTask:
     """
 
     name: str
-    grammar: pcfg.Grammar
+    grammar: Grammar
     train: SentenceDataset
     test: SentenceDataset
     splits: Mapping[str, Mapping[str, np.ndarray]]
@@ -97,12 +98,12 @@ class LanguageTask:
     @functools.cached_property
     def true_conditionals(self) -> np.ndarray:
         """`(num_evaluation, max_len, V)`: `p(w_i | w_{-i})` of every evaluation position."""
-        return pcfg.conditionals(self.grammar, self.test.tokens, self.test.lengths)
+        return inside_outside.conditionals(self.grammar, self.test.tokens, self.test.lengths)
 
     @functools.cached_property
-    def optimal_loss(self) -> pcfg.LossEstimate:
+    def optimal_loss(self) -> loss_gap.LossEstimate:
         """The Bayes-optimal masked-LM loss on the evaluation split."""
-        return pcfg.optimal_masked_lm_loss(self.true_conditionals, self.test.lengths)
+        return loss_gap.optimal_masked_lm_loss(self.true_conditionals, self.test.lengths)
 
 
 @functools.lru_cache(maxsize=4)

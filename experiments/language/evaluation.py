@@ -1,7 +1,7 @@
 """The exact masked-LM loss gap of a model: every evaluation position masked in turn.
 
 The grammar's true conditionals give the Bayes-optimal masked-LM loss exactly
-(`experiments.data.pcfg`); `masked_lm_gap` compares a model's predictions with them. The
+(`experiments.language.loss_gap`); `masked_lm_gap` compares a model's predictions with them. The
 pretraining loop logs it at every checkpoint (`LanguageSetting.checkpoint_metrics`).
 """
 
@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.data import pcfg
-from experiments.language import data
+from experiments.language import data, loss_gap
 from experiments.training import models
 
 # Sentences per forward pass when every position of the evaluation split is masked in turn.
@@ -49,11 +48,11 @@ def every_position_masked(
 
 def masked_lm_gap(
     model: models.EncoderHead, params: models.Params, task: data.LanguageTask
-) -> pcfg.LossEstimate:
+) -> loss_gap.LossEstimate:
     """The masked-LM loss gap to the Bayes optimum on the evaluation split, exactly.
 
     Every position of every evaluation sentence is masked in turn, and the model's prediction is
-    compared with the grammar's true conditional (`pcfg.masked_lm_gap`, a KL divergence): no
+    compared with the grammar's true conditional (`loss_gap.masked_lm_gap`, a KL divergence): no
     sampling of masks or of words, so the only noise is the choice of evaluation sentences.
 
     Args:
@@ -71,4 +70,4 @@ def masked_lm_gap(
             for i in range(0, len(tokens), _GAP_CHUNK)
         ]
     )
-    return pcfg.masked_lm_gap(task.true_conditionals, log_probs, task.test.lengths)
+    return loss_gap.masked_lm_gap(task.true_conditionals, log_probs, task.test.lengths)

@@ -1,6 +1,6 @@
 r"""The language setting's training algorithms: the single-position masked-LM loss.
 
-Masking scheme (the one the exact optimum assumes, see `experiments.data.pcfg`): in every
+Masking scheme (the one the exact optimum assumes, see `experiments.language.loss_gap`): in every
 sentence exactly one position, uniform over the sentence, is replaced by the mask token, and the
 loss is the cross-entropy of the original word there. The prepared batch's `"inputs"` are
 `models.TokensAt(masked tokens, masked position)`, so the model computes its last block at the

@@ -1,6 +1,6 @@
 """The language setting's transfer stage: linear probes of the span tasks on frozen features.
 
-For each task of `config.finetune.tasks` (A, B, C: `experiments.data.pcfg.TASKS`), a multinomial
+For each task of `config.finetune.tasks` (A, B, C: `experiments.language.span_tasks.TASKS`), a multinomial
 logistic regression (`heads.fit_logistic`) is fitted on the frozen encoder's features averaged
 over the task's span (`features.span_features`) of `task_<task>_train`, and scored on
 `task_<task>_test`: `linear_probe_acc/<task>`, whose mean is the row's `linear_probe_acc`

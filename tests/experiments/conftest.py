@@ -1,9 +1,11 @@
-"""Shared fixtures of the experiment tests: the embedded digits, prepared once per session."""
+"""Shared fixtures of the experiment tests: the embedded digits and the tiny PCFG dataset, each
+prepared once per session."""
 
 import ml_collections
 import pytest
 
 from experiments.configs import smoke
+from experiments.language.tfds_builder import load_pcfg
 from experiments.vision import tfds_data
 
 
@@ -12,6 +14,14 @@ def digits_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A TFDS data dir holding the prepared embedded digits dataset."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     tfds_data.load_split("digits", "train", data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def pcfg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A TFDS data dir holding the prepared tiny PCFG dataset (`Pcfg` config "tiny")."""
+    data_dir = str(tmp_path_factory.mktemp("tfds_pcfg"))
+    load_pcfg(data_dir, "tiny")
     return data_dir
 
 

@@ -67,7 +67,7 @@ def _read_raw(data_dir: str) -> dict[str, list]:
 def test_digits_builder_is_deterministic_and_matches_sklearn(tmp_path, digits_data_dir):
     # The second build runs in a fresh process, which must never import TensorFlow.
     build = (
-        "import sys; from experiments.data import tfds_data; "
+        "import sys; from experiments.vision import tfds_data; "
         f"dataset = tfds_data.load_split('digits', 'test', {str(tmp_path)!r}); "
         "print(dataset.num_examples, 'tensorflow' in sys.modules)"
     )

@@ -15,7 +15,7 @@ import pytest
 
 from experiments import config_utils, language, language_measures, objectives, train
 from experiments.configs import pcfg as pcfg_config
-from experiments.data import pcfg
+from experiments.language import inside_outside, loss_gap
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = {
@@ -37,16 +37,6 @@ TINY_OVERRIDES = {
     "hessian.fisher_samples": 4,
     "finetune.probe_steps": 10,
 }
-
-
-@pytest.fixture(scope="session")
-def pcfg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A TFDS data dir holding the prepared tiny PCFG dataset."""
-    data_dir = str(tmp_path_factory.mktemp("tfds_pcfg"))
-    language.source_task(
-        ml_collections.ConfigDict({"name": "pcfg", "data_dir": data_dir, "pcfg_config": "tiny"})
-    )
-    return data_dir
 
 
 @pytest.fixture
@@ -86,7 +76,7 @@ def test_gap_uses_the_true_conditionals_and_is_nonnegative(tiny_config):
     task = run.task
     tokens, lengths = task.test.tokens, task.test.lengths
     positions = np.random.default_rng(0).integers(0, lengths)
-    expected = pcfg.masked_conditionals(task.grammar, tokens, lengths, positions)
+    expected = inside_outside.masked_conditionals(task.grammar, tokens, lengths, positions)
     np.testing.assert_allclose(task.true_conditionals[np.arange(len(lengths)), positions], expected)
 
     params, _ = run.init()
@@ -103,7 +93,7 @@ def test_gap_uses_the_true_conditionals_and_is_nonnegative(tiny_config):
     noise = per_sentence.std() / np.sqrt(len(lengths))
     assert abs(per_sentence.mean() - (gap.value + task.optimal_loss.value)) < 4 * noise
     oracle = np.log(np.maximum(task.true_conditionals, 1e-300))
-    assert abs(pcfg.masked_lm_gap(task.true_conditionals, oracle, lengths).value) < 1e-9
+    assert abs(loss_gap.masked_lm_gap(task.true_conditionals, oracle, lengths).value) < 1e-9
 
 
 def test_adversary_refits_on_schedule_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):

@@ -7,18 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import jobs, language, study
+from experiments import jobs, study
 from experiments.configs import pcfg as pcfg_config
 from tests.experiments.test_language import TINY_OVERRIDES
-
-
-@pytest.fixture(scope="module")
-def tiny_pcfg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    data_dir = str(tmp_path_factory.mktemp("tfds_pcfg_study"))
-    language.source_task(
-        ml_collections.ConfigDict({"name": "pcfg", "data_dir": data_dir, "pcfg_config": "tiny"})
-    )
-    return data_dir
 
 
 def _tiny_study_config(data_dir: str) -> ml_collections.ConfigDict:
@@ -32,8 +23,8 @@ def _tiny_study_config(data_dir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def test_pcfg_study_measures_every_checkpoint_and_reports(tiny_pcfg_data_dir, tmp_path):
-    report = study.run_study(_tiny_study_config(tiny_pcfg_data_dir), tmp_path)
+def test_pcfg_study_measures_every_checkpoint_and_reports(pcfg_data_dir, tmp_path):
+    report = study.run_study(_tiny_study_config(pcfg_data_dir), tmp_path)
     assert report.exists() and report.name == "report.md"
     with open(tmp_path / study.RESULTS_FILE, newline="") as stream:
         rows = list(csv.DictReader(stream))

@@ -1,8 +1,9 @@
 """TFDS builder for the PCFG language setting: pretraining sentences and span-task examples.
 
-The dataset is generated offline from seeds (:mod:`experiments.data.pcfg` does the sampling and the
-exact labelling), written as ``array_record`` files and read back with
-``builder.as_data_source()``, so no TensorFlow is needed. Every split has the same features:
+The dataset is generated offline from seeds (:mod:`experiments.language.grammar` does the sampling
+and :mod:`experiments.language.span_tasks` the exact labelling), written as ``array_record`` files
+and read back with ``builder.as_data_source()``, so no TensorFlow is needed. Every split has the
+same features:
 
 * ``tokens``: ``[max_len]`` int32 word ids, padded with the grammar's ``pad_id``;
 * ``length``: int32 sentence length;
@@ -10,11 +11,12 @@ exact labelling), written as ``array_record`` files and read back with
 * ``label``: int32 task label in ``[0, grammar.num_labels)``.
 
 Splits: ``pretrain`` (masked-LM training sentences), ``evaluation`` (a fixed set on which the exact
-loss gap is measured with :func:`experiments.data.pcfg.conditionals`), and ``task_{a,b,c}_train``
-/ ``task_{a,b,c}_test`` for the tasks of :data:`experiments.data.pcfg.TASKS`. Sentences of the
-``pretrain`` and ``evaluation`` splits carry no task: their ``span`` is the whole sentence and
-their ``label`` is -1. Examples keep their generation order. Splits are drawn independently, so a
-short sentence may occur in more than one split.
+loss gap is measured with :func:`experiments.language.inside_outside.conditionals`), and
+``task_{a,b,c}_train`` / ``task_{a,b,c}_test`` for the tasks of
+:data:`experiments.language.span_tasks.TASKS`. Sentences of the ``pretrain`` and ``evaluation``
+splits carry no task: their ``span`` is the whole sentence and their ``label`` is -1. Examples keep
+their generation order. Splits are drawn independently, so a short sentence may occur in more than
+one split.
 
 Example::
 
@@ -34,7 +36,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from experiments.data import pcfg
+from experiments.language.grammar import Grammar, GrammarSpec, random_grammar, sample_sentences
+from experiments.language.span_tasks import TASKS, downstream_task
 
 # Independent random streams of one data seed, one per split.
 _PRETRAIN_STREAM, _EVALUATION_STREAM, _FIRST_TASK_STREAM = 0, 1, 2
@@ -59,7 +62,7 @@ class PcfgConfig(tfds.core.BuilderConfig):
     """
 
     name: str = ""
-    grammar: pcfg.GrammarSpec = pcfg.GrammarSpec()
+    grammar: GrammarSpec = GrammarSpec()
     data_seed: int = 0
     min_len: int = 4
     max_len: int = 16
@@ -89,7 +92,7 @@ class PcfgConfig(tfds.core.BuilderConfig):
 
 
 # 20 words, 11 non-terminals, sentences of 4 to 8 words.
-_TINY_GRAMMAR = pcfg.GrammarSpec(
+_TINY_GRAMMAR = GrammarSpec(
     vocab_size=20,
     num_levels=2,
     nonterminals_per_level=3,
@@ -139,9 +142,9 @@ class Pcfg(tfds.core.GeneratorBasedBuilder):
         return epath.Path(__file__)
 
     @property
-    def grammar(self) -> pcfg.Grammar:
+    def grammar(self) -> Grammar:
         """The grammar that generated this configuration's sentences."""
-        return pcfg.random_grammar(self.builder_config.grammar)
+        return random_grammar(self.builder_config.grammar)
 
     def _info(self) -> tfds.core.DatasetInfo:
         max_len = self.builder_config.max_len
@@ -170,7 +173,7 @@ class Pcfg(tfds.core.GeneratorBasedBuilder):
             "pretrain": self._generate_examples(None, _PRETRAIN_STREAM, config.num_pretrain),
             "evaluation": self._generate_examples(None, _EVALUATION_STREAM, config.num_evaluation),
         }
-        for index, task in enumerate(sorted(pcfg.TASKS)):
+        for index, task in enumerate(sorted(TASKS)):
             stream = _FIRST_TASK_STREAM + 2 * index
             splits[f"task_{task}_train"] = self._generate_examples(
                 task, stream, config.num_task_train
@@ -187,12 +190,12 @@ class Pcfg(tfds.core.GeneratorBasedBuilder):
         seed = (config.data_seed, stream)
         length_bounds = {"min_len": config.min_len, "max_len": config.max_len}
         if task is None:
-            sentences = pcfg.sample_sentences(self.grammar, num, seed=seed, **length_bounds)
+            sentences = sample_sentences(self.grammar, num, seed=seed, **length_bounds)
             tokens, lengths = sentences.tokens, sentences.lengths
             spans = np.stack([np.zeros_like(lengths), lengths], axis=1)
             labels = np.full(num, -1, dtype=np.int32)
         else:
-            tokens, lengths, spans, labels = pcfg.downstream_task(
+            tokens, lengths, spans, labels = downstream_task(
                 self.grammar, task, num, seed=seed, **length_bounds
             )
         for index in range(num):
@@ -215,7 +218,7 @@ class PcfgData(NamedTuple):
       splits: split name -> ``{"tokens", "length", "span", "label"}`` arrays, in generation order.
     """
 
-    grammar: pcfg.Grammar
+    grammar: Grammar
     splits: dict[str, dict[str, np.ndarray]]
 
 
