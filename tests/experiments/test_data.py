@@ -15,7 +15,8 @@ from etils import epath
 from sklearn import datasets as sklearn_datasets
 
 from experiments.training import pipeline
-from experiments.vision import digits, images, tasks, tfds_data
+from experiments.vision import digits, tasks, tfds_data
+from experiments.vision import images as image_ops
 from experiments.vision.tfds_data import ImageDataset
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ def test_dataset_pair_target_task(tmp_path):
     source = tasks.source_task(data_config)
     target = tasks.target_task(data_config, "other_dataset", k_shot=1, seed=0)
     assert source.num_classes == 10 and source.train.num_examples == 1437
-    assert target.num_classes == 3 and target.train.input_shape == (4, 4, 3)
+    assert target.num_classes == 3 and target.input_shape == (4, 4, 3)
     np.testing.assert_array_equal(target.train.labels, [0, 1, 2])
     assert target.test.num_examples == 3
 
@@ -158,7 +159,7 @@ def test_class_split_tasks(smoke_config):
     # Target labels 5..9 become 0..4, in order, and the images are those of digits 5..9.
     np.testing.assert_array_equal(target.train.labels, full.labels[full.labels >= 5] - 5)
     # Both are standardized with the statistics of the full train split.
-    mean, std = images.channel_statistics(full.images)
+    mean, std = image_ops.channel_statistics(full.images)
     np.testing.assert_allclose(target.train.images, (full.images[full.labels >= 5] - mean) / std, rtol=1e-6)
 
 
@@ -195,21 +196,21 @@ def test_batches_depend_only_on_seed_and_step():
 
 def test_random_shift_is_a_seeded_crop_of_the_padded_image():
     images = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5, 1)
-    shifted = images.random_shift(images, np.random.default_rng(0), 2)
-    again = images.random_shift(images, np.random.default_rng(0), 2)
+    shifted = image_ops.random_shift(images, np.random.default_rng(0), 2)
+    again = image_ops.random_shift(images, np.random.default_rng(0), 2)
     np.testing.assert_array_equal(shifted, again)
     for image, result in zip(images, shifted, strict=True):
         padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
         crops = [padded[i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
         assert any(np.array_equal(result, crop) for crop in crops)
-    assert images.random_shift(images, np.random.default_rng(0), 0) is images
+    assert image_ops.random_shift(images, np.random.default_rng(0), 0) is images
 
 
 def test_gaussian_noise_is_seeded():
     images = np.zeros((1000, 2, 2, 1), np.float32)
-    noisy = images.gaussian_noise(images, pipeline.augmentation_rng(0, 5), 0.5)
+    noisy = image_ops.gaussian_noise(images, pipeline.augmentation_rng(0, 5), 0.5)
     np.testing.assert_array_equal(
-        noisy, images.gaussian_noise(images, pipeline.augmentation_rng(0, 5), 0.5)
+        noisy, image_ops.gaussian_noise(images, pipeline.augmentation_rng(0, 5), 0.5)
     )
     assert noisy.dtype == np.float32 and abs(noisy.std() - 0.5) < 0.02
 

@@ -3,21 +3,10 @@
 import numpy as np
 import pytest
 
-from experiments.configs import smoke
 from experiments.core import checkpoints, config_utils, jobs
 from experiments.sweep import study
-from experiments.training import heads, runs, train
+from experiments.training import heads, runs
 from experiments.vision import transfer as finetune
-
-
-@pytest.fixture(scope="module")
-def smoke_run(digits_data_dir, tmp_path_factory):
-    """A finished smoke pretraining run (cross-entropy), shared read-only."""
-    config = smoke.get_config()
-    config.data.data_dir = digits_data_dir
-    workdir = tmp_path_factory.mktemp("finetune_run")
-    train.pretrain(config, workdir)
-    return config, workdir
 
 
 def test_fit_linear_head_separates_separable_data():

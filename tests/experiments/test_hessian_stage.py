@@ -8,21 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import smoke
 from experiments.core import checkpoints, config_utils, jobs
 from experiments.measurement import stage as hessian
 from experiments.sweep import study
-from experiments.training import runs, train
-
-
-@pytest.fixture(scope="module")
-def smoke_run(digits_data_dir, tmp_path_factory):
-    """A finished smoke pretraining run (cross-entropy), shared read-only."""
-    config = smoke.get_config()
-    config.data.data_dir = digits_data_dir
-    workdir = tmp_path_factory.mktemp("hessian_run")
-    train.pretrain(config, workdir)
-    return config, workdir
+from experiments.training import runs
 
 
 @pytest.fixture(scope="module")

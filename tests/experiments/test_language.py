@@ -8,14 +8,15 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from experiments import config_utils, language, language_measures, objectives, train
 from experiments.configs import pcfg as pcfg_config
-from experiments.language import inside_outside, loss_gap
+from experiments.core import checkpoints, config_utils
+from experiments.language import adversary, evaluation, inside_outside, loss_gap, probes
+from experiments.measurement import stage as measurement
+from experiments.training import objectives, runs, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = {
@@ -52,7 +53,7 @@ def tiny_config(pcfg_data_dir: str) -> ml_collections.ConfigDict:
 
 def test_masked_lm_loss_is_finite_and_decreases(tiny_config):
     tiny_config.pretrain.learning_rate = 1e-2
-    run = train.build_run(tiny_config)
+    run = runs.build_run(tiny_config)
     params, model_state = run.init()
     opt_state = run.optimizer.init(params)
     probe = objectives.training_batch(run.objective, run.task.train, 64, seed=99, step=0)
@@ -72,7 +73,7 @@ def test_masked_lm_loss_is_finite_and_decreases(tiny_config):
 
 
 def test_gap_uses_the_true_conditionals_and_is_nonnegative(tiny_config):
-    run = train.build_run(tiny_config)
+    run = runs.build_run(tiny_config)
     task = run.task
     tokens, lengths = task.test.tokens, task.test.lengths
     positions = np.random.default_rng(0).integers(0, lengths)
@@ -80,12 +81,12 @@ def test_gap_uses_the_true_conditionals_and_is_nonnegative(tiny_config):
     np.testing.assert_allclose(task.true_conditionals[np.arange(len(lengths)), positions], expected)
 
     params, _ = run.init()
-    gap = language.masked_lm_gap(run.model, params, task)
+    gap = evaluation.masked_lm_gap(run.model, params, task)
     assert gap.value >= -1e-6 and gap.stderr > 0
     # The exact gap plus the optimum is the model's expected loss: compare it with the loss of
     # the observed words, every position masked in turn.
     log_probs = np.asarray(
-        language.every_position_masked(run.model, params, tokens, task.test.mask_id)
+        evaluation.every_position_masked(run.model, params, tokens, task.test.mask_id)
     )
     observed = -np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
     inside = np.arange(tokens.shape[1]) < lengths[:, None]
@@ -99,20 +100,21 @@ def test_gap_uses_the_true_conditionals_and_is_nonnegative(tiny_config):
 def test_adversary_refits_on_schedule_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):
     tiny_config.pretrain.objective = "adversarial"
     refits = []
-    make_adversary = language.make_adversary
 
-    def counting(*args):
-        adversary = make_adversary(*args)
+    class Counting(adversary.Adversary):
+        def __init__(self, *args):
+            super().__init__(*args)
+            refit = self._refit
 
-        def refit(params):
-            # `pretrain` also traces `refit` abstractly, for the probe's shapes when resuming.
-            leaf = jax.tree_util.tree_leaves(params)[0]
-            refits.extend([] if isinstance(leaf, jax.core.Tracer) else [1])
-            return adversary.refit(params)
+            def counted(params):
+                # `pretrain` also traces `init` abstractly, for the probe's shapes when resuming.
+                leaf = jax.tree_util.tree_leaves(params)[0]
+                refits.extend([] if isinstance(leaf, jax.core.Tracer) else [1])
+                return refit(params)
 
-        return adversary._replace(refit=refit)
+            self._refit = counted
 
-    monkeypatch.setattr(language, "make_adversary", counting)
+    monkeypatch.setattr(adversary, "Adversary", Counting)
     result = train.pretrain(tiny_config, tmp_path / "full")
     # At the start, then at steps 2 and 4 of 6 (every 2 steps); none after the last step.
     assert len(refits) == 3
@@ -122,7 +124,7 @@ def test_adversary_refits_on_schedule_and_resumes_exactly(tiny_config, tmp_path,
 
     # Killed after step 3 (its probe is in that checkpoint) and resumed: the same parameters.
     shutil.copytree(tmp_path / "full", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / train.CHECKPOINT_DIR / "6")
+    shutil.rmtree(tmp_path / "resumed" / checkpoints.CHECKPOINT_DIR / "6")
     resumed = train.pretrain(tiny_config, tmp_path / "resumed")
     assert len(refits) == 4  # Step 4 only.
     for a, b in zip(
@@ -150,48 +152,44 @@ def test_binary_pretrains_the_pcfg_config_with_overrides(pcfg_data_dir, tmp_path
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert train.checkpoint_steps(tmp_path) == [0, 3, 6]
+    assert checkpoints.steps(tmp_path) == [0, 3, 6]
     gaps = [json.loads(line).get("loss_gap") for line in (tmp_path / train.METRICS_FILE).open()]
     assert len([gap for gap in gaps if gap is not None]) == 3
 
 
-def test_curvature_and_probes_are_finite_with_stderr(tiny_config):
-    run = train.build_run(tiny_config)
-    params, _ = run.init()
-    settings = language_measures.read_settings(tiny_config)
-    result = language_measures.measure(run, params, settings)
-    for name in ("trace", "fisher_trace", "pretrain_loss_gap"):
+def test_curvature_gap_and_probes_are_finite_with_stderr(tiny_config):
+    run = runs.build_run(tiny_config)
+    params, model_state = run.init()
+    result = measurement.measure(run, params, model_state, measurement.read_settings(tiny_config))
+    for name in ("trace", "fisher_trace", "trace_downstream"):
         assert np.isfinite(result[name]) and result[f"{name}_stderr"] > 0, (name, result)
-    assert result["fisher_trace"] > 0 and 2 <= result["matvecs"] <= 8
-    accuracies = [result[f"linear_probe_acc/{task}"] for task in ("a", "b", "c")]
-    assert all(0 <= accuracy <= 1 for accuracy in accuracies)
-    table = language_measures.markdown_table(
-        [{**result, "objective": "adamw", "width": 16, "depth": 1, "step": 0}]
-    )
-    assert table.count("\n") == 3 and "±" in table
+    assert result["fisher_trace"] > 0 and 2 <= result["matvecs_trace"] <= 8
+    assert result["nan_reason"] == {}
+    gap = run.setting.checkpoint_metrics(run)(params, model_state)
+    assert gap["loss_gap"] > 0 and gap["loss_gap_stderr"] > 0
+    scores = probes.score(run, params, model_state, probes.read_settings(tiny_config), None)
+    assert sorted(scores) == [f"linear_probe_acc/{task}" for task in ("a", "b", "c")]
+    assert all(0 <= accuracy <= 1 for accuracy in scores.values())
 
 
-def test_downstream_trace_perturbs_the_fitted_probe_on_the_task_sentences(tiny_config):
-    run = train.build_run(tiny_config)
-    params, _ = run.init()
-    settings = {**language_measures.read_settings(tiny_config), "probe_steps": 500}
+def test_downstream_loss_is_the_fitted_probe_on_the_task_sentences(tiny_config):
+    run = runs.build_run(tiny_config)
+    params, model_state = run.init()
+    tiny_config.finetune.probe_steps = 500
+    settings = measurement.read_settings(tiny_config)
     split = run.task.splits["task_a_train"]
     assert len(split["label"]) <= settings["downstream_examples"]  # The loss sees every sentence.
-    head = language_measures._probe(run, params, settings, "a")
-    both = {"model": params, "head": {"kernel": jnp.asarray(head.kernel), "bias": jnp.asarray(head.bias)}}
+    loss_fn, both, batches = run.setting.downstream_problem(run, params, model_state, settings)
+    head = probes.fit_probe(run, params, settings, "a")
+    np.testing.assert_array_equal(both["head"].kernel, head.kernel)
     batch = {name: split[name] for name in ("tokens", "span", "label")}
-    gradient = jax.grad(language_measures._probe_loss(run))(both, batch)["head"]
+    for name, values in batch.items():
+        np.testing.assert_array_equal(batches[name][0], values)
+    gradient = jax.grad(loss_fn)(both, batch)["head"]
     # The probe minimizes CE + l2/2 |W|^2 on the same features and labels as the loss whose
     # curvature is measured: at the probe, the loss's head gradient is -l2 W and 0 for the bias.
-    np.testing.assert_allclose(gradient["kernel"], -settings["probe_l2"] * head.kernel, atol=2e-5)
-    np.testing.assert_allclose(gradient["bias"], 0.0, atol=2e-5)
-    result = language_measures.downstream_curvature(run, params, settings)
-    assert np.isfinite(result["trace_downstream"]) and result["trace_downstream_stderr"] > 0
-    assert 2 <= result["matvecs_downstream"] <= settings["max_matvecs"]
+    np.testing.assert_allclose(gradient.kernel, -settings["probe_l2"] * head.kernel, atol=2e-5)
+    np.testing.assert_allclose(gradient.bias, 0.0, atol=2e-5)
+    tiny_config.hessian.downstream_task = "z"
     with pytest.raises(config_utils.ConfigError, match="config.hessian.downstream_task"):
-        language_measures.downstream_curvature(run, params, {**settings, "downstream_task": "z"})
-
-
-def test_matching_step_picks_the_first_checkpoint_at_the_target():
-    assert language.matching_step({10: 0.5, 100: 0.1, 1000: 0.05}, 0.2) == 100
-    assert language.matching_step({10: 0.5, 100: 0.3}, 0.2) == 100
+        measurement.read_settings(tiny_config)

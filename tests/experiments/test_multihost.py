@@ -178,7 +178,7 @@ def test_two_processes_prepare_fresh_data_once_and_pretrain_the_language_setting
         f"--config.data.data_dir={tmp_path / 'data'}",
         f"--workdir={workdir}",
         "--config.pretrain.steps=10",
-        "--config.precheckpoints.steps=(10,)",
+        "--config.pretrain.checkpoint_steps=(10,)",
         "--config.pretrain.warmup_steps=2",
         "--config.pretrain.batch_size=16",
         "--config.pretrain.log_every=5",

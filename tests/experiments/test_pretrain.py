@@ -78,7 +78,7 @@ def test_batchnorm_state_round_trips(smoke_config, tmp_path):
     smoke_config.model.family = "resnet"
     smoke_config.model.width = 4
     smoke_config.pretrain.steps = 6
-    smoke_config.precheckpoints.steps = (3,)
+    smoke_config.pretrain.checkpoint_steps = (3,)
     result = train.pretrain(smoke_config, tmp_path)
     params, model_state = runs.restore_params(tmp_path, 6)
     _assert_trees_equal(params, result.params)
@@ -177,12 +177,12 @@ def test_wrong_field_types_name_the_field(smoke_config, tmp_path):
         train.pretrain(ml_collections.ConfigDict(plain), tmp_path)
     plain = smoke_config.to_dict()
     plain["pretrain"]["checkpoint_steps"] = (5, "10")
-    with pytest.raises(config_utils.ConfigError, match="config.precheckpoints.steps must be"):
+    with pytest.raises(config_utils.ConfigError, match="config.pretrain.checkpoint_steps must be"):
         train.pretrain(ml_collections.ConfigDict(plain), tmp_path)
-    smoke_config.precheckpoints.steps = (5, 500)
+    smoke_config.pretrain.checkpoint_steps = (5, 500)
     with pytest.raises(config_utils.ConfigError, match=r"in \[0, config.pretrain.steps=60\]"):
         train.pretrain(smoke_config, tmp_path)
-    smoke_config.precheckpoints.steps = (5,)
+    smoke_config.pretrain.checkpoint_steps = (5,)
     smoke_config.pretrain.optimizer = "lamb"
     with pytest.raises(config_utils.ConfigError, match=r"'lamb'.*\['adamw', 'sgd'\]"):
         train.pretrain(smoke_config, tmp_path)
@@ -206,7 +206,7 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(smoke_config, digits
     steps, checkpoints = 1000, (5, 500)
     overrides = [
         f"--config.pretrain.steps={steps}",
-        f"--config.precheckpoints.steps={checkpoints}",
+        f"--config.pretrain.checkpoint_steps={checkpoints}",
     ]
     workdir = tmp_path / "interrupted"
     command = _pretrain_command(workdir, digits_data_dir, *overrides)
@@ -229,7 +229,7 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(smoke_config, digits
     assert metric_steps == sorted(metric_steps)  # Lines past the checkpoint were dropped.
 
     smoke_config.pretrain.steps = steps
-    smoke_config.precheckpoints.steps = checkpoints
+    smoke_config.pretrain.checkpoint_steps = checkpoints
     uninterrupted = train.pretrain(smoke_config, tmp_path / "uninterrupted")
     resumed_params, _ = runs.restore_params(workdir, steps)
     _assert_trees_equal(resumed_params, uninterrupted.params)

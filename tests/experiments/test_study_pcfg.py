@@ -1,5 +1,5 @@
-"""The study on the language setting end to end: pretraining, one `measure` job per checkpoint,
-results.csv with the contract columns, and the report (tiny grammar, a few steps)."""
+"""The study on the language setting end to end: pretraining, a `measure` and a `probe` job per
+checkpoint, results.csv with the contract columns, and the report (tiny grammar, a few steps)."""
 
 import csv
 
@@ -7,8 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import jobs, study
 from experiments.configs import pcfg as pcfg_config
+from experiments.core import jobs
+from experiments.sweep import study
 from tests.experiments.test_language import TINY_OVERRIDES
 
 
@@ -35,10 +36,10 @@ def test_pcfg_study_measures_every_checkpoint_and_reports(pcfg_data_dir, tmp_pat
         (objective, step) for objective in ("adamw", "adversarial") for step in (6,)
     ]
     for row in rows:
-        assert row["setting"] == "pcfg" and row["model"] == "text_transformer_w16_d1"
+        assert row["setting"] == "language" and row["model"] == "text_transformer_w16_d1"
         assert int(row["num_params"]) > 0 and float(row["pretrain_loss"]) > 0
         assert float(row["pretrain_loss_gap"]) >= 0 and float(row["pretrain_loss_gap_stderr"]) > 0
-        assert float(row["trace_stderr"]) > 0 and 2 <= int(row["matvecs"]) <= 8
+        assert float(row["trace_stderr"]) > 0 and 2 <= int(row["matvecs_trace"]) <= 8
         assert float(row["fisher_trace"]) > 0 and float(row["seconds_hessian"]) > 0
         probes = [float(row[f"linear_probe_{task}_acc"]) for task in ("a", "b", "c")]
         assert all(0 <= accuracy <= 1 for accuracy in probes)
@@ -52,6 +53,6 @@ def test_pcfg_study_measures_every_checkpoint_and_reports(pcfg_data_dir, tmp_pat
         assert row["finetune_acc"] == ""
         assert row["nan_reason"] == ""
         assert "fisher_samples" not in row and "linear_probe_acc/a" not in row
-    # The language setting's stage replaces the image stages, one job per checkpoint.
+    # The measurement stage and the setting's transfer stage, one job each per checkpoint.
     stages = {job_id.split("/")[0] for job_id in jobs.read_results(tmp_path)}
-    assert stages == {"pretrain", "measure"}
+    assert stages == {"pretrain", "measure", "probe"}
