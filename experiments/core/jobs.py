@@ -239,7 +239,7 @@ def write_result(workdir: str | os.PathLike[str], record: JobResult) -> pathlib.
 
     The JSON text is produced first, then written to a temporary file in the same directory and
     moved into place with ``os.replace``: a reader (or a rerun after a crash) sees either no file or
-    the whole file. On several processes (``experiments.multihost``) only the primary one writes;
+    the whole file. On several processes (``experiments.core.multihost``) only the primary one writes;
     the others check that the record can be stored.
 
     Args:

@@ -175,7 +175,7 @@ def make_eval_loss(
     the result is a deterministic `loss_fn(params, batch) -> scalar` for `hessjax.hvp` and friends.
 
     Args:
-      model: the model (e.g. from `train.load_run`).
+      model: the model (e.g. from `runs.load_run`).
       objective: the pretraining objective.
       model_state: the model's non-trainable collections, held fixed.
 

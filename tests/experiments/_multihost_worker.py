@@ -1,6 +1,6 @@
 """One process of a two-process run, started by tests/experiments/test_multihost.py.
 
-Checks `experiments.multihost.agree` on a value that both processes hold and on one that differs
+Checks `experiments.core.multihost.agree` on a value that both processes hold and on one that differs
 between them (as the finished jobs do when the workdir is not shared). Prints one JSON object.
 """
 
