@@ -31,15 +31,16 @@ from experiments.language import objectives as language_objectives
 from experiments.training import models, objectives, runs, setting
 
 
-class LanguageSetting:
+class LanguageSetting(setting.SettingDefaults):
     """Masked-LM pretraining on PCFG sentences (see the module docstring)."""
 
     name = "language"
     objectives = language_objectives.OBJECTIVES
     transfer = probes.STAGE
 
-    def source_task(self, data_config: ml_collections.ConfigDict) -> data.LanguageTask:
-        return data.source_task(data_config)
+    source_task = staticmethod(data.source_task)
+    read_measurement_settings = staticmethod(probes.read_measurement_settings)
+    downstream_problem = staticmethod(probes.downstream_problem)
 
     def step_extras(
         self,
@@ -61,18 +62,6 @@ class LanguageSetting:
             return {"loss_gap": gap.value, "loss_gap_stderr": gap.stderr}
 
         return metrics
-
-    def read_measurement_settings(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
-        return probes.read_measurement_settings(config)
-
-    def downstream_problem(
-        self,
-        run: runs.Run,
-        params: models.Params,
-        model_state: models.ModelState,
-        settings: dict[str, Any],
-    ) -> setting.DownstreamProblem:
-        return probes.downstream_problem(run, params, model_state, settings)
 
     def derive_row(self, row: dict[str, Any]) -> None:
         """`linear_probe_acc` is the mean of the per-task probes, `linear_probe_<task>_acc`.

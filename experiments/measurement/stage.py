@@ -147,25 +147,6 @@ def _measured(
     return {**dict.fromkeys(names, math.nan), "nan_reason": dict.fromkeys(names, reason)}
 
 
-def _measured(
-    names: tuple[str, ...],
-    loss_fn: objectives.LossFn,
-    params: models.Params,
-    batches: Any,
-    measure: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:
-    """`measure()`, or NaN for each of `names` with the reason when the curvature is not finite."""
-    reason = _non_finite_reason(loss_fn, params, batches)
-    if not reason:
-        try:
-            return measure()
-        except ValueError as error:
-            if "non-finite" not in str(error):
-                raise
-            reason = str(error)
-    return {**dict.fromkeys(names, math.nan), "nan_reason": dict.fromkeys(names, reason)}
-
-
 def _pretraining_statistics(
     params: models.Params,
     loss_fn: objectives.LossFn,

@@ -173,6 +173,30 @@ class Setting(Protocol):
         """Completes a results row in place once every stage's cells are in."""
 
 
+class SettingDefaults:
+    """The members of `Setting` that most settings leave as they are: no per-step extras, no
+    checkpoint metrics beyond the source test loss, rows complete as the stages fill them."""
+
+    def step_extras(
+        self,
+        objective: objectives.Objective,
+        pretrain_config: ml_collections.ConfigDict,
+        model: models.EncoderHead,
+        task: SourceTask,
+    ) -> StepExtras | None:
+        del objective, pretrain_config, model, task
+        return None
+
+    def checkpoint_metrics(
+        self, run: Run
+    ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+        del run
+        return lambda params, model_state: {}
+
+    def derive_row(self, row: dict[str, Any]) -> None:
+        del row
+
+
 def get(name: str) -> Setting:
     """The setting registered as `name`.
 

@@ -14,16 +14,16 @@ the generic code:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 from experiments.core import config_utils
 from experiments.core.config_utils import Field
-from experiments.training import models, objectives, runs, setting
+from experiments.training import setting
 from experiments.vision import objectives as vision_objectives
-from experiments.vision import tasks, transfer
+from experiments.vision import tasks
+from experiments.vision import transfer as vision_transfer
 
 MEASUREMENT_SCHEMA = {
     "downstream_task": Field(str, ""),  # "": the first of `target_task_names`.
@@ -32,30 +32,15 @@ MEASUREMENT_SCHEMA = {
 }
 
 
-class VisionSetting:
+class VisionSetting(setting.SettingDefaults):
     """Image classification pretraining and transfer (see the module docstring)."""
 
     name = "vision"
     objectives = vision_objectives.OBJECTIVES
-    transfer = transfer.STAGE
+    transfer = vision_transfer.STAGE
 
-    def source_task(self, data_config: ml_collections.ConfigDict) -> tasks.Task:
-        return tasks.source_task(data_config)
-
-    def step_extras(
-        self,
-        objective: objectives.Objective,
-        pretrain_config: ml_collections.ConfigDict,
-        model: models.EncoderHead,
-        task: setting.SourceTask,
-    ) -> None:
-        del objective, pretrain_config, model, task
-
-    def checkpoint_metrics(
-        self, run: runs.Run
-    ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
-        del run
-        return lambda params, model_state: {}
+    source_task = staticmethod(tasks.source_task)
+    downstream_problem = staticmethod(vision_transfer.downstream_problem)
 
     def read_measurement_settings(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
         settings = config_utils.read_fields(config.hessian, MEASUREMENT_SCHEMA, "config.hessian")
@@ -64,18 +49,6 @@ class VisionSetting:
                 f"config.hessian.head_steps must be >= 1; got {settings['head_steps']}."
             )
         return settings
-
-    def downstream_problem(
-        self,
-        run: runs.Run,
-        params: models.Params,
-        model_state: models.ModelState,
-        settings: dict[str, Any],
-    ) -> setting.DownstreamProblem:
-        return transfer.downstream_problem(run, params, model_state, settings)
-
-    def derive_row(self, row: dict[str, Any]) -> None:
-        del row
 
 
 SETTING = VisionSetting()
