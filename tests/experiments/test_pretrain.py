@@ -203,10 +203,10 @@ def _pretrain_command(workdir, data_dir, *overrides):
 
 def test_killed_run_resumes_to_bitwise_identical_parameters(smoke_config, digits_data_dir, tmp_path):
     # Long enough that the run is still going when its first checkpoint appears.
-    steps, checkpoints = 1000, (5, 500)
+    steps, saved = 1000, (5, 500)
     overrides = [
         f"--config.pretrain.steps={steps}",
-        f"--config.pretrain.checkpoint_steps={checkpoints}",
+        f"--config.pretrain.checkpoint_steps={saved}",
     ]
     workdir = tmp_path / "interrupted"
     command = _pretrain_command(workdir, digits_data_dir, *overrides)
@@ -229,7 +229,7 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(smoke_config, digits
     assert metric_steps == sorted(metric_steps)  # Lines past the checkpoint were dropped.
 
     smoke_config.pretrain.steps = steps
-    smoke_config.pretrain.checkpoint_steps = checkpoints
+    smoke_config.pretrain.checkpoint_steps = saved
     uninterrupted = train.pretrain(smoke_config, tmp_path / "uninterrupted")
     resumed_params, _ = runs.restore_params(workdir, steps)
     _assert_trees_equal(resumed_params, uninterrupted.params)
