@@ -29,15 +29,19 @@ infinities are stored, and read back, as NaN too).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import re
+import signal
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent import futures
 from typing import Any
 
 import numpy as np
@@ -118,11 +122,15 @@ class Job:
             it with :func:`read_result`.
         depends_on: ids of jobs that must have finished successfully before this one runs; they must
             come earlier in the list given to :func:`run_jobs`, or already have a result file.
+        in_worker: the job may run in a worker process beside others (``run_jobs(parallel=N)``);
+            ``fn`` must then be picklable (e.g. a ``functools.partial`` of a module-level function)
+            and touch nothing but its own files.
     """
 
     job_id: str
     fn: Callable[[], Mapping[str, Any]]
     depends_on: tuple[str, ...] = ()
+    in_worker: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,12 +372,75 @@ def _check_order(workdir: str | os.PathLike[str], jobs: Sequence[Job]) -> None:
                 )
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: a worker is killed with the process that started it (Linux), so a killed
+    study leaves no orphan writing into the workdir that the rerun resumes."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # Not Linux: workers end when their pipe closes.
+        pass
+    if os.getppid() == 1:  # The parent died before the line above took effect.
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _call(fn: Callable[[], Mapping[str, Any]]) -> tuple[dict[str, Any], float]:
+    """Runs a job's callable (in a worker process or here) and times it."""
+    start = time.perf_counter()
+    return dict(fn()), time.perf_counter() - start
+
+
+def _failure(job: Job, error: BaseException, seconds: float) -> JobResult:
+    cause = error.__cause__  # A worker's traceback comes back as the cause.
+    trace = str(cause) if cause is not None else traceback.format_exc()
+    logging.error("job %s failed: %s: %s", job.job_id, type(error).__name__, error)
+    return JobResult(
+        job.job_id,
+        FAILED,
+        seconds=seconds,
+        error=f"{type(error).__name__}: {error}",
+        traceback=trace,
+    )
+
+
+def check_parallel(parallel: int, where: str = "parallel") -> int:
+    """`parallel`, checked: at least 1, and at most the worker processes this machine's memory holds.
+
+    Each worker is a separate JAX process with its own compiled programs and data; budgeting 2 GiB
+    each keeps the small models of the study well inside memory.
+
+    Raises:
+        ValueError: `parallel` is below 1 or above what memory allows (the message names `where`).
+    """
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # Not every platform reports it.
+        memory = None
+    most = max(1, memory // WORKER_MEMORY_BYTES) if memory else None
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ValueError(f"{where} must be an int >= 1; got {parallel!r}.")
+    if most is not None and parallel > most:
+        raise ValueError(
+            f"{where}={parallel} worker processes would need more memory than this machine has "
+            f"({memory / 2**30:.0f} GiB at {WORKER_MEMORY_BYTES / 2**30:.0f} GiB each: at most "
+            f"{most})."
+        )
+    return parallel
+
+
+WORKER_MEMORY_BYTES = 2 * 2**30
+
+
 def run_jobs(
     workdir: str | os.PathLike[str],
     jobs: Iterable[Job | Sequence[Any]],
     *,
     record_failures: bool = False,
     retry_failed: bool = False,
+    parallel: int = 1,
     log: Callable[[str], None] = logging.info,
 ) -> dict[str, JobResult]:
     """Runs, in order, every job that has no result file yet, and returns the results of all jobs.
@@ -388,6 +459,9 @@ def run_jobs(
             recorded as ``"skipped"``. When False, the exception propagates and the failing job
             leaves no result file.
         retry_failed: rerun jobs whose stored status is ``"failed"`` or ``"skipped"``.
+        parallel: how many ``in_worker`` jobs may run at once, each in a worker process (spawned,
+            so each has its own JAX); other jobs run here, in order, while no worker is busy. 1 runs
+            everything here, one job at a time. Results do not depend on it.
         log: where progress lines go.
 
     Returns:
@@ -416,40 +490,89 @@ def run_jobs(
 
     index_of = {job.job_id: index for index, job in enumerate(jobs, start=1)}
     durations: list[float] = []
-    for count, job in enumerate(pending, start=1):
-        # A dependency outside the job list was checked to exist on disk by `_check_order`.
-        dependencies = {d: records.get(d) or read_result(workdir, d) for d in job.depends_on}
-        not_done = tuple(d for d, record in dependencies.items() if record.status != DONE)
-        if not_done:
-            record = JobResult(job.job_id, SKIPPED, failed_dependencies=not_done)
-        else:
-            start = time.perf_counter()
-            try:
-                output = job.fn()
-                record = JobResult(job.job_id, DONE, dict(output), time.perf_counter() - start)
-                # Inside the `try`: a result that cannot be stored fails this job, not the study.
-                write_result(workdir, record)
-            except Exception as error:
-                if not record_failures:
-                    raise
-                record = JobResult(
-                    job.job_id,
-                    FAILED,
-                    seconds=time.perf_counter() - start,
-                    error=f"{type(error).__name__}: {error}",
-                    traceback=traceback.format_exc(),
-                )
-                logging.error("job %s failed: %s", job.job_id, record.error)
-            durations.append(record.seconds)
-        if record.status != DONE:
-            write_result(workdir, record)
-        # Exactly what a rerun would read (NaNs restored); not read from the file, which on
-        # several processes only the primary one writes.
-        records[job.job_id] = _as_stored(record)
-        remaining = len(pending) - count
+    finished = 0
+
+    def record(job: Job, result: JobResult) -> None:
+        nonlocal finished
+        if result.status == DONE or result.status == FAILED:
+            durations.append(result.seconds)
+        write_result(workdir, result)
+        # Exactly what a rerun would read (NaNs restored); not read from the file, which on several
+        # processes only the primary one writes.
+        records[job.job_id] = _as_stored(result)
+        finished += 1
+        remaining = len(pending) - finished
         eta = format_seconds(float(np.mean(durations)) * remaining) if durations else "unknown"
         log(
-            f"job {index_of[job.job_id]}/{len(jobs)} {job.job_id} {record.status} in "
-            f"{format_seconds(record.seconds)}, ETA {eta}"
+            f"job {index_of[job.job_id]}/{len(jobs)} {job.job_id} {result.status} in "
+            f"{format_seconds(result.seconds)}, ETA {eta}"
         )
+
+    def outcome(job: Job, run: Callable[[], tuple[dict[str, Any], float]]) -> JobResult:
+        start = time.perf_counter()
+        try:
+            output, seconds = run()
+            result = JobResult(job.job_id, DONE, output, seconds)
+            _serialize(result)  # A result that cannot be stored fails this job, not the study.
+            return result
+        except Exception as error:
+            if not record_failures:
+                raise
+            return _failure(job, error, time.perf_counter() - start)
+
+    to_run = {job.job_id for job in pending}
+
+    def blocked(job: Job) -> tuple[str, ...] | None:
+        """The dependencies that did not finish, or None while some are still to run."""
+        # A dependency still to run counts by its new outcome, not by a file of an earlier run.
+        states = [
+            records.get(d) if d in to_run else records.get(d) or read_result(workdir, d)
+            for d in job.depends_on
+        ]
+        if any(state is None for state in states):
+            return None
+        return tuple(d for d, state in zip(job.depends_on, states) if state.status != DONE)
+
+    check_parallel(parallel)
+    waiting = list(pending)
+    workers = None
+    if parallel > 1 and any(job.in_worker for job in waiting):
+        workers = futures.ProcessPoolExecutor(
+            parallel,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+        )
+    running: dict[futures.Future, Job] = {}
+    try:
+        while waiting or running:
+            ready = []
+            for job in waiting:
+                failed = blocked(job)
+                if failed is None:
+                    continue
+                if failed:
+                    waiting.remove(job)
+                    record(job, JobResult(job.job_id, SKIPPED, failed_dependencies=failed))
+                    break
+                ready.append(job)
+            else:
+                to_worker = [job for job in ready if job.in_worker and workers is not None]
+                for job in to_worker[: parallel - len(running)]:
+                    waiting.remove(job)
+                    running[workers.submit(_call, job.fn)] = job
+                here = [job for job in ready if job not in to_worker]
+                if here and not running:
+                    job = here[0]
+                    waiting.remove(job)
+                    record(job, outcome(job, lambda job=job: _call(job.fn)))
+                elif running:
+                    done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                    for future in done:
+                        job = running.pop(future)
+                        record(job, outcome(job, future.result))
+                elif not ready:
+                    raise RuntimeError(f"jobs {[job.job_id for job in waiting]} can never run")
+    finally:
+        if workers is not None:
+            workers.shutdown(cancel_futures=True)
     return {job.job_id: records[job.job_id] for job in jobs}

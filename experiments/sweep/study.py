@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
+import os
 import pathlib
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -35,6 +38,8 @@ from experiments.measurement import stage as measurement
 from experiments.training import runs, setting, train
 
 SWEEP_SCHEMA = {
+    # Pretraining runs at once, each in a worker process; None: `default_parallel()`.
+    "parallel": Field((int, type(None)), None),
     "objectives": Field((tuple, list)),
     "widths": Field(IntTuple),
     "depths": Field(IntTuple),
@@ -147,6 +152,37 @@ def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
     return result
 
 
+def default_parallel() -> int:
+    """How many pretraining runs to run at once by default: one per core on a single-process CPU
+    backend, where XLA runs the small models' steps on about one core each (two runs side by side
+    gave about 1.5x the throughput of one on the 2-core machine, `benchmarks/parallel_seeds.py`);
+    else 1 (several processes would share one accelerator, or a multi-host program)."""
+    if jax.process_count() > 1 or jax.default_backend() != "cpu":
+        return 1
+    return os.cpu_count() or 1
+
+
+def parallelism(config: ml_collections.ConfigDict) -> int:
+    """`config.sweep.parallel`, checked (`jobs.check_parallel`), or its default.
+
+    Raises:
+      ConfigError: not an int >= 1, more workers than memory allows, or > 1 on several hosts.
+    """
+    value = config_utils.read_fields(config.sweep, SWEEP_SCHEMA, "config.sweep")["parallel"]
+    if value is None:
+        return default_parallel()
+    try:
+        jobs.check_parallel(value, "config.sweep.parallel")
+    except ValueError as error:
+        raise config_utils.ConfigError(str(error)) from None
+    if value > 1 and jax.process_count() > 1:
+        raise config_utils.ConfigError(
+            "config.sweep.parallel must be 1 on several hosts (every process runs every job); "
+            f"got {value}."
+        )
+    return value
+
+
 def _pretrain_job(configuration: Configuration, workdir: pathlib.Path) -> dict[str, Any]:
     outcome = train.pretrain(configuration.config, configuration.run_dir(workdir))
     summary = json.loads((configuration.run_dir(workdir) / train.SUMMARY_FILE).read_text())
@@ -185,7 +221,9 @@ def study_jobs(
     result = []
     for c in configs:
         pretrain_id = jobs.make_job_id("pretrain", *c.parts)
-        result.append(jobs.Job(pretrain_id, lambda c=c: _pretrain_job(c, workdir)))
+        result.append(
+            jobs.Job(pretrain_id, functools.partial(_pretrain_job, c, workdir), in_worker=True)
+        )
         for step in c.steps:
             for stage in stages:
                 result.append(
@@ -372,7 +410,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     workdir.mkdir(parents=True, exist_ok=True)
     logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
     # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.
-    results = jobs.run_jobs(workdir, study, record_failures=True, retry_failed=True)
+    results = jobs.run_jobs(
+        workdir, study, record_failures=True, retry_failed=True, parallel=parallelism(config)
+    )
     failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
     if multihost.is_primary():  # On several hosts, the one process that writes files.
         write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)

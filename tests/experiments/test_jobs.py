@@ -157,3 +157,45 @@ def test_format_seconds():
     assert jobs.format_seconds(3.21) == "3.2s"
     assert jobs.format_seconds(70) == "1m10s"
     assert jobs.format_seconds(7500) == "2h05m"
+
+
+def _worker_job(value: float, fail: bool = False) -> dict:
+    """A picklable job: runs in a spawned worker process under `parallel > 1`."""
+    if fail:
+        raise RuntimeError(f"worker failed on {value}")
+    return {"value": value, "pid": os.getpid()}
+
+
+def test_parallel_workers_give_the_results_of_one_process(tmp_path):
+    import functools
+
+    def job_list(fail_at: float | None = None):
+        result = []
+        for value in (1.0, 2.0, 3.0):
+            fn = functools.partial(_worker_job, value, fail=value == fail_at)
+            result.append(jobs.Job(f"pretrain/r{int(value)}", fn, in_worker=True))
+            result.append(jobs.Job(f"measure/r{int(value)}", Counter({"of": value}),
+                                   (f"pretrain/r{int(value)}",)))
+        return result
+
+    serial = jobs.run_jobs(tmp_path / "serial", job_list(), record_failures=True)
+    parallel = jobs.run_jobs(tmp_path / "parallel", job_list(2.0), record_failures=True, parallel=2)
+    assert list(parallel) == list(serial)
+    assert {record.status for record in serial.values()} == {jobs.DONE}
+    for job_id in ("pretrain/r1", "pretrain/r3"):
+        assert parallel[job_id].result["value"] == serial[job_id].result["value"]
+        assert parallel[job_id].result["pid"] != os.getpid()  # Ran in a worker process.
+    assert parallel["pretrain/r2"].status == jobs.FAILED
+    assert "RuntimeError: worker failed on 2.0" in parallel["pretrain/r2"].error
+    assert parallel["measure/r2"].status == jobs.SKIPPED
+    assert parallel["measure/r3"].result == {"of": 3.0}
+    # A rerun with the failure fixed retries it and its dependent only.
+    again = jobs.run_jobs(tmp_path / "parallel", job_list(), retry_failed=True, parallel=2)
+    assert again["pretrain/r2"].status == again["measure/r2"].status == jobs.DONE
+    assert again["pretrain/r1"].result["pid"] == parallel["pretrain/r1"].result["pid"]
+
+
+@pytest.mark.parametrize("parallel", [0, -1, 2.0, True, 10**6])
+def test_bad_parallelism_is_refused(parallel, tmp_path):
+    with pytest.raises(ValueError, match="parallel"):
+        jobs.run_jobs(tmp_path, [("a", Counter())], parallel=parallel)
