@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.batch_size = 128
     config.hessian.rtol = 0.1  # The 5% and 1% budgets are extrapolated per checkpoint.
     config.hessian.max_matvecs = 100
-    config.hessian.top_k = 3
+    config.hessian.top_k = 5  # With residuals (critic 3).
     config.hessian.lanczos_steps = 20
     config.hessian.block_matvecs = 10
     # One probe of as many steps as `lanczos_steps`: the density then reuses the compiled Lanczos
@@ -82,6 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.density_probes = 1
     config.hessian.density_steps = 20
     config.hessian.fisher_samples = 10
+    config.hessian.adaptive_matvecs = 20  # Adaptive sharpness tr(T H T), T = diag(|params|).
+    config.hessian.fresh_probes = 32  # The trace with a fresh minibatch per probe (critic 2).
     config.hessian.downstream_task = ""  # "": the first target task.
     config.hessian.head_l2 = 1e-3
     config.hessian.head_steps = 100

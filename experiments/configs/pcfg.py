@@ -101,7 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.max_matvecs = 32
     config.hessian.trace_method = "hutchinson"
     config.hessian.fisher_samples = 16
-    config.hessian.top_k = 3
+    config.hessian.adaptive_matvecs = 20  # Adaptive sharpness tr(T H T), T = diag(|params|).
+    config.hessian.fresh_probes = 32  # The trace with fresh sentences and masks per probe.
+    config.hessian.top_k = 5  # With residuals (critic 3).
     config.hessian.lanczos_steps = 10
     config.hessian.block_matvecs = 10  # Per-layer traces.
     # One probe of as many steps as `lanczos_steps`: the density reuses the compiled Lanczos step.

@@ -23,7 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.num_batches = 2
     config.hessian.batch_size = 64
     config.hessian.max_matvecs = 20
+    config.hessian.top_k = 3
     config.hessian.lanczos_steps = 8
+    config.hessian.adaptive_matvecs = 4
+    config.hessian.fresh_probes = 4
     config.hessian.block_matvecs = 4
     config.hessian.density_probes = 1
     config.hessian.density_steps = 8

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.flatten_util
 import ml_collections
 import numpy as np
 
@@ -55,9 +56,14 @@ SCHEMA = {
     "density_probes": Field(int, 4),
     "density_steps": Field(int, 30),
     "fisher_samples": Field(int, 20),
+    # Probes of the adaptive sharpness tr(T H T), T = diag(|params|) (0: not measured).
+    "adaptive_matvecs": Field(int, 0),
+    # Probes of the fresh-minibatch trace, each with its own batch (0: not measured).
+    "fresh_probes": Field(int, 0),
 }
 RELATIVE_ERRORS = {"matvecs_5pct": 0.05, "matvecs_1pct": 0.01}
 DENSITY_FILE = "density.npz"
+FRESH_SAMPLES_FILE = "fresh_trace_samples.npz"
 
 
 def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -70,7 +76,8 @@ def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise config_utils.ConfigError("config.hessian is missing.")
     settings = config_utils.read_fields(config.hessian, SCHEMA, "config.hessian")
     minimums = {"num_batches": 1, "batch_size": 1, "top_k": 0, "block_matvecs": 0}
-    minimums.update(density_probes=0, max_matvecs=2, fisher_samples=2)  # Error bars need two.
+    minimums.update(density_probes=0, adaptive_matvecs=0, fresh_probes=0)
+    minimums.update(max_matvecs=2, fisher_samples=2)  # Error bars need two.
     for name, minimum in minimums.items():
         if settings[name] < minimum:
             raise config_utils.ConfigError(
@@ -196,12 +203,87 @@ def _pretraining_statistics(
     density = summary["density"]
     if density is not None:
         statistics["density_negative_mass"] = float(density.cdf(0.0))
+        statistics["effective_rank"] = float(hessjax.effective_rank(density))
         if density_path is not None and multihost.is_primary():
             density_path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(
                 density_path, nodes=np.asarray(density.nodes), weights=np.asarray(density.weights)
             )
     return statistics
+
+
+def _flatness_statistics(
+    params: models.Params,
+    loss_fn: objectives.LossFn,
+    batches: Any,
+    key: jax.Array,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Measures that rescalings leaving the function unchanged cannot move (critic 3).
+
+    `adaptive_sharpness` is the trace of `T H T` with `T = diag(|params|)`: unchanged when a
+    LayerNorm's input weights or a ReLU unit's in- and out-weights are rescaled, which moves the
+    raw trace (`hessjax.adaptive_operator`); `weight_norm` is reported beside it.
+    """
+    statistics = {
+        "weight_norm": float(
+            np.sqrt(sum(np.sum(np.square(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+        )
+    }
+    if settings["adaptive_matvecs"]:
+        matvec = hessjax.dataset_hvp_fn(
+            loss_fn, params, multihost.shard_examples(batches, batch_axis=1)
+        )
+        estimate = hessjax.trace(
+            hessjax.adaptive_operator(matvec, params),
+            params,
+            key,
+            num_matvecs=settings["adaptive_matvecs"],
+        )
+        statistics.update(
+            adaptive_sharpness=float(estimate.value),
+            adaptive_sharpness_stderr=float(estimate.stderr),
+        )
+    return statistics
+
+
+def _fresh_batch_trace(
+    run: runs.Run,
+    params: models.Params,
+    loss_fn: objectives.LossFn,
+    key: jax.Array,
+    settings: dict[str, Any],
+    output_dir: pathlib.Path | None,
+) -> dict[str, Any]:
+    """The trace with data noise (the paper's estimator): each probe with its own minibatch.
+
+    Probe `i` is a Rademacher vector from `fold_in(key, i)` applied to the Hessian of the batch
+    of training step `num_batches + i` of the subset's data order (fresh examples, and fresh masks
+    in the language setting). The per-probe samples are saved (`FRESH_SAMPLES_FILE`) so that the
+    report can ask how many probes rank the checkpoints stably (critic 2).
+    """
+    if not settings["fresh_probes"]:
+        return {}
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    batch_size = min(settings["batch_size"], run.task.train.num_examples)
+    samples = []
+    for i in range(settings["fresh_probes"]):
+        batch = objectives.training_batch(
+            run.objective, run.task.train, batch_size, settings["seed"], settings["num_batches"] + i
+        )
+        probe = jax.random.rademacher(jax.random.fold_in(key, i), flat.shape, flat.dtype)
+        image = hessjax.hvp(loss_fn, params, multihost.shard_examples(batch), unravel(probe))
+        samples.append(float(probe @ jax.flatten_util.ravel_pytree(image)[0]))
+    samples = np.asarray(samples)
+    if not np.all(np.isfinite(samples)):
+        raise hessjax.NonFiniteError("The fresh-minibatch trace's products are not finite.")
+    if output_dir is not None and multihost.is_primary():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(output_dir / FRESH_SAMPLES_FILE, samples=samples)
+    return {
+        "trace_fresh": float(samples.mean()),
+        "trace_fresh_stderr": float(samples.std(ddof=1) / np.sqrt(len(samples))),
+    }
 
 
 def _downstream_trace(
@@ -298,6 +380,8 @@ def measure(
     )
     subset_loss = float(np.mean([loss_fn(params, b) for b in _unstack(batches)]))
     density_path = output_dir / DENSITY_FILE if output_dir is not None else None
+    # Keys of the later statistics are folded in, so the earlier ones keep their probes.
+    adaptive_key, fresh_key = jax.random.fold_in(key, 10), jax.random.fold_in(key, 11)
     names = ("trace", "trace_stderr", "trace_per_param", "top_eigenvalue")
     parts = [
         _measured(
@@ -311,6 +395,20 @@ def measure(
         ),
         _downstream_trace(run, params, model_state, downstream_key, settings),
         _fisher_trace(run, params, model_state, loss_fn, batches, fisher_key, settings),
+        _measured(
+            ("adaptive_sharpness",),
+            loss_fn,
+            params,
+            batches,
+            lambda: _flatness_statistics(params, loss_fn, batches, adaptive_key, settings),
+        ),
+        _measured(
+            ("trace_fresh",),
+            loss_fn,
+            params,
+            batches,
+            lambda: _fresh_batch_trace(run, params, loss_fn, fresh_key, settings, output_dir),
+        ),
     ]
     result: dict[str, Any] = {"pretrain_loss_subset": subset_loss, "nan_reason": {}}
     for part in parts:
