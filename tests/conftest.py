@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = " ".join(filter(None, [
     os.environ.get("XLA_FLAGS"),
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"]))
 
+# Binaries started by the tests compile afresh: no persistent compilation cache outside the test
+# that checks it (`experiments.core.binaries`).
+os.environ.setdefault("HESSJAX_COMPILATION_CACHE", "")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

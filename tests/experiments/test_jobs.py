@@ -199,3 +199,4 @@ def test_parallel_workers_give_the_results_of_one_process(tmp_path):
 def test_bad_parallelism_is_refused(parallel, tmp_path):
     with pytest.raises(ValueError, match="parallel"):
         jobs.run_jobs(tmp_path, [("a", Counter())], parallel=parallel)
+
