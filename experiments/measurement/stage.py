@@ -366,9 +366,11 @@ def measure(
       products on the pretraining Hessian), `matvecs_trace`, `matvecs_5pct`, `matvecs_1pct`,
       `top_eigenvalue`, `top_eigenvalues`, `block_trace/<layer>`, `density_negative_mass`,
       `trace_downstream` (+ `_stderr`), `matvecs_downstream`, `fisher_trace` (+ `_stderr`; `None`
-      for non-categorical objectives), `pretrain_loss_subset`, `seconds_hessian` (wall time,
-      including compilation for the first checkpoint of a model and objective in a process)), and
-      a `nan_reason` mapping for the NaN ones.
+      for non-categorical objectives), `adaptive_sharpness` (+ `_stderr`), `weight_norm`,
+      `effective_rank`, `trace_fresh` (+ `_stderr`), `pretrain_loss_subset`, `seconds_hessian`
+      (wall time, including compilation for the first checkpoint of a model and objective in a
+      process) and its parts `seconds_curvature`, `seconds_downstream`, `seconds_fisher`,
+      `seconds_flatness`, `seconds_fresh`), and a `nan_reason` mapping for the NaN ones.
     """
     start = time.perf_counter()
     params, model_state = multihost.replicate((params, model_state))
@@ -383,8 +385,9 @@ def measure(
     # Keys of the later statistics are folded in, so the earlier ones keep their probes.
     adaptive_key, fresh_key = jax.random.fold_in(key, 10), jax.random.fold_in(key, 11)
     names = ("trace", "trace_stderr", "trace_per_param", "top_eigenvalue")
-    parts = [
-        _measured(
+    # Each part is timed: `seconds_<part>` (the first checkpoint of a process includes compiling).
+    parts: dict[str, Callable[[], dict[str, Any]]] = {
+        "curvature": lambda: _measured(
             names,
             loss_fn,
             params,
@@ -393,27 +396,33 @@ def measure(
                 params, loss_fn, batches, pretraining_key, settings, density_path
             ),
         ),
-        _downstream_trace(run, params, model_state, downstream_key, settings),
-        _fisher_trace(run, params, model_state, loss_fn, batches, fisher_key, settings),
-        _measured(
+        "downstream": lambda: _downstream_trace(
+            run, params, model_state, downstream_key, settings
+        ),
+        "fisher": lambda: _fisher_trace(
+            run, params, model_state, loss_fn, batches, fisher_key, settings
+        ),
+        "flatness": lambda: _measured(
             ("adaptive_sharpness",),
             loss_fn,
             params,
             batches,
             lambda: _flatness_statistics(params, loss_fn, batches, adaptive_key, settings),
         ),
-        _measured(
+        "fresh": lambda: _measured(
             ("trace_fresh",),
             loss_fn,
             params,
             batches,
             lambda: _fresh_batch_trace(run, params, loss_fn, fresh_key, settings, output_dir),
         ),
-    ]
+    }
     result: dict[str, Any] = {"pretrain_loss_subset": subset_loss, "nan_reason": {}}
-    for part in parts:
-        result["nan_reason"].update(part.pop("nan_reason", {}))
-        result.update(part)
+    for name, part in parts.items():
+        part_start = time.perf_counter()
+        cells = part()
+        result["nan_reason"].update(cells.pop("nan_reason", {}))
+        result.update(cells, **{f"seconds_{name}": time.perf_counter() - part_start})
     result["seconds_hessian"] = time.perf_counter() - start
     return result
 
