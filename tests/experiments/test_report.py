@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.analysis import correlation, critics, inference, markdown, plots, primary, results, settings
+from experiments.configs import digits, pcfg, smoke
 from experiments.core.config_utils import ConfigError
 from tests.experiments import report_tables
 
@@ -225,6 +226,16 @@ def test_critics_use_pretraining_free_and_budget_columns(tmp_path):
     assert "| `trace_ood` | `linear_probe_acc` |" in first and "equivalent within ±0.1" in first
     second = section(report, "### Critic 2: does the trace need many probes?")
     assert "| `trace_at_4` |" in second and "`trace_rank_agreement_4`: mean over 12 runs +0.800" in second
+
+
+def test_configs_declare_their_report():
+    image, language, tiny = (m.get_config() for m in (digits, pcfg, smoke))
+    assert len(image.sweep.seeds) >= 3 and len(tiny.sweep.seeds) == 1
+    for config in (image, language):
+        parsed = settings.read_settings(config.report)
+        assert parsed.equivalence_margin > 0 and len(parsed.primary_tests) == 3
+        assert {t.name for t in parsed.primary_tests} >= {"continued_training", "size"}
+    assert settings.read_settings(tiny.report).primary_tests == ()
 
 
 def test_study_settings_are_recorded_for_the_command_line(tmp_path):
