@@ -2,7 +2,11 @@
 
 Usage::
 
-  python -m experiments.report --workdir=DIR [--num_resamples=1000] [--statistics=trace,...]
+  python -m experiments.report --workdir=DIR [--num_resamples=N] [--seed=S] [--statistics=trace,...]
+
+The report's settings (primary tests, equivalence margin, bootstrap) are those the study recorded
+in ``DIR/report_config.json`` (its ``config.report``); without that file, the defaults (no primary
+test). ``--num_resamples`` and ``--seed`` override the recorded values for this report only.
 
 Started on several hosts (the `HESSJAX_*` environment), only the primary process writes.
 """
@@ -16,8 +20,10 @@ _WORKDIR = binaries.define_workdir_flag("The study's working directory.")
 _STATISTICS = flags.DEFINE_list(
     "statistics", None, "Predictor columns to correlate; default: every Hessian statistic."
 )
-_NUM_RESAMPLES = flags.DEFINE_integer("num_resamples", 1000, "Bootstrap resamples per interval.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.")
+_NUM_RESAMPLES = flags.DEFINE_integer(
+    "num_resamples", None, "Bootstrap resamples per interval; default: the recorded settings'."
+)
+_SEED = flags.DEFINE_integer("seed", None, "Seed of the bootstrap; default: the recorded settings'.")
 _DENSITY_PATTERN = flags.DEFINE_string(
     "density_pattern",
     markdown.DEFAULT_DENSITY_PATTERN,

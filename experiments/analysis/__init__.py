@@ -2,11 +2,20 @@
 
 Modules, each importing only those above it:
 
-* ``results``: the roles of the columns of ``results.csv`` (axis, score, bookkeeping, baseline,
-  statistic), :class:`~experiments.analysis.results.ResultsTable` and how it is read.
-* ``statistics``: sweep axes and their groups, Kendall tau-b and Spearman rho with
-  percentile-bootstrap intervals, predictor rankings and comparisons, the trace's probe budget.
-* ``plots``: trace against step, statistics against scores, spectral densities.
-* ``markdown``: the tables and sections of ``report.md``, and ``write_report``, which writes the
-  report and its plots (``python -m experiments.report`` is its command line).
+* ``results``: the roles of the columns of ``results.csv`` (axis, indicator, score, bookkeeping,
+  baseline, statistic), runs and configurations, :class:`~experiments.analysis.results.ResultsTable`.
+* ``inference``: exact sign and Wilcoxon signed-rank tests, Holm's adjustment, bootstraps over
+  units.
+* ``correlation``: Kendall tau-b and partial tau, pooled with a bootstrap over runs, or per run
+  along its checkpoints and summarised across runs.
+* ``comparisons``: paired differences across seeds (two configurations, or two checkpoints).
+* ``settings``: ``config.report`` checked (primary tests, equivalence margin, bootstrap), and
+  ``report_config.json``.
+* ``primary``: the pre-registered primary tests, Holm-adjusted per family.
+* ``formatting``, ``critics``, ``exploratory``: the report's numbers, the critics' sections, the
+  exploratory sections.
+* ``plots``: loss, trace and transfer against step with seed bands; transfer against the trace
+  coloured by the loss; statistics against scores; spectral densities.
+* ``markdown``: ``write_report``, which writes the report and its plots
+  (``python -m experiments.report`` is its command line).
 """

@@ -1,4 +1,10 @@
-"""The study's plots: trace against step, statistics against scores, spectral densities.
+"""The study's plots: what a reader looks at first, then the details.
+
+First: the loss, the trace and each transfer score against the pretraining step, one line per
+configuration (the mean over seeds, a band over the seeds' range, hollow markers off the loss
+plateau where results.csv says which checkpoints are on it), and transfer against the trace with
+the loss as colour (do checkpoints of the same loss differ in trace and transfer?). Then: every
+statistic against each score, and spectral densities.
 
 Spectral densities are optional: per checkpoint, a ``.npz`` file with either ``grid`` and ``pdf``
 arrays, or stochastic Lanczos quadrature ``nodes`` and ``weights`` (any shape; flattened), at a path
@@ -22,8 +28,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from experiments.analysis.results import ResultsTable, format_number  # noqa: E402
-from experiments.analysis.statistics import SWEEP_AXES, axis_groups, rank_correlations  # noqa: E402
+from experiments.analysis.correlation import MIN_ROWS, kendall_tau  # noqa: E402
+from experiments.analysis.results import (  # noqa: E402
+    CONFIGURATION_COLUMNS,
+    PLATEAU_COLUMN,
+    RUN_COLUMNS,
+    ResultsTable,
+    format_number,
+    loss_column,
+    plateau_known,
+)
 
 
 def write_plots(
@@ -32,29 +46,32 @@ def write_plots(
     scores: Sequence[str],
     workdir: pathlib.Path,
     density_pattern: str,
-) -> list[pathlib.Path]:
+) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
     """Writes every plot of the report into ``<workdir>/plots``.
 
     Args:
         table: the results.
         predictors: the statistics plotted against each score.
-        scores: the transfer scores, one scatter plot each.
+        scores: the transfer scores.
         workdir: the study's working directory.
         density_pattern: where spectral densities are, relative to ``workdir``.
 
     Returns:
-        The PNGs written, in the order the report shows them.
+        ``(first, more)``: the PNGs a reader looks at first, and the others, in report order.
     """
     plots_dir = workdir / "plots"
     plots_dir.mkdir(exist_ok=True)
-    plots = []
-    if plot_trace_vs_step(table, plots_dir / "trace_vs_step.png"):
-        plots.append(plots_dir / "trace_vs_step.png")
+    first, more = [], []
+    if plot_trace_vs_step(table, scores, plots_dir / "trace_vs_step.png"):
+        first.append(plots_dir / "trace_vs_step.png")
     for score in scores:
+        path = plots_dir / f"trace_vs_{_file_name(score)}_by_loss.png"
+        if plot_transfer_vs_trace_by_loss(table, score, path):
+            first.append(path)
         path = plots_dir / f"scatter_{_file_name(score)}.png"
         if plot_statistic_vs_score(table, predictors, score, path):
-            plots.append(path)
-    return plots + plot_densities(table, workdir, density_pattern, plots_dir)
+            more.append(path)
+    return first, more + plot_densities(table, workdir, density_pattern, plots_dir)
 
 
 def _configuration_label(table: ResultsTable, row: int, columns: Sequence[str]) -> str:
@@ -62,9 +79,7 @@ def _configuration_label(table: ResultsTable, row: int, columns: Sequence[str]) 
     for column in columns:
         value = table.text(column)[row]
         if value:
-            parts.append(
-                value if column in ("setting", "objective", "model") else f"{column}{value}"
-            )
+            parts.append(value if column in ("setting", "objective", "model") else f"{column}{value}")
     return "/".join(parts) or "all"
 
 
@@ -72,11 +87,42 @@ def _file_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 
-def plot_trace_vs_step(table: ResultsTable, path: pathlib.Path) -> bool:
-    """Plots the trace against the checkpoint step, one line per configuration (log x axis).
+def _seed_band(
+    panel: plt.Axes,
+    table: ResultsTable,
+    rows: np.ndarray,
+    column: str,
+    style: dict[str, object],
+    plateau: np.ndarray | None,
+) -> None:
+    """One configuration's ``column`` against step: mean over seeds, band over their range."""
+    step, values = table.values("step"), table.values(column)
+    rows = rows[np.isfinite(step[rows]) & np.isfinite(values[rows])]
+    steps = np.unique(step[rows])
+    if not steps.size:
+        return
+    at_step = [rows[step[rows] == s] for s in steps]
+    mean = np.array([values[r].mean() for r in at_step])
+    panel.plot(steps, mean, **style)
+    if any(len(r) > 1 for r in at_step):
+        low, high = ([f(values[r]) for r in at_step] for f in (np.min, np.max))
+        panel.fill_between(steps, low, high, color=style["color"], alpha=0.2, linewidth=0)
+    # Hollow: off the plateau where results.csv says which checkpoints are on it.
+    on_plateau = [plateau is None or bool(plateau[r].all()) for r in at_step]
+    fill = [style["color"] if on else "white" for on in on_plateau]
+    panel.scatter(steps, mean, s=22, edgecolors=style["color"], facecolors=fill, zorder=3)
+
+
+def plot_trace_vs_step(table: ResultsTable, scores: Sequence[str], path: pathlib.Path) -> bool:
+    """The loss, the trace and each score against the step, one line per configuration.
+
+    Each line is the mean over seeds at each step, its band the seeds' range (min to max); with
+    ``on_plateau`` in results.csv, hollow markers are checkpoints off the loss plateau in some
+    seed. Log x axis (symlog, so that step 0 shows).
 
     Args:
         table: the results.
+        scores: the transfer scores, one panel each.
         path: the PNG to write.
 
     Returns:
@@ -84,22 +130,48 @@ def plot_trace_vs_step(table: ResultsTable, path: pathlib.Path) -> bool:
     """
     if not (table.is_numeric("trace") and table.is_numeric("step")):
         return False
-    step, trace = table.values("step"), table.values("trace")
-    stderr = table.values("trace_stderr")
-    iterations = next(a for a in SWEEP_AXES if a.name == "iterations")
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for rows in axis_groups(table, iterations):
-        rows = rows[np.isfinite(step[rows]) & np.isfinite(trace[rows])]
-        if not len(rows):
-            continue
-        rows = rows[np.argsort(step[rows])]
-        label = _configuration_label(table, rows[0], iterations.group_by)
-        yerr = np.nan_to_num(stderr[rows])
-        axes.errorbar(step[rows], trace[rows], yerr=yerr, marker="o", capsize=2, label=label)
-    # symlog: logarithmic beyond step 1 yet able to show the initialisation at step 0.
-    axes.set_xscale("symlog", linthresh=1)
-    axes.set(xlabel="pretraining step", ylabel="Hessian trace", title="Trace vs step")
-    axes.legend(fontsize="x-small")
+    columns = [c for c in (loss_column(table), "trace", *scores) if c]
+    plateau = table.flags(PLATEAU_COLUMN) == 1 if plateau_known(table) else None
+    figure, panels = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
+    for index, rows in enumerate(table.groups(CONFIGURATION_COLUMNS)):
+        label = _configuration_label(table, rows[0], ("objective", "model"))
+        for panel, column in zip(panels.flat, columns, strict=True):
+            _seed_band(panel, table, rows, column, {"color": f"C{index % 10}", "label": label}, plateau)
+    for panel, column in zip(panels.flat, columns, strict=True):
+        # symlog: logarithmic beyond step 1 yet able to show the initialisation at step 0.
+        panel.set_xscale("symlog", linthresh=1)
+        panel.set(xlabel="pretraining step", title=column)
+    panels.flat[0].legend(fontsize="x-small")
+    num_seeds = len([g for g in table.groups(["seed"]) if table.text("seed")[g[0]]])
+    caption = f"mean over {num_seeds} seeds; band: their range" if num_seeds > 1 else "one seed"
+    caption += "; hollow: off the loss plateau" if plateau is not None else ""
+    figure.suptitle(caption, fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def plot_transfer_vs_trace_by_loss(table: ResultsTable, score: str, path: pathlib.Path) -> bool:
+    """Transfer against the trace, coloured by the loss: checkpoints at matched loss side by side.
+
+    Args:
+        table: the results.
+        score: the transfer score on the y axis.
+        path: the PNG to write.
+
+    Returns:
+        Whether a plot was written (``trace``, ``score`` and a loss column must be numeric).
+    """
+    loss = loss_column(table)
+    if loss is None or not (table.is_numeric("trace") and table.is_numeric(score)):
+        return False
+    x, y, colour = table.values("trace"), table.values(score), table.values(loss)
+    present = np.isfinite(x) & np.isfinite(y) & np.isfinite(colour)
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    points = axes.scatter(x[present], y[present], c=colour[present], cmap="viridis", s=24)
+    figure.colorbar(points, ax=axes, label=loss)
+    axes.set(xlabel="trace", ylabel=score, title=f"{score} vs trace; colour: {loss}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -124,9 +196,7 @@ def plot_statistic_vs_score(
         return False
     columns = min(3, len(statistics))
     grid_rows = math.ceil(len(statistics) / columns)
-    figure, panels = plt.subplots(
-        grid_rows, columns, figsize=(4 * columns, 3.3 * grid_rows), squeeze=False
-    )
+    figure, panels = plt.subplots(grid_rows, columns, figsize=(4 * columns, 3.3 * grid_rows), squeeze=False)
     y = table.values(score)
     for panel, statistic in zip(panels.flat, statistics, strict=False):
         x = table.values(statistic)
@@ -134,8 +204,8 @@ def plot_statistic_vs_score(
         xs, ys = x[present], y[present]
         panel.scatter(xs, ys, s=18)
         tau = math.nan
-        if len(xs) >= 2 and np.ptp(xs) > 0:
-            tau = float(rank_correlations(xs, ys)[0])
+        if len(xs) >= MIN_ROWS and np.ptp(xs) > 0:
+            tau = float(kendall_tau(xs, ys))
             # The trend is fitted to the ranks (what tau measures) and drawn back in data units
             # through the score's quantiles, so it is monotone and stays within the data.
             x_ranks, y_ranks = stats.rankdata(xs), stats.rankdata(ys)
@@ -143,7 +213,7 @@ def plot_statistic_vs_score(
             order = np.argsort(xs)
             trend = np.interp(intercept + slope * x_ranks[order], np.sort(y_ranks), np.sort(ys))
             panel.plot(xs[order], trend, color="C3", label="Theil-Sen fit of ranks")
-        panel.set(xlabel=statistic, ylabel=score, title=f"τ = {format_number(tau)}")
+        panel.set(xlabel=statistic, ylabel=score, title=f"pooled τ = {format_number(tau)}")
     for panel in panels.flat[len(statistics) :]:
         panel.set_visible(False)
     figure.tight_layout()
@@ -152,9 +222,7 @@ def plot_statistic_vs_score(
     return True
 
 
-def load_density(
-    path: str | os.PathLike[str], grid_size: int = 400
-) -> tuple[np.ndarray, np.ndarray]:
+def load_density(path: str | os.PathLike[str], grid_size: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """Loads a spectral density saved by the Hessian stage.
 
     Args:
@@ -201,10 +269,9 @@ def plot_densities(
     """
     if not table.is_numeric("step"):
         return []
-    iterations = next(a for a in SWEEP_AXES if a.name == "iterations")
     step = table.values("step")
     written = []
-    for rows in axis_groups(table, iterations):
+    for rows in table.groups(RUN_COLUMNS):
         rows = rows[np.isfinite(step[rows])]
         if len(rows) < 2:
             continue
@@ -218,7 +285,7 @@ def plot_densities(
                 return []
         if not all(p.exists() for p in paths.values()):
             continue
-        label = _configuration_label(table, first, iterations.group_by)
+        label = _configuration_label(table, first, RUN_COLUMNS)
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for row, density_path in paths.items():
             grid, pdf = load_density(density_path)

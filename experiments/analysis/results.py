@@ -7,7 +7,16 @@
 * an empty cell means "does not apply" and the row is dropped for that column;
 * a ``nan`` cell means "computed, but not a number"; why goes in the optional ``nan_reason``
   column as ``"<column>: <reason>"`` items joined by ``"; "``, e.g.
-  ``"trace: loss diverged; fisher_trace: out of memory"``.
+  ``"trace: loss diverged; fisher_trace: out of memory"``;
+* the optional ``on_plateau`` column (``true``/``false``, ``1``/``0``) says whether a checkpoint is
+  on the pretraining loss plateau;
+* the optional probe-budget columns of the trace, read only by the report's critic 2:
+  ``trace_at_<N>`` (the trace estimate after the first ``N`` products of the same probes) and
+  ``trace_rank_agreement_<budget>`` (an agreement, in ``[-1, 1]``, of the checkpoints' ranking by
+  the trace at that budget with the ranking at the full budget).
+
+Rows are grouped into pretraining *runs* (:data:`RUN_COLUMNS`: a configuration and a seed); the
+checkpoints of a run are one trajectory, never independent of each other.
 """
 
 from __future__ import annotations
@@ -20,6 +29,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+# The columns that name a configuration (all but the seed of a run), and those that a size
+# comparison varies together (the model label and the parameter count follow width and depth).
+CONFIGURATION_COLUMNS = ("setting", "objective", "model", "width", "depth")
+SIZE_COLUMNS = ("model", "width", "depth", "num_params")
+RUN_COLUMNS = (*CONFIGURATION_COLUMNS, "seed")
+PLATEAU_COLUMN = "on_plateau"
 # Column roles, the one place that says which columns are identifiers, scores, bookkeeping or
 # predictors. Every numeric column that is none of the first three is a Hessian statistic.
 AXIS_COLUMNS = ("setting", "objective", "model", "width", "depth", "num_params", "seed", "step")
@@ -31,7 +46,8 @@ BOOKKEEPING_COLUMNS = (
     "matvecs_1pct",
     "seconds_hessian",
     "nan_reason",
-)  # and every column ending in "_stderr" or starting with "seconds_" or "matvecs"
+)  # and every column ending in "_stderr" or starting with "seconds_", "matvecs" or one of:
+PROBE_BUDGET_PREFIXES = ("trace_at_", "trace_rank_agreement_")  # Critic 2's columns.
 # Not Hessian statistics, but reported beside them as the obvious rival predictors.
 BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap")
 # Statistics that are (normalised) traces; everything else is a "non-trace" statistic.
@@ -46,17 +62,20 @@ def column_role(name: str) -> str:
         name: the column name.
 
     Returns:
-        ``"axis"`` (identifies a row), ``"score"`` (transfer), ``"bookkeeping"`` (estimator error,
-        cost), ``"baseline"`` (non-Hessian predictor) or ``"statistic"`` (Hessian statistic).
+        ``"axis"`` (identifies a row), ``"indicator"`` (``on_plateau``), ``"score"`` (transfer),
+        ``"bookkeeping"`` (estimator error, cost, probe budgets), ``"baseline"`` (non-Hessian
+        predictor) or ``"statistic"`` (Hessian statistic).
     """
     if name in AXIS_COLUMNS:
         return "axis"
+    if name == PLATEAU_COLUMN:
+        return "indicator"
     if name in SCORE_COLUMNS or name.endswith("_acc"):
         return "score"
     if (
         name in BOOKKEEPING_COLUMNS
         or name.endswith("_stderr")
-        or name.startswith(("seconds_", "matvecs"))
+        or name.startswith(("seconds_", "matvecs", *PROBE_BUDGET_PREFIXES))
     ):
         return "bookkeeping"
     if name in BASELINE_COLUMNS:
@@ -115,6 +134,40 @@ class ResultsTable:
         rows = np.arange(self.num_rows)[rows]
         return ResultsTable({n: tuple(cells[i] for i in rows) for n, cells in self.columns.items()})
 
+    def flags(self, name: str) -> np.ndarray:
+        """Column ``name`` as 1.0 (``true``, ``yes``, ``1``) or 0.0 (``false``, ``no``, ``0``).
+
+        Returns:
+            Floats, NaN where a cell is empty; all NaN when the column is absent.
+
+        Raises:
+            ValueError: when a non-empty cell is none of these.
+        """
+        values = {"true": 1.0, "yes": 1.0, "1": 1.0, "1.0": 1.0}
+        values |= {"false": 0.0, "no": 0.0, "0": 0.0, "0.0": 0.0, "": math.nan}
+        cells = [c.lower() for c in self.text(name)]
+        unknown = sorted({c for c in cells if c not in values})
+        if unknown:
+            raise ValueError(f"column {name!r} of results.csv is not true/false: {unknown}")
+        return np.array([values[c] for c in cells], dtype=float)
+
+    def groups(self, columns: Sequence[str], rows: np.ndarray | None = None) -> list[np.ndarray]:
+        """Splits rows into groups that agree on ``columns`` (an absent column: one empty value).
+
+        Args:
+            columns: e.g. :data:`RUN_COLUMNS`: one group per pretraining run.
+            rows: row indices or a boolean mask to split (default: all rows).
+
+        Returns:
+            The row indices of each group, ascending within it; groups sorted by their key.
+        """
+        selected = np.arange(self.num_rows) if rows is None else np.arange(self.num_rows)[rows]
+        cells = [self.text(c) for c in columns]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row in selected:
+            groups.setdefault(tuple(column[row] for column in cells), []).append(int(row))
+        return [np.array(groups[key]) for key in sorted(groups, key=_sort_key)]
+
     def nan_reason(self, name: str, rows: np.ndarray | None = None) -> str:
         """Explains the missing values of column ``name`` among ``rows`` (default: all rows).
 
@@ -128,7 +181,9 @@ class ResultsTable:
         selected = np.arange(self.num_rows) if rows is None else np.arange(self.num_rows)[rows]
         cells, reasons = self.text(name), self.text(NAN_REASON_COLUMN)
         empty = [i for i in selected if not cells[i]]
-        nans = [i for i in selected if cells[i] and math.isnan(float(cells[i]))]
+        numbers = {i: _number(cells[i]) for i in selected if cells[i]}
+        nans = [i for i, value in numbers.items() if value is not None and math.isnan(value)]
+        infinite = [i for i, value in numbers.items() if value is not None and math.isinf(value)]
         parts = []
         if nans:
             why: dict[str, int] = {}
@@ -137,9 +192,29 @@ class ResultsTable:
                 why[reason] = why.get(reason, 0) + 1
             listed = ", ".join(f"{r} x{k}" if k > 1 else r for r, k in why.items())
             parts.append(f"{_plural(len(nans), 'row')} NaN ({listed})")
+        if infinite:
+            parts.append(f"{_plural(len(infinite), 'row')} infinite")
         if empty:
             parts.append(f"{_plural(len(empty), 'row')} empty (does not apply)")
         return ", ".join(parts)
+
+
+def _number(cell: str) -> float | None:
+    """A cell as a float; ``None`` when it is not a number."""
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _sort_key(key: tuple[str, ...]) -> tuple[tuple[int, float, str], ...]:
+    """Orders keys numerically where cells are finite numbers (seed 2 before seed 10), else as
+    text."""
+    numbers = [_number(c) for c in key]
+    return tuple(
+        (0, n, "") if n is not None and math.isfinite(n) else (1, 0.0, c)
+        for n, c in zip(numbers, key, strict=True)
+    )
 
 
 def _cell(value: object) -> str:
@@ -184,6 +259,18 @@ def predictor_columns(table: ResultsTable) -> list[str]:
 def score_columns(table: ResultsTable) -> list[str]:
     """The transfer scores present in the table (numeric columns whose role is ``score``)."""
     return [n for n in table.columns if column_role(n) == "score" and table.is_numeric(n)]
+
+
+def loss_column(table: ResultsTable) -> str | None:
+    """The loss that statistics must beat: ``pretrain_loss_gap`` where measured, else
+    ``pretrain_loss``; ``None`` when neither is numeric."""
+    return next((c for c in BASELINE_COLUMNS[::-1] if table.is_numeric(c)), None)
+
+
+def plateau_known(table: ResultsTable) -> bool:
+    """Whether results.csv says which checkpoints are on the loss plateau (a non-empty
+    ``on_plateau`` cell)."""
+    return any(table.text(PLATEAU_COLUMN))
 
 
 def format_number(value: float) -> str:

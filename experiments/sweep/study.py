@@ -45,7 +45,7 @@ SWEEP_SCHEMA = {
     "depths": Field(IntTuple),
     "seeds": Field(IntTuple),
 }
-REPORT_SCHEMA = {"num_resamples": Field(int, 1000)}
+REPORT_SCHEMA = markdown.REPORT_SCHEMA  # `config.report`: see `experiments.analysis.settings`.
 RESULTS_FILE = "results.csv"
 # The columns of the contract (API.md), in its order; extras follow, `nan_reason` last.
 CONTRACT_COLUMNS = (
@@ -416,7 +416,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
     if multihost.is_primary():  # On several hosts, the one process that writes files.
         write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
-        markdown.write_report(workdir, num_resamples=report_settings["num_resamples"])
+        markdown.write_report(workdir, report_settings)
     report = workdir / markdown.REPORT_FILE
     if failed:
         first = results[failed[0]]

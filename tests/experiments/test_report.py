@@ -1,189 +1,262 @@
-"""Tests for the study report: rank correlations, sweep-axis groups, NaN handling, the CLI."""
+"""Tests for the study report: its sections in order, the primary tests, the critics, bad input,
+the configs' report settings and the command line."""
 
 from __future__ import annotations
 
-import csv
-import math
+import json
 import pathlib
+import re
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
-from scipy import stats
 
-from experiments.analysis import markdown, plots, results, statistics
+from experiments.analysis import correlation, critics, inference, markdown, plots, primary, results, settings
+from experiments.configs import digits, pcfg, smoke
+from experiments.core.config_utils import ConfigError
+from tests.experiments import report_tables
 
-AXES = {axis.name: axis for axis in statistics.SWEEP_AXES}
 REPO = pathlib.Path(__file__).resolve().parents[2]
+FAST = {"num_resamples": 200}
 
 
-def small_table(**extra_columns):
-    """Six checkpoints of one run: steps 0..5, accuracy rising with the step."""
-    rows = [
-        {"objective": "xent", "model": "mlp", "seed": 0, "step": step, "finetune_acc": 0.5 + step}
-        for step in range(6)
-    ]
-    for name, values in extra_columns.items():
-        for row, value in zip(rows, values, strict=True):
-            row[name] = value
-    return results.ResultsTable.from_rows(rows)
+def write_study(tmp_path, rows):
+    report_tables.write_csv(tmp_path / "results.csv", rows)
+    return tmp_path
 
 
-def test_rank_correlations_match_hand_computed_values():
-    x = np.arange(1.0, 7.0)
-    tau, rho = statistics.rank_correlations(x, 2 * x + 1)
-    assert (tau, rho) == pytest.approx((1.0, 1.0))
-    tau, rho = statistics.rank_correlations(x, -x)
-    assert (tau, rho) == pytest.approx((-1.0, -1.0))
-    # Two discordant pairs out of 15: tau = (13 - 2) / 15; sum d^2 = 4: rho = 1 - 6*4 / (6*35).
-    tau, rho = statistics.rank_correlations(x, np.array([1.0, 3, 2, 5, 4, 6]))
-    assert tau == pytest.approx(11 / 15)
-    assert rho == pytest.approx(1 - 24 / 210)
-
-
-def test_batched_rank_correlations_agree_with_scipy_row_by_row():
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 4, size=(5, 9)).astype(float)  # Integer values: ties included.
-    y = rng.normal(size=(5, 9))
-    tau, rho = statistics.rank_correlations(x, y)
-    for i in range(5):
-        assert tau[i] == pytest.approx(stats.kendalltau(x[i], y[i]).statistic)
-        assert rho[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic)
-
-
-def test_pooled_correlation_of_monotone_columns_is_exact():
-    table = small_table(up=[1, 2, 4, 8, 16, 32], down=[6, 5, 4, 3, 2, 1])
-    up = statistics.correlate(table, "up", "finetune_acc", AXES["pooled"], num_resamples=200)
-    assert (up.tau, up.rho, up.num_rows, up.num_groups) == pytest.approx((1.0, 1.0, 6, 1))
-    assert up.tau_interval == pytest.approx((1.0, 1.0))
-    down = statistics.correlate(table, "down", "finetune_acc", AXES["pooled"], num_resamples=200)
-    assert (down.tau, down.rho) == pytest.approx((-1.0, -1.0))
-
-
-def test_bootstrap_interval_is_seeded_and_contains_the_estimate():
-    rng = np.random.default_rng(1)
-    table = small_table(noisy=rng.normal(size=6))
-    pooled = AXES["pooled"]
-    first = statistics.correlate(table, "noisy", "finetune_acc", pooled, num_resamples=300, seed=3)
-    again = statistics.correlate(table, "noisy", "finetune_acc", pooled, num_resamples=300, seed=3)
-    assert first == again
-    assert first.tau_interval[0] <= first.tau <= first.tau_interval[1]
-    assert first.tau == pytest.approx(
-        stats.kendalltau(table.values("noisy"), np.arange(6)).statistic
-    )
-
-
-def sweep_table():
-    """2 objectives x 2 models x 3 steps; within a run the statistic rises with the score."""
-    rows = []
-    for objective_index, objective in enumerate(("xent", "mse")):
-        for model_index, model in enumerate(("small", "large")):
-            offset = 10 * (2 * objective_index + model_index)
-            for step in (0, 10, 100):
-                rows.append(
-                    {
-                        "objective": objective,
-                        "model": model,
-                        "seed": 0,
-                        "step": step,
-                        # Across runs the statistic falls while the score rises: pooled tau < 0.
-                        "statistic": step - 1000 * offset,
-                        "linear_probe_acc": offset + step / 1000,
-                    }
-                )
-    return results.ResultsTable.from_rows(rows)
-
-
-def test_axis_groups_select_the_intended_rows():
-    table = sweep_table()
-    objective, model, step = table.text("objective"), table.text("model"), table.text("step")
-
-    def varying(groups):
-        return [
-            {
-                name
-                for name, column in (("objective", objective), ("model", model), ("step", step))
-                if len(set(column[g])) > 1
-            }
-            for g in groups
-        ]
-
-    assert [len(g) for g in statistics.axis_groups(table, AXES["pooled"])] == [12]
-    iterations = statistics.axis_groups(table, AXES["iterations"])
-    assert [len(g) for g in iterations] == [3] * 4
-    assert varying(iterations) == [{"step"}] * 4
-    objectives = statistics.axis_groups(table, AXES["objective"])
-    assert [len(g) for g in objectives] == [2] * 6
-    assert varying(objectives) == [{"objective"}] * 6
-    sizes = statistics.axis_groups(table, AXES["size"])
-    assert [len(g) for g in sizes] == [2] * 6
-    assert varying(sizes) == [{"model"}] * 6
-    assert sorted(np.concatenate(sizes)) == list(range(12))
-
-
-def test_within_group_correlation_differs_from_pooled():
-    table = sweep_table()
-    kwargs = dict(num_resamples=200)
-    pooled = statistics.correlate(table, "statistic", "linear_probe_acc", AXES["pooled"], **kwargs)
-    expected = stats.kendalltau(table.values("statistic"), table.values("linear_probe_acc"))
-    assert pooled.tau == pytest.approx(expected.statistic) and pooled.tau < 0
-    runs = statistics.correlate(
-        table, "statistic", "linear_probe_acc", AXES["iterations"], **kwargs
-    )
-    assert (runs.tau, runs.num_groups, runs.num_rows) == pytest.approx((1.0, 4, 12))
-    assert runs.tau_interval == pytest.approx((1.0, 1.0))
-    sizes = statistics.correlate(table, "statistic", "linear_probe_acc", AXES["size"], **kwargs)
-    assert (sizes.tau, sizes.num_groups) == pytest.approx((-1.0, 6))
-
-
-def test_nan_rows_are_dropped_per_pair_with_their_reason():
-    table = small_table(
-        trace=[1, 2, "nan", 4, 5, 6],
-        fisher_trace=["", "", "", 1, 2, 3],
-        nan_reason=["", "", "trace: loss diverged", "", "", ""],
-    )
-    trace = statistics.correlate(table, "trace", "finetune_acc", AXES["pooled"], num_resamples=50)
-    assert (trace.tau, trace.num_rows) == pytest.approx((1.0, 5))
-    assert "1 row NaN (loss diverged)" in trace.note
-    fisher = statistics.correlate(
-        table, "fisher_trace", "finetune_acc", AXES["pooled"], num_resamples=50
-    )
-    assert (fisher.tau, fisher.num_rows) == pytest.approx((1.0, 3))
-    assert "3 rows empty (does not apply)" in fisher.note
-
-
-def test_all_nan_statistic_is_reported_as_nan_with_its_reason():
-    table = small_table(
-        top_eigenvalue=["nan"] * 6, nan_reason=["top_eigenvalue: Lanczos broke down"] * 6
-    )
-    result = statistics.correlate(
-        table, "top_eigenvalue", "finetune_acc", AXES["pooled"], num_resamples=50
-    )
-    assert math.isnan(result.tau) and math.isnan(result.rho) and result.num_rows == 0
-    assert "Lanczos broke down x6" in result.note
+def section(report: str, title: str) -> str:
+    """The text of a report section, from its heading to the next heading of the same level."""
+    level = re.match(r"#+", title).group(0)
+    start = report.index(title + "\n")
+    following = re.search(rf"^{level} ", report[start + len(title) :], flags=re.MULTILINE)
+    return report[start : start + len(title) + (following.start() if following else len(report))]
 
 
 def test_column_roles_and_default_predictors():
-    table = small_table(
-        trace=range(6), trace_stderr=range(6), linear_probe_acc=range(6), pretrain_loss=range(6)
+    table = results.ResultsTable.from_rows(
+        [
+            {
+                "trace": 1,
+                "trace_stderr": 1,
+                "linear_probe_acc": 1,
+                "pretrain_loss": 1,
+                "on_plateau": "true",
+                "trace_at_8": 1,
+                "trace_rank_agreement_8": 1,
+            }
+        ]
     )
     assert results.column_role("block_trace/dense_0") == "statistic"
     assert results.column_role("knn_acc") == "score"
+    assert results.column_role("on_plateau") == "indicator"
+    assert results.column_role("trace_at_8") == results.column_role("trace_rank_agreement_8")
+    assert results.column_role("trace_at_8") == "bookkeeping"
     assert results.predictor_columns(table) == ["trace", "pretrain_loss"]
-    assert results.score_columns(table) == ["finetune_acc", "linear_probe_acc"]
-    with pytest.raises(ValueError, match="not columns"):
-        statistics.correlation_table(table, ["absent"], num_resamples=10)
+    assert results.loss_column(table) == "pretrain_loss"
 
 
-def test_probe_budget_extrapolates_from_the_standard_error():
-    table = small_table(trace=[10.0] * 6, trace_stderr=[1.0] * 6, matvecs=[10] * 6)
-    budget = statistics.probe_budget(table)
-    # Relative stderr 0.1 at 10 matvecs; 0.05 needs 4x as many, 0.01 needs 100x.
-    assert budget.method == "extrapolated"
-    assert (budget.median_5pct, budget.max_1pct) == pytest.approx((40.0, 1000.0))
-    measured = statistics.probe_budget(small_table(matvecs_5pct=[8, 16, 32, 8, 8, 8]))
-    assert (measured.method, measured.median_5pct, measured.max_5pct) == ("measured", 8, 32)
+def test_nan_reasons_count_nan_infinite_and_empty_cells():
+    table = results.ResultsTable.from_rows(
+        [
+            {"trace": v, "nan_reason": r}
+            for v, r in [(1, ""), ("nan", "trace: loss diverged"), ("inf", ""), ("", ""), ("nan", "")]
+        ]
+    )
+    why = table.nan_reason("trace")
+    assert "2 rows NaN (loss diverged, no reason recorded)" in why
+    assert "1 row infinite" in why and "1 row empty (does not apply)" in why
+
+
+def test_primary_tests_come_first_with_holm_adjusted_p_values(tmp_path):
+    write_study(tmp_path, report_tables.language_rows(seeds=(0, 1, 2)))
+    config = dict(FAST, primary_tests=report_tables.LANGUAGE_TESTS, equivalence_margin=0.2)
+    report = markdown.write_report(tmp_path, config).read_text()
+    assert report.index("## Primary tests") < report.index("## Plots")
+    assert report.index("## Plots") < report.index("## Exploratory analyses")
+    table = results.read_results_csv(tmp_path / "results.csv")
+    tests = settings.read_settings(config).primary_tests
+    hypotheses, rules = primary.run_primary_tests(table, tests, inference.Bootstrap(200))
+    tested = [h for h in hypotheses if h.role != "loss"]
+    assert [(h.test.name, h.role) for h in tested] == [
+        (name, role)
+        for name in ("continued_training", "size", "algorithm")
+        for role in ("statistic", "score")
+    ]
+    np.testing.assert_allclose([h.holm_p for h in tested], inference.holm([h.p_value for h in tested]))
+    by_name = {(h.test.name, h.role): h.differences for h in hypotheses}
+    # The designed effects: the plateau lowers the trace and raises the probes, and so on.
+    assert by_name["continued_training", "statistic"].estimate < 0
+    assert by_name["continued_training", "score"].estimate > 0
+    assert by_name["algorithm", "statistic"].estimate > 0
+    assert by_name["algorithm", "score"].estimate < 0
+    assert all(d.num_seeds == 3 for d in by_name.values())
+    assert "on the loss plateau" in rules["continued_training"]
+    primary_text = section(report, "## Primary tests (pre-registered)")
+    assert "`pretrain_loss_gap` (context, untested)" in primary_text
+    assert "3 seeds: 0.25" in primary_text
+    assert "### Critic 1" in report and "±0.2" in section(
+        report, "### Critic 1: does the trace need the pretraining data?"
+    )
+    exploratory = report[report.index("## Exploratory analyses") :]
+    assert "exploratory" in exploratory.split("\n\n")[1]
+    assert (tmp_path / "plots" / "trace_vs_step.png").exists()
+    assert (tmp_path / "plots" / "trace_vs_linear_probe_acc_by_loss.png").exists()
+
+
+def test_without_a_plateau_column_continued_training_uses_first_and_last(tmp_path):
+    write_study(tmp_path, report_tables.language_rows(seeds=(0, 1), plateau=False))
+    report = markdown.write_report(tmp_path, dict(FAST, primary_tests=report_tables.LANGUAGE_TESTS[:1]))
+    assert "all the checkpoints of each run (results.csv has no `on_plateau` column" in report.read_text()
+
+
+def test_no_tau_is_computed_over_two_rows(tmp_path, monkeypatch):
+    """Two checkpoints per run, two sizes, two algorithms: every group of the old per-axis taus had
+    two rows. No tau may be computed over fewer than three rows anywhere in the report."""
+    write_study(tmp_path, report_tables.language_rows(seeds=(0, 1, 2), steps=(1000, 8000)))
+    sizes = []
+    original = correlation.kendall_tau
+
+    def recording(x, y, weights=None):
+        sizes.append(len(x))
+        return original(x, y, weights)
+
+    monkeypatch.setattr(correlation, "kendall_tau", recording)
+    monkeypatch.setattr(plots, "kendall_tau", recording)
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    assert sizes and min(sizes) >= correlation.MIN_ROWS
+    within = section(report, "### Along training iterations: Kendall τ within each run")
+    assert "Not computable: none of the 12 runs has 3 or more" in within
+    assert "objective τ" not in report and "size τ" not in report
+
+
+def test_one_seed_report_says_what_needs_more_seeds(tmp_path):
+    write_study(tmp_path, report_tables.language_rows(seeds=(0,)))
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    assert "None declared" in section(report, "## Primary tests (pre-registered)")
+    assert "Needs ≥ 2 seeds: this study has 1 (seed 0)" in report
+    assert "Kendall" in report
+
+
+def test_a_primary_test_needs_two_seeds(tmp_path):
+    write_study(tmp_path, report_tables.language_rows(seeds=(0,)))
+    config = dict(FAST, primary_tests=report_tables.LANGUAGE_TESTS[1:2])
+    with pytest.raises(primary.ReportError, match=r"'size'.*has 1.*width 16: seeds \['0'\]"):
+        markdown.write_report(tmp_path, config)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_a_primary_test_naming_a_missing_column_or_level_is_refused(tmp_path):
+    write_study(tmp_path, report_tables.language_rows(seeds=(0, 1)))
+    missing = dict(report_tables.LANGUAGE_TESTS[0], statistic="trace_ood")
+    with pytest.raises(primary.ReportError, match=r"'continued_training' names \['trace_ood'\]"):
+        markdown.write_report(tmp_path, dict(FAST, primary_tests=(missing,)))
+    level = dict(report_tables.LANGUAGE_TESTS[1], levels=(16, 64))
+    with pytest.raises(primary.ReportError, match=r"width = 64.*\['16', '32'\]"):
+        markdown.write_report(tmp_path, dict(FAST, primary_tests=(level,)))
+
+
+@pytest.mark.parametrize("margin", [0.0, -0.1])
+def test_equivalence_margin_must_be_positive(margin):
+    with pytest.raises(ConfigError, match="equivalence_margin must be > 0"):
+        settings.read_settings({"equivalence_margin": margin})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"kind": "correlation"}, r"kind must be one of"),
+        ({"levels": (8, 16, 32)}, r"levels must hold exactly 2"),
+        ({"step": "first"}, r"step must be 'last' or a step number"),
+        ({"test": "t"}, r"test must be one of"),
+        ({"steps": (1, 2)}, r"unknown fields \['steps'\]"),
+    ],
+)
+def test_malformed_primary_tests_name_the_field(change, message):
+    test = dict(report_tables.LANGUAGE_TESTS[1], **change)
+    with pytest.raises(ConfigError, match=r"config.report.primary_tests\[0\].*" + message):
+        settings.read_settings({"primary_tests": (test,)})
+    twice = (report_tables.LANGUAGE_TESTS[0], report_tables.LANGUAGE_TESTS[0])
+    with pytest.raises(ConfigError, match="repeated: \\['continued_training'\\]"):
+        settings.read_settings({"primary_tests": twice})
+
+
+def test_missing_and_non_finite_cells_are_counted_and_listed(tmp_path):
+    rows = report_tables.language_rows(seeds=(0, 1, 2))
+    rows[0].update(trace="nan", nan_reason="trace: loss diverged")
+    rows[1].update(trace="inf")
+    rows[2].update(top_eigenvalue="")
+    write_study(tmp_path, rows)
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    missing = section(report, "## Missing and non-finite cells")
+    line = next(line for line in missing.splitlines() if line.startswith("| `trace` |"))
+    assert "| 0 | 1 | 1 | 0 |" in line and "1 row NaN (loss diverged)" in line
+    assert "adamw/text_transformer_w16_d2/seed0/step250" in line
+    assert "| `top_eigenvalue` | 1 | 0 | 0 | 0 |" in missing
+    loss_table = section(report, "### Better than the loss? Association with transfer given the loss")
+    assert "| `trace` |" in loss_table and "| 58 (12 runs) |" in loss_table
+
+
+def test_critic_sections_say_what_was_not_measured(tmp_path):
+    rows = [
+        {k: v for k, v in row.items() if k not in ("trace_downstream", "top_eigenvalue")}
+        for row in report_tables.language_rows(seeds=(0, 1, 2))
+    ]
+    write_study(tmp_path, rows)
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    assert "Not measured: no pretraining-free statistic" in report
+    assert "Rank stability at smaller budgets: not measured" in report
+    assert "Not measured: `trace` and at least one other statistic" in report
+
+
+def test_critics_use_pretraining_free_and_budget_columns(tmp_path):
+    rows = report_tables.language_rows(seeds=(0, 1, 2))
+    rng = np.random.default_rng(0)
+    for row in rows:
+        row["trace_ood"] = row["trace"] + rng.normal()
+        row["trace_at_4"] = row["trace"] + 5 * rng.normal()
+        row["trace_rank_agreement_4"] = 0.8
+    write_study(tmp_path, rows)
+    table = results.read_results_csv(tmp_path / "results.csv")
+    assert critics.pretraining_free(table) == ["trace_downstream", "trace_ood"]
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    first = section(report, "### Critic 1: does the trace need the pretraining data?")
+    assert "| `trace_ood` | `linear_probe_acc` |" in first and "equivalent within ±0.1" in first
+    second = section(report, "### Critic 2: does the trace need many probes?")
+    assert "| `trace_at_4` |" in second and "`trace_rank_agreement_4`: mean over 12 runs +0.800" in second
+
+
+def test_configs_declare_their_report():
+    image, language, tiny = (m.get_config() for m in (digits, pcfg, smoke))
+    assert len(image.sweep.seeds) >= 3 and len(tiny.sweep.seeds) == 1
+    for config in (image, language):
+        parsed = settings.read_settings(config.report)
+        assert parsed.equivalence_margin > 0 and len(parsed.primary_tests) == 3
+        assert {t.name for t in parsed.primary_tests} >= {"continued_training", "size"}
+    assert settings.read_settings(tiny.report).primary_tests == ()
+
+
+def test_study_settings_are_recorded_for_the_command_line(tmp_path):
+    write_study(tmp_path, report_tables.language_rows(seeds=(0, 1, 2)))
+    config = ml_collections.ConfigDict(
+        {"num_resamples": 50, "primary_tests": report_tables.LANGUAGE_TESTS[:1]}
+    )
+    markdown.write_report(tmp_path, config)
+    recorded = json.loads((tmp_path / settings.RECORD_FILE).read_text())
+    assert recorded["primary_tests"][0]["name"] == "continued_training"
+    command = [sys.executable, "-m", "experiments.report", f"--workdir={tmp_path}", "--seed=3"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert "| primary | continued_training | `trace` |" in report
+    assert "50 resamples (seed 3)" in report
+    assert json.loads((tmp_path / settings.RECORD_FILE).read_text()) == recorded
+    (tmp_path / settings.RECORD_FILE).write_text(json.dumps({"equivalence_margin": 0}))
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "ConfigError: config.report.equivalence_margin must be > 0" in done.stderr
 
 
 def test_density_from_lanczos_nodes_is_normalised(tmp_path):
@@ -193,35 +266,14 @@ def test_density_from_lanczos_nodes_is_normalised(tmp_path):
     assert np.trapezoid(pdf, grid) == pytest.approx(1.0, abs=1e-3)
 
 
-def write_csv(path, table):
-    with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(table.columns)
-        writer.writerows(zip(*table.columns.values(), strict=True))
-
-
-def test_cli_writes_report_and_plots(tmp_path):
-    table = sweep_table()
-    trace = [str(v) for v in table.values("statistic")]
-    trace[0] = "nan"
-    columns = dict(table.columns, trace=tuple(trace), nan_reason=("trace: diverged",) + ("",) * 11)
-    write_csv(tmp_path / "results.csv", results.ResultsTable(columns))
-    density = tmp_path / "hessian/small/xent/seed0"
-    for step in (0, 100):
+def test_densities_are_plotted_when_present(tmp_path):
+    write_study(tmp_path, report_tables.language_rows(seeds=(0,)))
+    density = tmp_path / "hessian/text_transformer_w16_d2/adamw/seed0"
+    for step in (250, 8000):
         (density / f"step{step}").mkdir(parents=True)
         np.savez(density / f"step{step}/density.npz", grid=np.arange(3.0), pdf=np.ones(3) / 2)
-
-    command = [sys.executable, "-m", "experiments.report", f"--workdir={tmp_path}"]
-    done = subprocess.run(
-        [*command, "--num_resamples=50"], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    report = (tmp_path / "report.md").read_text()
-    assert "Kendall" in report and "`trace`" in report and "NaN (diverged)" in report
-    assert "**iterations**: one group per" in report
-    plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
-    assert {"trace_vs_step.png", "scatter_linear_probe_acc.png"} <= plots
-    assert any(name.startswith("density_") for name in plots)
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    assert "![density_language_adamw_text_transformer_w16_d2" in section(report, "## More plots")
 
 
 def test_missing_results_csv_is_a_clear_error(tmp_path):

@@ -1,0 +1,241 @@
+"""Paired differences across seeds: the seed is the unit.
+
+Two designs give one difference per seed:
+
+* **two configurations** (:func:`configuration_pairs`): rows of ``axis = levels[0]`` and of
+  ``axis = levels[1]`` matched on everything else (the seed, the step, the other configuration
+  columns), e.g. width 16 vs 32 at the same objective, seed and step;
+* **two checkpoints of a run** (:func:`checkpoint_pairs`): the first and last checkpoints on the
+  loss plateau (``on_plateau``), or of the run when the column is absent, or two declared steps.
+
+When a seed has several matched pairs (say both objectives in a width comparison), its difference
+is their mean, so that every seed counts once: configurations that share a seed share its data
+order and initialisation and are not independent units. :func:`seed_differences` then gives the
+mean over seeds, a bootstrap interval over seeds and exact sign and signed-rank p-values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from experiments.analysis.inference import (
+    Bootstrap,
+    bootstrap_mean,
+    sign_test,
+    wilcoxon_signed_rank,
+)
+from experiments.analysis.results import (
+    CONFIGURATION_COLUMNS,
+    PLATEAU_COLUMN,
+    RUN_COLUMNS,
+    SIZE_COLUMNS,
+    ResultsTable,
+    plateau_known,
+)
+
+# seed -> the (first row, second row) pairs of that seed; a difference is second minus first.
+Pairs = dict[str, list[tuple[int, int]]]
+
+
+def matches(table: ResultsTable, column: str, value: object) -> np.ndarray:
+    """Rows whose cell equals ``value``: as text, or as numbers (``16`` matches ``"16.0"``)."""
+    cells = table.text(column)
+    wanted = str(value)
+    try:
+        number = float(wanted)
+    except ValueError:
+        return cells == wanted
+    numeric = np.array([_float_or_nan(c) for c in cells])
+    return (cells == wanted) | (numeric == number)
+
+
+def _float_or_nan(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
+
+
+def select(table: ResultsTable, where: Mapping[str, object]) -> np.ndarray:
+    """Rows whose cells match ``where``: column -> a value or a tuple/list of accepted values."""
+    mask = np.ones(table.num_rows, dtype=bool)
+    for column, accepted in where.items():
+        values = accepted if isinstance(accepted, (tuple, list)) else (accepted,)
+        mask &= np.logical_or.reduce([matches(table, column, v) for v in values])
+    return mask
+
+
+def matching_columns(axis: str) -> tuple[str, ...]:
+    """The columns on which a comparison along ``axis`` matches its two sides (seed and step
+    included); a size axis drops the columns that follow from it (model label, parameter count)."""
+    varied = {axis}
+    if axis in SIZE_COLUMNS:
+        varied |= {"model", "num_params"} | ({"width", "depth"} if axis == "model" else set())
+    return (*[c for c in CONFIGURATION_COLUMNS if c not in varied], "seed")
+
+
+def configuration_pairs(
+    table: ResultsTable,
+    axis: str,
+    levels: Sequence[object],
+    where: Mapping[str, object],
+    step: int | str = "last",
+) -> Pairs:
+    """Matches the rows of two levels of ``axis`` at the same seed, step and other columns.
+
+    Args:
+        table: the results.
+        axis: the column that differs, e.g. ``"width"`` or ``"objective"``.
+        levels: ``(first, second)``; differences are ``second - first``.
+        where: restricts the rows (see :func:`select`).
+        step: ``"last"``: the last step both sides of a match have; or a step number.
+
+    Returns:
+        seed -> its pairs (one per match of the other columns).
+
+    Raises:
+        ValueError: when a side has two rows for one match and step (results.csv has duplicates).
+    """
+    keys = list(zip(*(table.text(c) for c in matching_columns(axis)), strict=True))
+    steps = table.values("step")
+    base = select(table, where)
+    sides = []
+    for level in levels:
+        side: dict[tuple[str, ...], dict[float, int]] = {}
+        for row in np.flatnonzero(base & matches(table, axis, level)):
+            by_step = side.setdefault(keys[row], {})
+            if steps[row] in by_step:
+                raise ValueError(f"results.csv has two rows of {keys[row]} at step {steps[row]:g}")
+            by_step[steps[row]] = int(row)
+        sides.append(side)
+    pairs: Pairs = {}
+    for key in sorted(set(sides[0]) & set(sides[1])):
+        common = set(sides[0][key]) & set(sides[1][key])
+        chosen = max(common, default=None) if step == "last" else float(step)
+        if chosen in common:
+            pair = (sides[0][key][chosen], sides[1][key][chosen])
+            pairs.setdefault(key[-1], []).append(pair)  # The seed is the key's last cell.
+    return pairs
+
+
+def checkpoint_pairs(
+    table: ResultsTable, where: Mapping[str, object], steps: Sequence[int] | None = None
+) -> tuple[Pairs, str]:
+    """Pairs the first and last checkpoint of every run (continued training).
+
+    Args:
+        table: the results.
+        where: restricts the runs (see :func:`select`).
+        steps: two declared steps; ``None``: the first and last checkpoints on the loss plateau
+            when results.csv has ``on_plateau``, else the run's first and last checkpoints.
+
+    Returns:
+        ``(pairs, which)``: seed -> one pair per run with two such checkpoints, and which
+        checkpoints, in words, for the report (e.g. "the checkpoints on the loss plateau").
+    """
+    step = table.values("step")
+    candidates = select(table, where) & np.isfinite(step)
+    if steps is not None:
+        candidates &= np.isin(step, np.asarray(steps, dtype=float))
+        which = f"steps {steps[0]} and {steps[-1]} of each run, as declared"
+    elif plateau_known(table):
+        candidates &= table.flags(PLATEAU_COLUMN) == 1
+        which = f"the checkpoints on the loss plateau (`{PLATEAU_COLUMN}`) of each run"
+    else:
+        which = (
+            f"all the checkpoints of each run (results.csv has no `{PLATEAU_COLUMN}` column, so "
+            "the plateau is not known)"
+        )
+    pairs: Pairs = {}
+    for run in table.groups(RUN_COLUMNS, candidates):
+        if len(set(step[run])) >= 2:
+            first, last = run[np.argmin(step[run])], run[np.argmax(step[run])]
+            pairs.setdefault(table.text("seed")[first], []).append((int(first), int(last)))
+    return pairs, which
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedDifferences:
+    """Paired differences of one column, one per seed, and what they show.
+
+    Attributes:
+        column: the column differenced.
+        per_seed: ``(seed, difference)``; a seed's difference is the mean over its pairs.
+        estimate: the mean over seeds.
+        interval: percentile bootstrap interval of the mean, resampling seeds (NaN below 2 seeds).
+        sign_p: exact two-sided sign test across seeds.
+        wilcoxon_p: exact two-sided Wilcoxon signed-rank test across seeds.
+        note: seeds left out and why.
+    """
+
+    column: str
+    per_seed: tuple[tuple[str, float], ...]
+    estimate: float
+    interval: tuple[float, float]
+    sign_p: float
+    wilcoxon_p: float
+    note: str = ""
+
+    @property
+    def num_seeds(self) -> int:
+        """The seeds with a difference: the units."""
+        return len(self.per_seed)
+
+
+def seed_differences(table: ResultsTable, column: str, pairs: Pairs, bootstrap: Bootstrap) -> SeedDifferences:
+    """The differences ``second - first`` of ``column`` over ``pairs``, one per seed.
+
+    Args:
+        table: the results.
+        column: e.g. ``"trace"``.
+        pairs: from :func:`configuration_pairs` or :func:`checkpoint_pairs`.
+        bootstrap: resamples, level and seed of the interval.
+
+    Returns:
+        The :class:`SeedDifferences`; pairs with a missing value are left out (said in ``note``).
+    """
+    values = table.values(column)
+    per_seed, left_out = [], []
+    for seed in sorted(pairs, key=_float_or_nan):
+        differences = [values[b] - values[a] for a, b in pairs[seed]]
+        finite = [d for d in differences if math.isfinite(d)]
+        if finite:
+            per_seed.append((seed, float(np.mean(finite))))
+        if len(finite) < len(differences):
+            rows = np.array([r for pair in pairs[seed] for r in pair])
+            left_out.append(f"seed {seed}: {table.nan_reason(column, rows[~np.isfinite(values[rows])])}")
+    differences = [d for _, d in per_seed]
+    estimate = float(np.mean(differences)) if differences else math.nan
+    return SeedDifferences(
+        column,
+        tuple(per_seed),
+        estimate,
+        bootstrap_mean(differences, bootstrap),
+        sign_test(differences),
+        wilcoxon_signed_rank(differences),
+        f"left out: {'; '.join(left_out)}" if left_out else "",
+    )
+
+
+def comparisons_of(table: ResultsTable) -> list[tuple[str, tuple[str, str], dict[str, str]]]:
+    """The configuration comparisons a study's design offers, for the exploratory section.
+
+    Along ``objective`` and along size (``model``): every pair of levels, once for each setting
+    of the columns that are held fixed (e.g. width 16 vs 32 under each objective).
+
+    Returns:
+        ``(axis, (first, second), where)`` triples.
+    """
+    result = []
+    for axis in ("objective", "model"):
+        levels = sorted(set(table.text(axis)) - {""})
+        fixed = [c for c in matching_columns(axis) if c not in ("setting", "seed")]
+        settings = sorted(set(zip(*(table.text(c) for c in fixed), strict=True)))
+        for pair in itertools.combinations(levels, 2):
+            result += [(axis, pair, dict(zip(fixed, values, strict=True))) for values in settings]
+    return result

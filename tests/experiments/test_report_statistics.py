@@ -1,0 +1,231 @@
+"""Tests for the report's statistics: exact tests, Holm, Kendall tau with run weights, and the rule
+that every interval resamples independent units (seeds or runs), never checkpoints of one run."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments.analysis import comparisons, correlation, inference, results
+
+BOOTSTRAP = inference.Bootstrap(num_resamples=400, seed=0)
+
+
+def test_sign_test_is_exact_and_drops_zeros():
+    assert inference.sign_test([1.0, 2.0, 3.0]) == pytest.approx(0.25)
+    assert inference.sign_test([1.0, -1.0]) == pytest.approx(1.0)
+    assert inference.sign_test([0.0, 1.0, 2.0, 3.0]) == pytest.approx(0.25)
+    assert math.isnan(inference.sign_test([0.0, 0.0]))
+    # 9 positives of 10: 2 * P(X >= 9) = 2 * 11 / 1024.
+    assert inference.sign_test([1.0] * 9 + [-1.0]) == pytest.approx(22 / 1024)
+
+
+def test_wilcoxon_agrees_with_scipy_without_ties_and_with_enumeration_with_ties():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 9):
+        differences = rng.normal(size=n) + 0.5
+        exact = stats.wilcoxon(differences, method="exact").pvalue
+        assert inference.wilcoxon_signed_rank(differences) == pytest.approx(exact)
+    tied = np.array([1.0, 1.0, -1.0, 2.0, 2.0, 3.0, 0.0])
+    ranks = stats.rankdata(np.abs(tied[tied != 0]))
+    observed = ranks[tied[tied != 0] > 0].sum()
+    sums = [sum(r for r, s in zip(ranks, signs) if s) for signs in itertools.product((0, 1), repeat=6)]
+    centre = ranks.sum() / 2
+    expected = np.mean([abs(t - centre) >= abs(observed - centre) for t in sums])
+    assert inference.wilcoxon_signed_rank(tied) == pytest.approx(expected)  # 8 / 64
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6])
+def test_smallest_p_value_is_what_unanimous_units_give(n):
+    unanimous = np.arange(1.0, n + 1)
+    floor = inference.smallest_p_value(n)
+    assert inference.sign_test(unanimous) == pytest.approx(floor)
+    assert inference.wilcoxon_signed_rank(unanimous) == pytest.approx(floor)
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    adjusted = inference.holm([0.01, 0.04, 0.03, math.nan, 0.5])
+    # m = 4: 4 * 0.01, then max(0.04, 3 * 0.03), max(0.09, 2 * 0.04), 1 * 0.5.
+    np.testing.assert_allclose(adjusted, [0.04, 0.09, 0.09, math.nan, 0.5])
+    assert inference.holm([0.6, 0.7]).tolist() == [1.0, 1.0]
+
+
+def test_kendall_tau_is_tau_b_and_weights_repeat_rows():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 4, 12).astype(float)  # Ties included.
+    y = rng.normal(size=12)
+    assert correlation.kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
+    weights = rng.integers(0, 3, 12)
+    repeated = np.repeat(np.arange(12), weights)
+    expected = stats.kendalltau(x[repeated], y[repeated]).statistic
+    assert correlation.kendall_tau(x, y, weights[None, :])[0] == pytest.approx(expected)
+
+
+def test_no_tau_over_two_rows():
+    with pytest.raises(ValueError, match="3 or more rows"):
+        correlation.kendall_tau(np.array([1.0, 2.0]), np.array([2.0, 1.0]))
+
+
+def test_partial_tau_removes_what_the_control_explains():
+    z = np.arange(10.0)
+    x = z + np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1]) * 0.5  # Ordered by z but for pairs.
+    y = z.copy()
+    taus = [correlation.kendall_tau(a, b) for a, b in ((x, y), (x, z), (y, z))]
+    assert taus[0] > 0.9
+    assert math.isnan(correlation.partial_tau(*taus))  # y = z: nothing is left once z is known.
+    assert correlation.partial_tau(0.5, 0.0, 0.0) == pytest.approx(0.5)
+    assert correlation.partial_tau(0.25, 0.5, 0.5) == pytest.approx(0.0)
+
+
+def disagreeing_seeds(num_checkpoints=10, copies=1):
+    """Width 16 and 32, 4 seeds, 10 checkpoints per run. Within each run the checkpoints move
+    together perfectly (statistic and score both rise with the step), but the seeds disagree:
+    width 32's trace is 1 above width 16's in seeds 0 and 2, 1 below in seeds 1 and 3, at every
+    checkpoint, and the score falls with the statistic in seeds 2 and 3."""
+    rows = []
+    for seed in range(4):
+        direction = 1 if seed < 2 else -1
+        for width in (16, 32):
+            for step in range(num_checkpoints):
+                offset = (1 if seed % 2 == 0 else -1) * (width == 32)
+                row = {
+                    "objective": "adamw",
+                    "model": f"m{width}",
+                    "width": width,
+                    "seed": seed,
+                    "step": step,
+                    "trace": step + offset + 100 * seed,
+                    "linear_probe_acc": direction * step + 0.1 * width,
+                }
+                rows += [row] * copies
+    return results.ResultsTable.from_rows(rows)
+
+
+def test_a_comparison_interval_is_as_wide_as_the_seeds_spread():
+    table = disagreeing_seeds()
+    pairs = comparisons.configuration_pairs(table, "width", (16, 32), {})
+    result = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
+    assert [d for _, d in result.per_seed] == [1.0, -1.0, 1.0, -1.0]
+    # Ten perfectly correlated checkpoints per run add nothing: the interval spans the seeds.
+    assert result.interval == (-1.0, 1.0)
+    assert result.sign_p == pytest.approx(1.0)
+    along = comparisons.checkpoint_pairs(table, {})[0]
+    assert sorted(along) == ["0", "1", "2", "3"] and all(len(p) == 2 for p in along.values())
+
+
+def test_within_run_taus_are_summarised_over_runs_not_checkpoints():
+    table = disagreeing_seeds()
+    summary = correlation.within_run(table, "trace", "linear_probe_acc", BOOTSTRAP)
+    assert sorted(summary.taus) == [-1.0] * 4 + [1.0] * 4
+    assert summary.mean == pytest.approx(0.0)
+    assert summary.interval[0] <= -0.5 and summary.interval[1] >= 0.5
+    assert summary.sign_p == pytest.approx(1.0)
+
+
+def test_repeating_checkpoints_does_not_narrow_a_pooled_interval():
+    once = correlation.association(disagreeing_seeds(), "trace", "linear_probe_acc", BOOTSTRAP)
+    tenfold = correlation.association(disagreeing_seeds(copies=10), "trace", "linear_probe_acc", BOOTSTRAP)
+    assert (once.num_runs, tenfold.num_runs) == (8, 8)
+    assert tenfold.value == pytest.approx(once.value)
+    assert tenfold.interval == pytest.approx(once.interval)
+    # Resampling rows as if they were independent would have made it far narrower.
+    rows = np.arange(once.num_rows)
+    x, y = (disagreeing_seeds().values(c) for c in ("trace", "linear_probe_acc"))
+    drawn = BOOTSTRAP.rng().integers(0, len(rows), size=(400, len(rows)))
+    naive = np.stack([np.bincount(d, minlength=len(rows)) for d in drawn])
+    naive_interval = inference.percentile_interval(correlation.kendall_tau(x, y, naive), 0.95)
+    assert np.ptp(once.interval) > 2 * np.ptp(naive_interval)
+
+
+def test_an_interval_needs_three_units():
+    assert all(math.isnan(v) for v in inference.bootstrap_mean([1.0, 2.0], BOOTSTRAP))
+    table = results.ResultsTable.from_rows(
+        [
+            {"seed": s, "step": t, "trace": t + 10 * s, "linear_probe_acc": t + 10 * s}
+            for s in (0, 1)
+            for t in range(4)
+        ]
+    )
+    two_runs = correlation.association(table, "trace", "linear_probe_acc", BOOTSTRAP)
+    assert two_runs.value == pytest.approx(1.0) and all(math.isnan(v) for v in two_runs.interval)
+    assert "fewer than 3 runs" in two_runs.note
+
+
+def test_configuration_pairs_match_everything_but_the_axis():
+    rows = [
+        {
+            "objective": o,
+            "model": f"m{w}_{d}",
+            "width": w,
+            "depth": d,
+            "seed": s,
+            "step": t,
+            "trace": w + d + s + t,
+        }
+        for o in ("a", "b")
+        for w in (16, 32)
+        for d in (1, 2)
+        for s in (0, 1)
+        for t in (5, 10)
+    ]
+    rows.append(
+        {"objective": "a", "model": "m32_1", "width": 32, "depth": 1, "seed": 2, "step": 5, "trace": 0}
+    )  # Seed 2 has no width-16 partner: left out.
+    table = results.ResultsTable.from_rows(rows)
+    pairs = comparisons.configuration_pairs(table, "width", ("16", 32.0), {"objective": "a"})
+    assert sorted(pairs) == ["0", "1"]
+    for seed_pairs in pairs.values():
+        assert len(seed_pairs) == 2  # Depth 1 and depth 2, each at the last step.
+        for first, second in seed_pairs:
+            for column in ("objective", "depth", "seed", "step"):
+                assert table.text(column)[first] == table.text(column)[second]
+            assert table.text("step")[first] == "10"
+    result = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
+    assert [d for _, d in result.per_seed] == [16.0, 16.0]  # One value per seed.
+    early = comparisons.configuration_pairs(table, "width", (16, 32), {}, step=5)
+    assert all(table.text("step")[a] == "5" for p in early.values() for a, _ in p)
+
+
+def test_checkpoint_pairs_use_the_plateau_when_it_is_known():
+    rows = [
+        {"seed": s, "step": t, "trace": -t, "on_plateau": "true" if t >= 20 else "false"}
+        for s in (0, 1)
+        for t in (10, 20, 30, 40)
+    ]
+    table = results.ResultsTable.from_rows(rows)
+    pairs, which = comparisons.checkpoint_pairs(table, {})
+    assert "on the loss plateau" in which
+    assert {(table.text("step")[a], table.text("step")[b]) for p in pairs.values() for a, b in p} == {
+        ("20", "40")
+    }
+    without = results.ResultsTable({k: v for k, v in table.columns.items() if k != "on_plateau"})
+    pairs, which = comparisons.checkpoint_pairs(without, {})
+    assert "no `on_plateau` column" in which
+    assert {(without.text("step")[a], without.text("step")[b]) for a, b in pairs["0"]} == {("10", "40")}
+    declared, which = comparisons.checkpoint_pairs(table, {}, steps=(10, 30))
+    assert "as declared" in which
+    assert {(table.text("step")[a], table.text("step")[b]) for a, b in declared["1"]} == {("10", "30")}
+
+
+def test_missing_values_are_left_out_with_their_reason():
+    table = results.ResultsTable.from_rows(
+        [
+            {
+                "seed": s,
+                "width": w,
+                "step": 1,
+                "trace": "nan" if (s, w) == (2, 32) else s + w,
+                "nan_reason": "trace: diverged" if (s, w) == (2, 32) else "",
+            }
+            for s in range(4)
+            for w in (16, 32)
+        ]
+    )
+    pairs = comparisons.configuration_pairs(table, "width", (16, 32), {})
+    result = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
+    assert [s for s, _ in result.per_seed] == ["0", "1", "3"]
+    assert "seed 2: 1 row NaN (diverged)" in result.note
