@@ -32,6 +32,7 @@ import ml_collections
 from absl import logging
 
 from experiments.analysis import markdown
+from experiments.analysis import settings as analysis_settings
 from experiments.core import config_utils, jobs, multihost
 from experiments.core.config_utils import Field, IntTuple
 from experiments.measurement import stage as measurement
@@ -386,6 +387,18 @@ def write_results(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
 
 
+def _check_primary_tests(config: ml_collections.ConfigDict) -> None:
+    """Refuses, before any job runs, primary tests that the sweep's seeds cannot answer: each
+    compares configurations across seeds, the unit of every interval and test."""
+    declared = analysis_settings.read_settings(config.get("report")).primary_tests
+    seeds = config_utils.read_fields(config.sweep, SWEEP_SCHEMA, "config.sweep")["seeds"]
+    if declared and len(seeds) < 2:
+        raise config_utils.ConfigError(
+            f"config.report.primary_tests ({', '.join(test.name for test in declared)}) compare "
+            f"configurations across seeds and need at least 2; config.sweep.seeds is {seeds}."
+        )
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
     """Runs (or resumes) the whole study of `config` in `workdir` and writes its report.
 
@@ -407,6 +420,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     report_settings = config_utils.read_fields(
         config.get("report", {}), REPORT_SCHEMA, "config.report"
     )
+    _check_primary_tests(config)
     workdir.mkdir(parents=True, exist_ok=True)
     logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
     # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.
