@@ -91,9 +91,9 @@ class TraceEstimate(NamedTuple):
     r"""An estimate of a trace with its error bar.
 
     ``value ± 2 * stderr`` is a 95% interval only when ``dof`` is large: at small budgets the standard
-    error is itself estimated from a few samples and that interval covers far less (about 80% for
-    Hutch++ or XTrace at 10 products). :meth:`interval` widens it by the Student-t quantile with
-    ``dof`` degrees of freedom.
+    error is itself estimated from a few samples and that interval covers far less (about 70% at each
+    method's smallest budget, 80-93% at 10-20 products). :meth:`interval` widens it by the Student-t
+    quantile with ``dof`` degrees of freedom.
 
     Attributes:
         value: the estimate of the trace.
@@ -250,11 +250,20 @@ def _hutch_plus_plus(matvec: Any, layout: Layout, key: Array, k: int, chunk: int
     return TraceEstimate(value, stderr, jnp.asarray(3 * k), jnp.asarray(k - 1, value.dtype))
 
 
-def _normalized_inverse_transpose_columns(r: Array) -> Array:
-    """Columns of ``R^{-T}`` scaled to unit norm; a tiny diagonal (rank-deficient sketch) is lifted."""
+def _lifted(r: Array) -> tuple[Array, Array]:
+    """``R`` with a tiny diagonal (a rank-deficient sketch) lifted, and whether one was.
+
+    A sketch ``A Omega`` of rank below ``s`` means ``rank(A) < s``: every leave-one-out sketch still
+    spans the range of ``A`` and XTrace is exact.
+    """
     diagonal = jnp.abs(jnp.diagonal(r))
     floor = jnp.finfo(r.dtype).eps * jnp.maximum(jnp.max(diagonal), jnp.finfo(r.dtype).tiny)
-    r = r + jnp.diag(jnp.where(diagonal < floor, floor, 0.0).astype(r.dtype))
+    deficient = diagonal < floor
+    return r + jnp.diag(jnp.where(deficient, floor, 0.0).astype(r.dtype)), jnp.any(deficient)
+
+
+def _normalized_inverse_transpose_columns(r: Array) -> Array:
+    """Columns of ``R^{-T}`` scaled to unit norm (``r`` lifted, see :func:`_lifted`)."""
     s = jax.scipy.linalg.solve_triangular(r.T, jnp.eye(r.shape[0], dtype=r.dtype), lower=True)
     return s / jnp.linalg.norm(s, axis=0, keepdims=True)
 
@@ -262,6 +271,38 @@ def _normalized_inverse_transpose_columns(r: Array) -> Array:
 @jax.jit
 def _qr(rows: Array) -> tuple[Array, Array]:
     return jnp.linalg.qr(rows.T)
+
+
+def _leave_two_out_estimates(h: Array, w: Array, r: Array, s_cols: Array) -> Array:
+    """``pair[i, j]``: the Hutch++-type estimate whose low-rank part leaves sketch vectors ``i`` and
+    ``j`` out and whose probe is ``omega_j`` (``i != j``; the diagonal is meaningless).
+
+    Leaving columns ``i`` and ``j`` out of ``Y = QR`` removes from its range the plane ``Q U``,
+    ``U = [u1, u2]`` the Gram-Schmidt basis of columns ``i`` and ``j`` of ``S`` (unit columns of
+    ``R^{-T}``, orthogonal to every other column of ``R``). With ``P`` the projector on what remains
+    and ``omega_j = Q w_j + (I - QQ^T) omega_j``, ``A omega_j = Q r_j``, the estimate
+    ``tr(PA) + omega_j^T (I - P) A (I - P) omega_j`` is
+    ``tr H - tr(U^T H U) + w_j^T H w_j - w_j^T r_j + 2 p^T U^T (r_j - H w_j) + p^T U^T H U p`` with
+    ``p = U^T w_j``: all in ``s x s`` matrices.
+    """
+    mm = functools.partial(jnp.matmul, precision=_HIGHEST)
+    cosine = mm(s_cols.T, s_cols)  # (i, j): s_i . s_j
+    h_s = mm(s_cols.T, mm(h, s_cols))  # (i, j): s_i^T H s_j
+    s_w = mm(s_cols.T, w)  # (i, j): s_i . w_j
+    s_g = mm(s_cols.T, r - mm(h, w))  # (i, j): s_i . (r_j - H w_j)
+    h_ii = jnp.diagonal(h_s)[:, None]
+    off = ~jnp.eye(cosine.shape[0], dtype=bool)
+    c = jnp.where(off, cosine, 0)
+    sine2 = jnp.maximum(1 - c * c, jnp.finfo(c.dtype).eps)
+    sine = jnp.sqrt(sine2)
+    # u1 = s_i, u2 = (s_j - c s_i) / sine: the entries of U^T H U, U^T w_j and U^T (r_j - H w_j).
+    h12 = (h_s - c * h_ii) / sine
+    h22 = (jnp.diagonal(h_s)[None, :] - 2 * c * h_s + c * c * h_ii) / sine2
+    p1, p2 = s_w, (jnp.diagonal(s_w)[None, :] - c * s_w) / sine
+    g1, g2 = s_g, (jnp.diagonal(s_g)[None, :] - c * s_g) / sine
+    w_h_w = jnp.sum(w * mm(h, w), axis=0)
+    return (jnp.trace(h) - h_ii - h22 + (w_h_w - jnp.sum(w * r, axis=0))[None, :]
+            + 2 * (p1 * g1 + p2 * g2) + p1 * p1 * h_ii + 2 * p1 * p2 * h12 + p2 * p2 * h22)
 
 
 @jax.jit
@@ -273,12 +314,25 @@ def _xtrace_estimate(omega: Array, q: Array, r: Array, q_images: Array) -> tuple
     # Removing column i from the sketch removes the direction q S e_i from its range, where S e_i is
     # the i-th column of R^{-T}, normalized: span(Y_{-i}) is orthogonal to it. Each leave-one-out
     # Hutch++ estimate then has a closed form in the s x s matrices H, W, R and S.
+    r, exact = _lifted(r)
     s_cols = _normalized_inverse_transpose_columns(r)
     v = w - s_cols * jnp.sum(s_cols * w, axis=0)
     estimates = (jnp.trace(h) - jnp.sum(s_cols * mm(h, s_cols), axis=0) + jnp.sum(w * r, axis=0)
                  - 2 * jnp.sum(r * v, axis=0) + jnp.sum(v * mm(h, v), axis=0))
     moments = Moments.of(estimates)
-    return moments.mean, moments.stderr()
+    # The errors e_i = T_i - tr(A) of the leave-one-out estimates are correlated (they share their
+    # sketches): their spread estimates Var(e) - Cov(e_i, e_j), while s Var(mean) is
+    # Var(e) + (s - 1) Cov(e_i, e_j). Write e_i = d_ij + f_ij, d_ij = T_i - T_ij the change of
+    # estimate i when omega_j joins its sketch, f_ij the error of T_ij (sketch without i and j, probe
+    # omega_i). Given all but omega_i, f_ij has mean 0; given all but omega_j, d_ji and f_ji do: so
+    # Cov(e_i, e_j) = E[d_ij d_ji], whose mean over pairs (kept >= 0) completes an unbiased variance.
+    # A rank-deficient sketch means rank(A) < s: every T_i is exact and so is the mean.
+    count = estimates.shape[0]
+    changes = estimates[:, None] - _leave_two_out_estimates(h, w, r, s_cols).T
+    off = ~jnp.eye(count, dtype=bool)
+    covariance = jnp.sum(jnp.where(off, changes * changes.T, 0)) / (count * (count - 1))
+    covariance = jnp.where(exact, 0, jnp.maximum(covariance, 0))
+    return moments.mean, jnp.sqrt(jnp.square(moments.stderr()) + covariance)
 
 
 def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: str,
@@ -315,9 +369,11 @@ def trace(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int, method: Me
       ``k`` samples (``dof = k - 1``). Spends multiples of 3, at least 6.
     * ``"xtrace"``: the exchangeable estimator averaging the Hutch++-type estimates that leave each
       sketch vector out of the low-rank part and use it as the probe; ``s = num_matvecs / 2`` probes
-      :math:`\omega_i`, products :math:`A\Omega` and :math:`AQ`. Stderr is the standard deviation of
-      the ``s`` leave-one-out estimates over :math:`\sqrt{s}` (``dof = s - 1``). Spends multiples of 2,
-      at least 4.
+      :math:`\omega_i`, products :math:`A\Omega` and :math:`AQ`. The ``s`` leave-one-out estimates
+      share their sketches, so their spread alone underestimates the error (to 0.3-0.75 of the
+      variance); the variance adds their covariance, estimated without bias from the estimates
+      that leave two sketch vectors out (``dof = s - 1``). Spends multiples of 2, at least 4; with
+      only 2 sketch vectors the interval is conservative.
 
     Once the sketch of Hutch++ or XTrace would span the whole space (``k`` or ``s`` at least the
     dimension ``n``), the trace is computed exactly from the ``n`` products :math:`A e_i` instead:

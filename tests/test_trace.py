@@ -272,3 +272,26 @@ def test_the_library_imports_and_computes_intervals_without_scipy():
             "print(round(float(e.interval(0.95)[1]), 3))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "12.706"
+
+
+def test_xtrace_leave_two_out_estimates_match_explicit_sketches(x64):
+    # The closed form behind XTrace's error bar, against a QR of each reduced sketch.
+    import importlib
+
+    trace_module = importlib.import_module("hessjax.trace")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, 12))
+    a = a + a.T
+    omega = rng.choice([-1.0, 1.0], size=(5, 12))
+    q, r = np.linalg.qr(a @ omega.T)
+    h = q.T @ a @ q
+    w = q.T @ omega.T
+    s_cols = trace_module._normalized_inverse_transpose_columns(jnp.asarray(r))
+    pairs = np.asarray(trace_module._leave_two_out_estimates(jnp.asarray(h), jnp.asarray(w),
+                                                             jnp.asarray(r), s_cols))
+    for i, j in [(0, 1), (1, 0), (3, 2), (4, 0), (2, 4)]:
+        kept = [k for k in range(5) if k not in (i, j)]
+        basis = np.linalg.qr(a @ omega[kept].T)[0]
+        outside = omega[j] - basis @ (basis.T @ omega[j])
+        explicit = np.trace(basis.T @ a @ basis) + outside @ a @ outside
+        np.testing.assert_allclose(pairs[i, j], explicit, rtol=1e-10)
