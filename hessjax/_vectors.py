@@ -68,7 +68,7 @@ class Layout:
         overflows at 65504 and LAPACK has no kernels. The operator still sees vectors of its leaves'
         dtypes (:meth:`unravel` casts back).
         """
-        return np.dtype(at_least_float32(jnp.result_type(*self.dtypes)))
+        return at_least_float32(jnp.result_type(*self.dtypes))
 
     @property
     def bounds(self) -> tuple[tuple[int, int], ...]:
