@@ -1,12 +1,14 @@
 """hessjax: the curvature of neural-network losses in JAX.
 
 Curvature-vector products (``hvp``, ``hvp_fn``, ``dataset_hvp_fn``, ``ggn_fn``) and estimators that see
-an operator only through a matvec: traces with error bars (``trace``, ``trace_until``), diagonals and
-per-block traces, Lanczos eigenpairs and spectral densities, the Fisher-sampling trace, and flatness
-measures invariant to rescalings that leave the function unchanged.
+an operator only through a matvec: traces with error bars and confidence intervals (``trace``,
+``trace_until``), diagonals and per-block traces, Lanczos eigenpairs and spectral densities, the
+Fisher-sampling trace, ``hessian_summary`` for all of them over a dataset, and flatness measures
+invariant to rescalings that leave the function unchanged.
 """
 
 from hessjax import memory, sharding
+from hessjax._checks import NonFiniteError
 from hessjax.fisher import fisher_trace
 from hessjax.flatness import (
     Operator,
@@ -19,14 +21,32 @@ from hessjax.flatness import (
     scaled_operator,
 )
 from hessjax.products import dataset_hvp_fn, ggn_fn, hvp, hvp_fn
-from hessjax.spectrum import Eigen, SpectralDensity, lanczos, spectral_density, top_eigenvalues
-from hessjax.summary import hessian_summary
-from hessjax.trace import TraceEstimate, block_traces, diagonal, trace, trace_until
+from hessjax.spectrum import (
+    Eigen,
+    LanczosResult,
+    SpectralDensity,
+    lanczos,
+    spectral_density,
+    top_eigenvalues,
+)
+from hessjax.summary import HessianSummary, hessian_summary
+from hessjax.trace import (
+    DiagonalEstimate,
+    TraceEstimate,
+    block_traces,
+    diagonal,
+    trace,
+    trace_until,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiagonalEstimate",
     "Eigen",
+    "HessianSummary",
+    "LanczosResult",
+    "NonFiniteError",
     "Operator",
     "SpectralDensity",
     "TraceEstimate",

@@ -6,12 +6,35 @@ says what was expected. Checks on traced values run once, at trace time, so they
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class NonFiniteError(ValueError):
+    """A loss value or an operator's products are NaN or infinite, so the curvature is not defined.
+
+    Raised by every estimator called outside ``jax.jit`` (and by :func:`hessjax.hessian_summary`); its
+    message says which was non-finite: the loss value at the parameters an operator was built at, or
+    the operator's products. Under ``jit`` nothing is checked on the host: NaN or Inf propagates into
+    the result (wrap the call in ``jax.experimental.checkify`` to turn it into an error there). A
+    subclass of ``ValueError``, so code that caught the ``ValueError`` earlier versions raised still
+    works.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, hessjax
+        >>> loss = lambda p, b: jnp.sum(p ** 2) + jnp.log(0.0)  # -inf everywhere, finite products
+        >>> matvec = hessjax.hvp_fn(loss, jnp.ones(3), None)
+        >>> try:
+        ...     hessjax.trace(matvec, jnp.ones(3), jax.random.key(0), num_matvecs=4)
+        ... except hessjax.NonFiniteError as error:
+        ...     print(str(error)[:34])
+        The loss value is non-finite (-inf
+    """
 
 
 def is_tracing(*trees: Any) -> bool:
@@ -78,10 +101,25 @@ def check_int(value: Any, name: str, *, minimum: int, why: str = "") -> int:
     return int(value)
 
 
-def check_finite(what: str, *arrays: Any) -> None:
-    """Raises ``ValueError`` if any of ``arrays`` holds NaN or Inf (eager calls only)."""
+def check_finite(what: str, *arrays: Any, source: str = "The operator's products",
+                 culprit: str = "the loss at these parameters or the matvec") -> None:
+    """Raises :class:`NonFiniteError` if any of ``arrays`` holds NaN or Inf (eager calls only).
+
+    A NaN or Inf in any product reaches every result computed from it (sums, orthogonalizations and
+    quadratic forms all propagate it), so checking the results checks the products without a host
+    sync per product.
+    """
     for array in jax.tree_util.tree_leaves(arrays):
         if not bool(jnp.all(jnp.isfinite(array))):
-            raise ValueError(
-                    f"The operator produced non-finite values (NaN or Inf) while computing {what}. Check the "
-                    "loss at these parameters (overflow, log of zero, division by zero) or the matvec.")
+            raise NonFiniteError(
+                    f"{source} are non-finite (NaN or Inf), so {what} is not defined. Check {culprit} "
+                    "(overflow, log of zero, division by zero).")
+
+
+def check_finite_loss(loss: Any, where: str) -> None:
+    """Raises :class:`NonFiniteError` if the loss value ``loss`` is NaN or infinite (eager calls only)."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteError(
+                f"The loss value is non-finite ({value}) at the parameters {where}: its curvature is not "
+                "defined. Check the loss there (log of zero, overflow, division by zero).")

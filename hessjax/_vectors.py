@@ -21,7 +21,11 @@ import numpy as np
 from hessjax import _checks
 
 Array = jax.Array
-PROBES = ("rademacher", "gaussian")
+
+
+def at_least_float32(dtype: Any) -> np.dtype:
+    """``dtype`` promoted to at least float32: the dtype of every sum, moment and factorization."""
+    return np.dtype(jnp.promote_types(dtype, jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +61,14 @@ class Layout:
 
     @property
     def dtype(self) -> np.dtype:
-        """The dtype of the flat vector: the common dtype of the leaves."""
-        return np.dtype(jnp.result_type(*self.dtypes))
+        """The dtype of the flat vector: the common dtype of the leaves, at least float32.
+
+        Sums over probes, sketches (QR), Gram-Schmidt and the tridiagonal eigenproblem of bfloat16 or
+        float16 vectors run in float32: in 8 or 11 bits a running count stops at 256, a sum of squares
+        overflows at 65504 and LAPACK has no kernels. The operator still sees vectors of its leaves'
+        dtypes (:meth:`unravel` casts back).
+        """
+        return at_least_float32(jnp.result_type(*self.dtypes))
 
     @property
     def bounds(self) -> tuple[tuple[int, int], ...]:
@@ -75,18 +85,26 @@ class Layout:
                   for (start, stop), shape, dtype in zip(self.bounds, self.shapes, self.dtypes)]
         return self.treedef.unflatten(leaves)
 
-    def check(self, tree: Any, name: str) -> None:
-        """Raises ``ValueError`` if ``tree`` does not have this layout's structure and shapes."""
+    def cast(self, tree: Any) -> Any:
+        """``tree`` (with this layout's structure) with each leaf cast to this layout's dtype."""
+        leaves = self.treedef.flatten_up_to(tree)
+        return self.treedef.unflatten([jnp.asarray(x, dtype) for x, dtype in zip(leaves, self.dtypes)])
+
+    def check(self, tree: Any, name: str, reference: str = "`like`") -> None:
+        """Raises ``ValueError`` if ``tree`` does not have this layout's structure and shapes.
+
+        ``reference`` names the argument this layout was taken from, for the message.
+        """
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         if treedef != self.treedef:
             raise ValueError(
-                f"`{name}` has pytree structure {treedef}; expected the structure of `like`, "
+                f"`{name}` has pytree structure {treedef}; expected the structure of {reference}, "
                 f"{self.treedef}.")
         for index, (leaf, shape) in enumerate(zip(leaves, self.shapes)):
             if tuple(jnp.shape(leaf)) != shape:
                 raise ValueError(
                     f"Leaf {index} of `{name}` has shape {tuple(jnp.shape(leaf))}; expected {shape} "
-                    "(the shape of the same leaf of `like`).")
+                    f"(the shape of the same leaf of {reference}).")
 
 
 # Probes longer than this are drawn block by block: JAX's counter-based generator holds about three
@@ -130,12 +148,6 @@ def draw_vector(key: Array, size: int, dtype: Any, probe: str, block: int | None
     return jax.lax.fori_loop(0, -(-size // block), fill, jnp.zeros((size,), dtype))
 
 
-def check_probe(probe: str) -> str:
-    if probe not in PROBES:
-        raise ValueError(f"`probe` must be one of {PROBES}; got {probe!r}.")
-    return probe
-
-
 def apply_rows(matvec: Callable[[Any], Any], layout: Layout, rows: Array) -> Array:
     """``A`` applied to every row of ``rows``, ``vmap``ped: the rows of ``(A rows^T)^T``."""
     return jax.vmap(lambda row: apply_one(matvec, layout, row))(rows)
@@ -147,24 +159,21 @@ def apply_one(matvec: Callable[[Any], Any], layout: Layout, row: Array) -> Array
 
 
 def apply_tree(matvec: Callable[[Any], Any], layout: Layout, v: Any) -> Any:
-    """``A v`` for a pytree ``v``; checks (at trace time) that the matvec returns ``v``'s layout."""
+    """``A v`` for a pytree ``v``; checks (at trace time) that the matvec returns ``v``'s layout.
+
+    The image must be real floating-point: a complex image would have its imaginary part dropped by
+    the estimators, an integer one would be a truncated operator.
+    """
     image = matvec(v)
     layout.check(image, "matvec(v)")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(image):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"`matvec` returned dtype {dtype} at `matvec(v){jax.tree_util.keystr(path)}`; expected a "
+                "real floating dtype: `matvec` must map real vectors shaped like `like` to real "
+                "floating-point vectors of the same structure and shapes.")
     return image
-
-
-def as_pytree_fn(fn: Callable[..., Any]) -> jax.tree_util.Partial:
-    """``fn`` as a pytree, so that it can be an argument of a jitted function.
-
-    Operators built by hessjax are already ``Partial``s whose leaves are their arrays (parameters,
-    batches, linearization residuals), so they enter compiled code as arguments instead of being
-    embedded as constants, and a second operator of the same shapes reuses the compiled code.
-    """
-    if isinstance(fn, jax.tree_util.Partial):
-        return fn
-    if not callable(fn):
-        raise TypeError(f"`matvec` must be callable (v -> A v); got {type(fn).__name__}.")
-    return jax.tree_util.Partial(fn)
 
 
 @functools.partial(jax.jit, static_argnames=("layout",))
@@ -176,8 +185,8 @@ def apply_block(matvec: Any, layout: Layout, rows: Array, chunk_size: int, eager
     """``A`` applied to every row of ``rows``, ``chunk_size`` rows at a time (the memory knob).
 
     Eagerly, chunks run as a Python loop of one compiled kernel: dispatch is asynchronous and XLA:CPU
-    runs convolutions inside loop bodies many times slower than at top level (see BUILD.md). Under a
-    trace, the chunks run through ``lax.map``.
+    runs convolutions inside loop bodies many times slower than at top level. Under a trace, the
+    chunks run through ``lax.map``.
     """
     if eager:
         chunks = [_apply_rows_jit(matvec, layout, rows[start:start + chunk_size])
@@ -201,7 +210,8 @@ class Moments(NamedTuple):
 
     @classmethod
     def of(cls, samples: Array) -> Moments:
-        """Moments of ``samples`` along axis 0."""
+        """Moments of ``samples`` along axis 0, in at least float32."""
+        samples = samples.astype(at_least_float32(samples.dtype))
         mean = jnp.mean(samples, axis=0)
         m2 = jnp.sum(jnp.square(samples - mean), axis=0)
         return cls(jnp.asarray(samples.shape[0], samples.dtype), mean, m2)
@@ -217,7 +227,8 @@ class Moments(NamedTuple):
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], dtype: Any) -> Moments:
-        """The moments of no samples: merging them into others changes nothing."""
+        """The moments of no samples (in at least float32): merging them into others changes nothing."""
+        dtype = at_least_float32(dtype)
         return cls(jnp.zeros((), dtype), jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
     def stderr(self) -> Array:

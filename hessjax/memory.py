@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hessjax.products import binds_arrays
+from hessjax._common import binds_arrays
 
 LossFn = Callable[[Any, Any], jax.Array]
 
@@ -78,7 +78,7 @@ def remat(loss_fn: LossFn, policy: str | Callable[..., bool] = "nothing_saveable
 def _keep_bound(loss_fn: LossFn, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> LossFn:
     """``wrap(loss_fn)``, or for a ``Partial`` with bound arrays the same ``Partial`` of
     ``wrap(loss_fn.func)``: its arrays stay arguments of the compiled code
-    (``products.as_function_tree``) instead of making every new ``Partial`` a new program."""
+    (as for :func:`hessjax.hvp_fn`) instead of making every new ``Partial`` a new program."""
     if binds_arrays(loss_fn):
         return jax.tree_util.Partial(wrap(loss_fn.func), *loss_fn.args, **loss_fn.keywords)
     return wrap(loss_fn)

@@ -2,10 +2,11 @@
 
 Every product is composed from ``jax.jvp``/``jax.linearize`` of ``jax.grad`` (forward-over-reverse),
 which costs about one extra forward pass over a gradient; reverse-over-reverse is slower, markedly so for
-convolutions (see BUILD.md). The operators returned by the ``*_fn`` builders are
+convolutions. The operators returned by the ``*_fn`` builders are
 ``jax.tree_util.Partial`` objects: callables whose arrays are pytree leaves, so they can be passed to
 jitted functions and ``vmap``ped over probes, and a second operator with the same shapes reuses the
-compiled estimators.
+compiled estimators. Each operator also carries the loss value at its parameters, so that the
+estimators can refuse a non-finite loss (:class:`hessjax.NonFiniteError`) before spending products.
 """
 
 from __future__ import annotations
@@ -20,55 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax import _checks
+from hessjax._common import ByIdentity, Operator, as_function_tree
 from hessjax._vectors import Layout
 
 LossFn = Callable[[Any, Any], jax.Array]
-
-
-class _ByIdentity:
-    """A callable that compares and hashes by the identity of the function it wraps.
-
-    Lets any user function (hashable or not) be a static argument of ``jit`` or the static part of a
-    ``Partial``: the same function object hits the compilation cache, a new one compiles afresh.
-    """
-
-    def __init__(self, fn: Callable[..., Any], *options: Any):
-        self.fn = fn
-        self.options = options
-
-    def __eq__(self, other: object) -> bool:
-        return (type(other) is type(self) and other.fn is self.fn
-                and other.options == self.options)
-
-    def __hash__(self) -> int:
-        return hash((type(self), id(self.fn), self.options))
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-
-def binds_arrays(fn: Any) -> bool:
-    """Whether ``fn`` is a ``jax.tree_util.Partial`` whose bound arguments are all arrays.
-
-    Python scalars do not count: they are often static settings (a class count, a flag) that the
-    function uses in Python control flow or as shapes, which a traced argument would break.
-    """
-    return isinstance(fn, jax.tree_util.Partial) and all(
-        isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in jax.tree_util.tree_leaves(fn))
-
-
-def as_function_tree(fn: Callable[..., Any]) -> jax.tree_util.Partial:
-    """``fn`` as a pytree argument of jitted code: what it may change between calls is dynamic.
-
-    A ``jax.tree_util.Partial`` whose bound arguments are all arrays (say
-    ``Partial(loss, batch_stats)``) passes them as arguments of the compiled programs, so the same
-    function with new arrays (the next checkpoint's BatchNorm statistics, a new target) reuses the
-    compiled code. Any other callable is static and compared by identity: the same object hits the
-    compilation cache, a new one (e.g. a new closure) compiles afresh.
-    """
-    if binds_arrays(fn):
-        return fn
-    return jax.tree_util.Partial(_ByIdentity(fn))
 
 
 def _gradient(loss_fn: LossFn, batch: Any) -> Callable[[Any], Any]:
@@ -95,7 +51,7 @@ def hvp(loss_fn: LossFn, params: Any, batch: Any, v: Any) -> Any:
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> scalar``, pure. A ``jax.tree_util.Partial`` with
-            array arguments bound passes them to the compiled code (see :func:`as_function_tree`).
+            array arguments bound passes them to the compiled code (see :func:`hvp_fn`).
         params: pytree of floating arrays at which the Hessian is taken.
         batch: any pytree, passed to ``loss_fn`` unchanged.
         v: a pytree with the structure and shapes of ``params``.
@@ -112,14 +68,35 @@ def hvp(loss_fn: LossFn, params: Any, batch: Any, v: Any) -> Any:
     References:
         Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 1994.
     """
-    Layout.of(params, "params").check(v, "v")
+    Layout.of(params, "params").check(v, "v", "`params`")
     return _hvp(as_function_tree(loss_fn), params, batch, v)
+
+
+def _gradient_and_loss(loss_fn: LossFn, batch: Any) -> Callable[[Any], tuple[Any, jax.Array]]:
+    """``params -> (gradient, loss)``: the loss rides along as ``jax.linearize``'s auxiliary output."""
+
+    def gradient_and_loss(params: Any) -> tuple[Any, jax.Array]:
+        loss, gradient = jax.value_and_grad(_checks.checked_scalar_loss(loss_fn, "loss_fn"))(
+            params, batch)
+        return gradient, loss
+
+    return gradient_and_loss
 
 
 @jax.jit
 def _linearized_gradient(loss: jax.tree_util.Partial, params: Any, batch: Any
-                         ) -> jax.tree_util.Partial:
-    return jax.linearize(_gradient(loss, batch), params)[1]
+                         ) -> tuple[jax.tree_util.Partial, jax.Array]:
+    _, linearized, loss_value = jax.linearize(_gradient_and_loss(loss, batch), params, has_aux=True)
+    return linearized, loss_value
+
+
+class _LinearizedHessian(Operator):
+    """``H v`` from the linearized gradient (``apply(linearized, v)``)."""
+
+    builder = "hvp_fn"
+
+    def apply(self, linearized: jax.tree_util.Partial, v: Any) -> Any:
+        return linearized(self.layout.cast(v))
 
 
 def hvp_fn(loss_fn: LossFn, params: Any, batch: Any) -> jax.tree_util.Partial:
@@ -128,12 +105,17 @@ def hvp_fn(loss_fn: LossFn, params: Any, batch: Any) -> jax.tree_util.Partial:
     ``jax.linearize`` of ``jax.grad`` evaluates the forward and backward passes once and keeps their
     residuals; each product then costs only the tangent pass (about one forward pass). Applied to a
     ``vmap``ped chunk of probes it reads the residuals once per chunk. The price is memory: the
-    residuals of a whole forward+backward pass stay alive while the matvec does (see BUILD.md for
-    ``chunk_size`` guidance on large models).
+    residuals of a whole forward+backward pass stay alive while the matvec does (for a large model,
+    lower the estimators' ``chunk_size`` or use :func:`hessjax.memory.remat`).
+
+    Building the operator is pure (no host synchronization). It carries the loss value at ``params``
+    (a by-product of the linearization), which every estimator called outside ``jit`` checks:
+    a NaN or infinite loss raises :class:`hessjax.NonFiniteError` before any product is spent.
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> scalar``, pure. A ``jax.tree_util.Partial`` with
-            array arguments bound passes them to the compiled code (see :func:`as_function_tree`).
+            array arguments bound passes them to the compiled code instead of compiling anew for
+            each new value (BatchNorm statistics of each checkpoint, say).
         params: pytree of floating arrays at which the Hessian is taken.
         batch: any pytree, passed to ``loss_fn`` unchanged.
 
@@ -150,40 +132,51 @@ def hvp_fn(loss_fn: LossFn, params: Any, batch: Any) -> jax.tree_util.Partial:
                [0., 2., 0.],
                [0., 0., 3.]], dtype=float32)
     """
-    _checks.check_float_tree(params, "params")
-    return _linearized_gradient(as_function_tree(loss_fn), params, batch)
+    layout = Layout.of(params, "params")
+    linearized, loss_value = _linearized_gradient(as_function_tree(loss_fn), params, batch)
+    return jax.tree_util.Partial(_LinearizedHessian(layout), linearized, loss_value)
 
 
-class _DatasetHessian:
-    """The product of the Hessian of a size-weighted mean of per-batch losses with a vector."""
+def _dataset_scan(loss: jax.tree_util.Partial, params: Any, groups: list[Any], weights: list[jax.Array],
+                  unroll: int | bool, term: Callable[[Any], Any], initial: Any) -> Any:
+    """``sum_b weight_b * term(batch_b)`` over every batch, one ``lax.scan`` per group of equal shapes."""
+    total = initial
+    for stacked, group_weights in zip(groups, weights):
 
-    def __init__(self, unroll: int | bool):
-        self.unroll = unroll
+        def step(acc: Any, item: tuple[Any, jax.Array]) -> tuple[Any, None]:
+            batch, weight = item
+            return jax.tree_util.tree_map(
+                lambda a, x: a + weight.astype(x.dtype) * x, acc, term(batch)), None
 
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.unroll == self.unroll
+        length = group_weights.shape[0]
+        total, _ = jax.lax.scan(step, total, (stacked, group_weights),
+                                unroll=length if unroll is True else unroll)
+    return total
 
-    def __hash__(self) -> int:
-        return hash((type(self), self.unroll))
 
-    def __call__(self, loss: jax.tree_util.Partial, params: Any, groups: list[Any],
-                 weights: list[jax.Array], v: Any) -> Any:
-        unroll = self.unroll
-        gradient = lambda batch: _gradient(loss, batch)
-        v = _like_params(params, v)
-        total = jax.tree_util.tree_map(jnp.zeros_like, v)
-        for stacked, group_weights in zip(groups, weights):
+class _DatasetHessian(Operator):
+    """The product of the Hessian of a size-weighted mean of per-batch losses with a vector.
 
-            def step(acc, item):
-                batch, weight = item
-                product = jax.jvp(gradient(batch), (params,), (v,))[1]
-                return jax.tree_util.tree_map(
-                    lambda a, h: a + weight.astype(h.dtype) * h, acc, product), None
+    ``apply(loss, params, groups, weights, v)``; ``options`` is ``(unroll,)``.
+    """
 
-            length = group_weights.shape[0]
-            total, _ = jax.lax.scan(step, total, (stacked, group_weights),
-                                    unroll=length if unroll is True else unroll)
-        return total
+    builder = "dataset_hvp_fn"
+
+    def apply(self, loss: jax.tree_util.Partial, params: Any, groups: list[Any],
+              weights: list[jax.Array], v: Any) -> Any:
+        v = self.layout.cast(v)
+        product = lambda batch: jax.jvp(_gradient(loss, batch), (params,), (v,))[1]
+        return _dataset_scan(loss, params, groups, weights, self.options[0], product,
+                             jax.tree_util.tree_map(jnp.zeros_like, v))
+
+
+@functools.partial(jax.jit, static_argnames=("unroll",))
+def _dataset_loss(loss: jax.tree_util.Partial, params: Any, groups: list[Any], weights: list[jax.Array],
+                  unroll: int | bool) -> jax.Array:
+    checked = _checks.checked_scalar_loss(loss, "loss_fn")
+    value = lambda batch: checked(params, batch)
+    dtype = jax.eval_shape(value, jax.tree_util.tree_map(lambda x: x[0], groups[0])).dtype
+    return _dataset_scan(loss, params, groups, weights, unroll, value, jnp.zeros((), dtype))
 
 
 def _leading_size(batch: Any, name: str) -> int:
@@ -212,12 +205,24 @@ def dataset_hvp_fn(loss_fn: LossFn, params: Any, batches: Any, *,
         H v = \sum_b \frac{n_b}{\sum_{b'} n_{b'}} \nabla^2_\theta L(\theta, b)\, v
 
     where :math:`n_b` is the size (leading axis) of batch :math:`b`, so the result is the Hessian of the
-    mean per-example loss when ``loss_fn`` averages over its batch. Batches are visited with
-    ``lax.scan`` at every product, so memory does not grow with their number (nothing is linearized).
+    mean per-example loss when ``loss_fn`` averages over its batch. Nothing is linearized: every product
+    visits the batches with ``lax.scan``, so the *working* memory of a product (one batch's activations
+    and tangents) does not grow with the number of batches.
+
+    The batches themselves are held by the operator, on the device, for as long as it lives: memory
+    for the whole dataset. In the stacked form that is the arrays you pass (kept by reference, no
+    copy). A ``list`` or iterator is read once and its batches are stacked into new device arrays
+    (one stack per distinct batch shape), so it costs the size of all its batches, however they were
+    produced; stream a dataset larger than device memory through several operators and average
+    their estimates instead.
+
+    Building the operator evaluates the mean loss once (one forward pass per batch, dispatched
+    asynchronously): the estimators check it and refuse a non-finite loss
+    (:class:`hessjax.NonFiniteError`).
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over one batch (a ``Partial``
-            with bound arrays passes them to the compiled code, see :func:`as_function_tree`).
+            with bound arrays passes them to the compiled code, as in :func:`hvp_fn`).
         params: pytree of floating arrays.
         batches: either a pytree whose leaves have a leading batch-index axis (``batches[i]`` being
             batch ``i``; all batches the same size), or a ``list``/iterator of batch pytrees (read once;
@@ -228,8 +233,15 @@ def dataset_hvp_fn(loss_fn: LossFn, params: Any, batches: Any, *,
 
     Returns:
         A ``jax.tree_util.Partial`` ``matvec(v) -> H v``.
+
+    Example:
+        >>> import jax.numpy as jnp, hessjax
+        >>> loss = lambda p, x: 0.5 * jnp.mean(x) * jnp.sum(p ** 2)
+        >>> batches = jnp.array([[1.0, 1.0], [3.0, 3.0]])  # two batches of two examples
+        >>> hessjax.dataset_hvp_fn(loss, jnp.zeros(2), batches)(jnp.ones(2))
+        Array([2., 2.], dtype=float32)
     """
-    _checks.check_float_tree(params, "params")
+    layout = Layout.of(params, "params")
     if _is_sequence_of_batches(batches):
         batch_list = list(batches)
         if not batch_list:
@@ -253,24 +265,35 @@ def dataset_hvp_fn(loss_fn: LossFn, params: Any, batches: Any, *,
     weights = [jnp.asarray(np.asarray(c, np.float64) / total) for c in counts]
     if unroll is None:
         unroll = True if jax.default_backend() == "cpu" and sum(map(len, counts)) <= 16 else 1
-    return jax.tree_util.Partial(_DatasetHessian(unroll), as_function_tree(loss_fn), params,
-                                 stacked, weights)
+    function = as_function_tree(loss_fn)
+    mean_loss = _dataset_loss(function, params, stacked, weights, unroll=unroll)
+    return jax.tree_util.Partial(_DatasetHessian(layout, unroll), function, params, stacked, weights,
+                                 mean_loss)
 
 
-class _GaussNewton(_ByIdentity):
-    """The product ``J^T H_out J v`` given the linearized model ``v -> J v`` and its outputs."""
+class _GaussNewton(Operator):
+    """The product ``J^T H_out J v`` given the linearized model ``v -> J v`` and its outputs.
 
-    def __call__(self, model_jvp: Any, outputs: Any, batch: Any, v: Any) -> Any:
-        output_loss = _checks.checked_scalar_loss(self.fn, "loss_of_output")
+    ``apply(model_jvp, outputs, batch, v)``; ``options`` is ``(ByIdentity(loss_of_output),)``.
+    """
+
+    builder = "ggn_fn"
+
+    def apply(self, model_jvp: Any, outputs: Any, batch: Any, v: Any) -> Any:
+        output_loss = _checks.checked_scalar_loss(self.options[0], "loss_of_output")
+        v = self.layout.cast(v)
         jv = model_jvp(v)
         hjv = jax.jvp(jax.grad(lambda o: output_loss(o, batch)), (outputs,), (jv,))[1]
         (jthjv,) = jax.linear_transpose(model_jvp, v)(hjv)
         return jthjv
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _linearized_model(model: _ByIdentity, params: Any, batch: Any) -> tuple[Any, Any]:
-    return jax.linearize(lambda p: model.fn(p, batch), params)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _linearized_model(model: ByIdentity, output_loss: ByIdentity, params: Any, batch: Any
+                      ) -> tuple[Any, Any, jax.Array]:
+    outputs, model_jvp = jax.linearize(lambda p: model.fn(p, batch), params)
+    loss = _checks.checked_scalar_loss(output_loss, "loss_of_output")(outputs, batch)
+    return outputs, model_jvp, loss
 
 
 def ggn_fn(model_fn: Callable[[Any, Any], Any], loss_of_output: Callable[[Any, Any], jax.Array],
@@ -282,7 +305,7 @@ def ggn_fn(model_fn: Callable[[Any, Any], Any], loss_of_output: Callable[[Any, A
     outputs. ``G`` drops the second-order term of the model from the Hessian and is positive
     semi-definite whenever the loss is convex in the outputs (cross-entropy, squared error). Each product
     is a ``jvp`` of the linearized model, an output-space Hessian-vector product and a transposed
-    ``jvp``.
+    ``jvp``. The operator carries the loss value at ``params``, which the estimators check.
 
     Args:
         model_fn: ``model_fn(params, batch) -> outputs`` (any pytree of arrays, e.g. logits).
@@ -293,10 +316,20 @@ def ggn_fn(model_fn: Callable[[Any, Any], Any], loss_of_output: Callable[[Any, A
     Returns:
         A ``jax.tree_util.Partial`` ``matvec(v) -> G v``.
 
+    Example:
+        >>> import jax.numpy as jnp, hessjax
+        >>> model = lambda p, x: x @ p  # a linear model: G is X^T H_out X
+        >>> squared_error = lambda out, x: 0.5 * jnp.sum(out ** 2)
+        >>> x = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+        >>> hessjax.ggn_fn(model, squared_error, jnp.zeros(2), x)(jnp.array([1.0, 0.0]))
+        Array([2., 1.], dtype=float32)
+
     References:
         Schraudolph, "Fast curvature matrix-vector products for second-order gradient descent",
         Neural Computation 2002.
     """
-    _checks.check_float_tree(params, "params")
-    outputs, model_jvp = _linearized_model(_ByIdentity(model_fn), params, batch)
-    return jax.tree_util.Partial(_GaussNewton(loss_of_output), model_jvp, outputs, batch)
+    layout = Layout.of(params, "params")
+    outputs, model_jvp, loss = _linearized_model(ByIdentity(model_fn), ByIdentity(loss_of_output),
+                                                 params, batch)
+    return jax.tree_util.Partial(_GaussNewton(layout, ByIdentity(loss_of_output)), model_jvp, outputs,
+                                 batch, loss)

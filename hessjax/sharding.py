@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hessjax._vectors import as_pytree_fn
+from hessjax._common import as_pytree_fn
 
 DATA = "data"
 PROBES = "probes"
@@ -170,6 +170,14 @@ def global_batch(local_batch: Any, mesh: Mesh, *, axis: str = DATA, batch_axis: 
 
     Raises:
         ValueError: naming the leaf, if its share cannot be split over this process's devices.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from hessjax import sharding
+        >>> mesh = sharding.make_mesh()  # one process: the global batch is the local one
+        >>> batch = sharding.global_batch(jnp.ones((2 * jax.device_count(), 3)), mesh)
+        >>> batch.shape == (2 * jax.device_count(), 3)
+        True
     """
     _check_axis(mesh, axis)
 
@@ -198,6 +206,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
     Returns:
         ``tree`` with replicated ``jax.Array`` leaves.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from hessjax import sharding
+        >>> params = sharding.replicate({"w": jnp.ones(3)}, sharding.make_mesh())
+        >>> params["w"].sharding.is_fully_replicated
+        True
     """
     return jax.device_put(tree, NamedSharding(mesh, P()))
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from hessjax import _checks
-from hessjax._vectors import Layout, apply_block, apply_rows, check_probe, draw_probes
-from hessjax.trace import draw, prepare
+from hessjax._common import Matvec, Probe, check_probe, draw, prepare
+from hessjax._vectors import Layout, apply_block, apply_rows, draw_probes
 
 Array = jax.Array
-Matvec = Callable[[Any], Any]
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -127,7 +125,7 @@ def _run_lanczos(matvec: Any, layout: Layout, key: Array, starts: Array, num_ste
     restart_key = jax.random.fold_in(key, 1)
     if eager:
         # A Python loop of compiled pieces: XLA:CPU runs convolutions inside loop bodies many times
-        # slower than at top level (see BUILD.md). The product and the basis update are separate
+        # slower than at top level. The product and the basis update are separate
         # programs so that the update, with the state donated, writes the basis in place; the host
         # reads the breakdown flags (a few bytes) and runs the restart only when one occurred.
         for step in range(num_steps):
@@ -167,15 +165,31 @@ def _start(key: Array, count: int, layout: Layout, probe: str = "rademacher") ->
     return draw(jax.random.fold_in(key, 0), layout, count, probe)
 
 
-def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> tuple[Array, Array]:
+class LanczosResult(NamedTuple):
+    r"""The tridiagonal matrix :math:`T = V^\top A V` of a Lanczos run.
+
+    Attributes:
+        alphas: ``(m,)`` the diagonal of ``T``.
+        betas: ``(m - 1,)`` its off-diagonal (0 where the recurrence restarted after an invariant
+            subspace).
+        num_matvecs: the number of operator products spent, ``m``.
+    """
+
+    alphas: Array
+    betas: Array
+    num_matvecs: Array
+
+
+def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> LanczosResult:
     r"""The Lanczos tridiagonalization of :math:`A` from a random Rademacher start, fully reorthogonalized.
 
     After ``m = num_steps`` steps, :math:`V^\top A V = T` with :math:`V` the ``n x m`` orthonormal
     Krylov basis and :math:`T` tridiagonal. Every new vector is orthogonalized against all previous
     ones (twice), so ``T``'s eigenvalues are not duplicated by the loss of orthogonality of the plain
     recurrence. In float32 the inner products are float32: Ritz values are accurate to about
-    ``1e-6 * ||A||``; enable ``jax_enable_x64`` and pass float64 vectors for more. Memory:
-    ``num_steps`` vectors of the parameter size.
+    ``1e-6 * ||A||``; enable ``jax_enable_x64`` and pass float64 vectors for more (bfloat16 and
+    float16 vectors run the recurrence in float32). Memory: ``num_steps`` vectors of the parameter
+    size.
 
     Args:
         matvec: ``v -> A v`` for a symmetric ``A``.
@@ -184,15 +198,17 @@ def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> tuple[A
         num_steps: the number of steps ``m``, ``1 <= m <= n``.
 
     Returns:
-        ``(alphas, betas)``: the ``m`` diagonal and ``m - 1`` off-diagonal entries of ``T``.
+        A :class:`LanczosResult`: the ``m`` diagonal and ``m - 1`` off-diagonal entries of ``T``.
+
+    Raises:
+        ValueError, NonFiniteError: as :func:`hessjax.trace`.
 
     Example:
         >>> import jax, jax.numpy as jnp, hessjax
         >>> a = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
-        >>> alphas, betas = hessjax.lanczos(lambda v: a @ v, jnp.zeros(3), jax.random.key(0),
-        ...                                 num_steps=3)
-        >>> round(float(alphas.sum()), 4)
-        6.0
+        >>> result = hessjax.lanczos(lambda v: a @ v, jnp.zeros(3), jax.random.key(0), num_steps=3)
+        >>> round(float(result.alphas.sum()), 4), int(result.num_matvecs)
+        (6.0, 3)
 
     References:
         Lanczos, "An iteration method for the solution of the eigenvalue problem of linear differential
@@ -204,7 +220,7 @@ def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> tuple[A
     alphas, betas = state.alphas[0], state.betas[0, :-1]
     if eager:
         _checks.check_finite("the Lanczos recurrence", alphas, betas)
-    return alphas, betas
+    return LanczosResult(alphas, betas, jnp.asarray(num_steps))
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -233,11 +249,13 @@ class Eigen(NamedTuple):
         values: ``(k,)`` Ritz values, algebraically largest first.
         vectors: a pytree like the vectors with a leading axis ``k``: unit-norm Ritz vectors.
         residuals: ``(k,)`` :math:`\\|A v_i - \\lambda_i v_i\\|`, computed with ``k`` extra products.
+        num_matvecs: the number of operator products spent, ``num_steps + k``.
     """
 
     values: Array
     vectors: Any
     residuals: Array
+    num_matvecs: Array
 
 
 def top_eigenvalues(matvec: Matvec, like: Any, key: Array, *, k: int,
@@ -257,6 +275,9 @@ def top_eigenvalues(matvec: Matvec, like: Any, key: Array, *, k: int,
 
     Returns:
         An :class:`Eigen`.
+
+    Raises:
+        ValueError, NonFiniteError: as :func:`hessjax.trace`.
 
     Example:
         >>> import jax, jax.numpy as jnp, hessjax
@@ -281,7 +302,7 @@ def top_eigenvalues(matvec: Matvec, like: Any, key: Array, *, k: int,
     residuals = _residual_norms(apply_block(matvec, layout, vectors, k, eager), vectors, values)
     if eager:
         _checks.check_finite("the top eigenvalues", values, residuals)
-    return Eigen(values, jax.vmap(layout.unravel)(vectors), residuals)
+    return Eigen(values, jax.vmap(layout.unravel)(vectors), residuals, jnp.asarray(num_steps + k))
 
 
 class SpectralDensity(NamedTuple):
@@ -295,11 +316,13 @@ class SpectralDensity(NamedTuple):
         weights: ``(num_probes, num_steps)`` squared first components of its eigenvectors, divided by
             the number of probes.
         dimension: the dimension ``n`` of the space (to turn normalized moments into traces).
+        num_matvecs: the number of operator products spent, ``num_probes * num_steps``.
     """
 
     nodes: Array
     weights: Array
     dimension: Array
+    num_matvecs: Array
 
     def moment(self, p: int) -> Array:
         r"""The normalized moment :math:`\frac1n \operatorname{tr}(A^p)`; unbiased for ``p < 2 m``."""
@@ -323,7 +346,7 @@ class SpectralDensity(NamedTuple):
 
 
 def spectral_density(matvec: Matvec, like: Any, key: Array, *, num_probes: int,
-                     num_steps: int, probe: str = "rademacher") -> SpectralDensity:
+                     num_steps: int, probe: Probe = "rademacher") -> SpectralDensity:
     r"""The eigenvalue density of :math:`A` by stochastic Lanczos quadrature (SLQ).
 
     For a probe :math:`v` of unit norm, ``num_steps`` Lanczos steps give the Gauss quadrature rule
@@ -343,6 +366,9 @@ def spectral_density(matvec: Matvec, like: Any, key: Array, *, num_probes: int,
 
     Returns:
         A :class:`SpectralDensity`.
+
+    Raises:
+        ValueError, NonFiniteError: as :func:`hessjax.trace`.
 
     Example:
         >>> import jax, jax.numpy as jnp, hessjax
@@ -365,4 +391,4 @@ def spectral_density(matvec: Matvec, like: Any, key: Array, *, num_probes: int,
     nodes, weights = _quadrature(state)
     if eager:
         _checks.check_finite("the spectral density", nodes, weights)
-    return SpectralDensity(nodes, weights, jnp.asarray(layout.size))
+    return SpectralDensity(nodes, weights, jnp.asarray(layout.size), jnp.asarray(num_probes * num_steps))

@@ -18,64 +18,131 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax import _checks
+from hessjax._common import (
+    Matvec,
+    Method,
+    Probe,
+    check_method,
+    check_probe,
+    draw,
+    prepare,
+    resolve_chunk_size,
+)
 from hessjax._vectors import (
     Layout,
     Moments,
     accumulate,
     apply_block,
     apply_tree,
-    as_pytree_fn,
-    check_probe,
+    at_least_float32,
     draw_probes,
 )
 
 Array = jax.Array
-Matvec = Callable[[Any], Any]
 
-METHODS = ("hutchinson", "hutch++", "xtrace")
 # Smallest budgets that give an error bar, and the multiple each method spends.
 _MINIMUM = {"hutchinson": 2, "hutch++": 6, "xtrace": 4}
 _MULTIPLE = {"hutchinson": 1, "hutch++": 3, "xtrace": 2}
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def _student_t_tail(t: Array, dof: Array) -> Array:
+    """``P(|T| > t)`` for Student's t with ``dof`` degrees of freedom, by the incomplete beta function.
+
+    Of the two equal forms the one whose argument is far from 1 is used, which keeps float32 precise.
+    """
+    t2 = jnp.square(t)
+    central = 1 - jax.scipy.special.betainc(0.5, dof / 2, t2 / (dof + t2))
+    tail = jax.scipy.special.betainc(dof / 2, 0.5, dof / (dof + t2))
+    return jnp.where(t2 < dof, central, tail)
+
+
+def _student_t_critical(alpha: Array, dof: Array) -> Array:
+    """The ``t`` with ``P(|T| > t) = alpha`` for Student's t; ``dof = inf`` gives the normal's.
+
+    Below 30 degrees of freedom, bisection on ``log t`` of the incomplete-beta tail (float32: relative
+    error below 1e-5); from 30 up, the Cornish-Fisher expansion in ``1 / dof`` (Abramowitz & Stegun
+    26.7.5: relative error below 1e-6 at ``alpha = 0.001``, exact for ``dof = inf``), where ``betainc``
+    with a large parameter loses float32 precision. Works under ``jit`` and ``vmap``.
+    """
+    dtype = at_least_float32(jnp.result_type(alpha, dof, jnp.float32))
+    alpha, dof = jnp.asarray(alpha, dtype), jnp.asarray(dof, dtype)
+    z = -jax.scipy.special.ndtri(alpha / 2)
+    inverse = 1 / dof
+    expansion = z + inverse * ((z ** 3 + z) / 4 + inverse * (
+        (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96 + inverse * (
+            (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384 + inverse * (
+                79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)))
+    small_dof = jnp.minimum(dof, 30)  # keeps betainc finite in the branch `where` discards
+
+    def halve(_: Any, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        low, high = bounds
+        middle = (low + high) / 2
+        above = _student_t_tail(jnp.exp(middle), small_dof) > alpha
+        return jnp.where(above, middle, low), jnp.where(above, high, middle)
+
+    shape = jnp.broadcast_shapes(alpha.shape, dof.shape)
+    bounds = (jnp.full(shape, math.log(1e-8), dtype), jnp.full(shape, math.log(1e8), dtype))
+    low, high = jax.lax.fori_loop(0, 64, halve, bounds)
+    return jnp.where(dof >= 30, expansion, jnp.exp((low + high) / 2))
+
+
 class TraceEstimate(NamedTuple):
-    """An estimate of a trace with its error bar.
+    r"""An estimate of a trace with its error bar.
+
+    ``value ± 2 * stderr`` is a 95% interval only when ``dof`` is large: at small budgets the standard
+    error is itself estimated from a few samples and that interval covers far less (about 70% at each
+    method's smallest budget, 80-93% at 10-20 products). :meth:`interval` widens it by the Student-t
+    quantile with ``dof`` degrees of freedom.
 
     Attributes:
         value: the estimate of the trace.
         stderr: its estimated standard error (one standard deviation of the estimator).
-        num_matvecs: the number of operator products spent.
+        num_matvecs: the cost: operator products spent (for :func:`hessjax.fisher_trace`, sampled
+            per-example score gradients, one backward pass each).
+        dof: degrees of freedom of ``stderr`` (the number of samples it was estimated from minus
+            one); ``inf`` when the value is exact and ``stderr`` is 0.
     """
 
     value: Array
     stderr: Array
     num_matvecs: Array
+    dof: Array
+
+    def interval(self, level: float = 0.95) -> tuple[Array, Array]:
+        r"""The two-sided ``level`` confidence interval :math:`\mathrm{value} \pm t_{\mathrm{dof}}
+        \cdot \mathrm{stderr}`, with :math:`t_{\mathrm{dof}}` the ``(1 + level) / 2`` quantile of
+        Student's t with ``dof`` degrees of freedom (exact for normal samples).
+
+        Args:
+            level: the coverage, in ``(0, 1)``.
+
+        Returns:
+            ``(low, high)``, arrays of ``value``'s shape (a batch of estimates gives a batch of
+            intervals).
+
+        Example:
+            >>> import jax.numpy as jnp, hessjax
+            >>> est = hessjax.TraceEstimate(jnp.array(10.0), jnp.array(1.0), jnp.array(3),
+            ...                             jnp.array(2.0))
+            >>> [round(float(x), 3) for x in est.interval(0.95)]
+            [5.697, 14.303]
+        """
+        if isinstance(level, (int, float)) and not 0 < level < 1:
+            raise ValueError(f"`level` must be in (0, 1); got {level}.")
+        half_width = _student_t_critical(1 - level, self.dof) * self.stderr
+        # An exact estimate (stderr 0) has a zero-width interval whatever its quantile.
+        half_width = jnp.where(self.stderr == 0, 0, half_width)
+        return self.value - half_width, self.value + half_width
 
 
-def _check_key(key: Any) -> None:
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ():
-        return
-    if dtype == jnp.uint32 and tuple(key.shape) == (2,):
-        return
-    raise TypeError(
-        f"`key` must be a single jax.random key (jax.random.key(0) or jax.random.PRNGKey(0)); got "
-        f"{type(key).__name__} with shape {getattr(key, 'shape', None)} and dtype {dtype}.")
+def _from_moments(moments: Moments, num_matvecs: Any) -> TraceEstimate:
+    return TraceEstimate(moments.mean, moments.stderr(), jnp.asarray(num_matvecs), moments.count - 1)
 
 
-def prepare(matvec: Matvec, like: Any, key: Any) -> tuple[jax.tree_util.Partial, Layout, bool]:
-    """Validates the common arguments; returns the matvec as a pytree, the layout and eagerness."""
-    layout = Layout.of(like, "like")
-    _check_key(key)
-    matvec = as_pytree_fn(matvec)
-    return matvec, layout, not _checks.is_tracing(matvec, like, key)
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
-    return method
+def _exact_estimate(value: Array, num_matvecs: int) -> TraceEstimate:
+    return TraceEstimate(value, jnp.zeros_like(value), jnp.asarray(num_matvecs),
+                         jnp.full_like(value, jnp.inf))
 
 
 def _budget(method: str, num_matvecs: Any, name: str = "num_matvecs") -> int:
@@ -86,26 +153,9 @@ def _budget(method: str, num_matvecs: Any, name: str = "num_matvecs") -> int:
     return num - num % multiple
 
 
-def default_chunk_size() -> int:
-    """Probes per kernel when ``chunk_size=None``: 1 on CPU, 10 on accelerators.
-
-    On an accelerator a chunk amortizes kernel launches and reads of the linearization residuals.
-    On XLA:CPU the per-probe work is compute-bound, and a vmapped chunk of tangents falls out of cache
-    (and vmapped convolutions are slower than a loop of single ones): per-probe time grows with the
-    chunk there (``benchmarks/NOTES.md``).
-    """
-    return 1 if jax.default_backend() == "cpu" else 10
-
-
-def _chunk(chunk_size: Any, budget: int) -> int:
-    if chunk_size is None:
-        return max(1, min(default_chunk_size(), budget))
-    return _checks.check_int(chunk_size, "chunk_size", minimum=1)
-
-
 # Integrands of the Hutchinson family: one probe ``v`` and its image ``A v``, both pytrees like the
 # parameters. Working leaf by leaf keeps no flattened copy of the image: a probe in flight costs its
-# flat draw plus ``v`` and ``A v`` (about 2.5n floats instead of 4n; see BUILD.md).
+# flat draw plus ``v`` and ``A v`` (about 2.5n floats instead of 4n).
 Integrand = Callable[[Layout, Any, Any], Array]
 
 
@@ -158,12 +208,6 @@ def _hutchinson(matvec: Any, layout: Layout, key: Array, num: int, chunk: int, p
                       _no_samples(layout, integrand))
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "count", "probe"))
-def draw(key: Array, layout: Layout, count: int, probe: str) -> Array:
-    """Probes ``0 .. count - 1`` of ``key`` as rows, in one compiled call."""
-    return draw_probes(key, 0, count, layout, probe)
-
-
 @jax.jit
 def _orthonormal_rows(rows: Array) -> Array:
     return jnp.linalg.qr(rows.T)[0].T
@@ -182,6 +226,17 @@ def _hutch_plus_plus_estimate(basis: Array, basis_images: Array, residual_probes
     return jnp.sum(basis * basis_images) + moments.mean, moments.stderr()
 
 
+@jax.jit
+def _diagonal_sum(images: Array) -> Array:
+    return jnp.trace(images)
+
+
+def _exact(matvec: Any, layout: Layout, chunk: int, eager: bool) -> TraceEstimate:
+    """The trace from the ``n`` products ``A e_i``: where a sketch would span the whole space."""
+    basis = jnp.eye(layout.size, dtype=layout.dtype)
+    return _exact_estimate(_diagonal_sum(apply_block(matvec, layout, basis, chunk, eager)), layout.size)
+
+
 def _hutch_plus_plus(matvec: Any, layout: Layout, key: Array, k: int, chunk: int, probe: str,
                      eager: bool) -> TraceEstimate:
     sketch_key, probe_key = jax.random.split(key)
@@ -191,14 +246,24 @@ def _hutch_plus_plus(matvec: Any, layout: Layout, key: Array, k: int, chunk: int
     residual_probes = _deflate(draw(probe_key, layout, k, probe), basis)
     residual_images = apply_block(matvec, layout, residual_probes, chunk, eager)
     value, stderr = _hutch_plus_plus_estimate(basis, basis_images, residual_probes, residual_images)
-    return TraceEstimate(value, stderr, jnp.asarray(3 * k))
+    # The stderr is that of the mean of k residual samples, i.i.d. given the sketch.
+    return TraceEstimate(value, stderr, jnp.asarray(3 * k), jnp.asarray(k - 1, value.dtype))
+
+
+def _lifted(r: Array) -> tuple[Array, Array]:
+    """``R`` with a tiny diagonal (a rank-deficient sketch) lifted, and whether one was.
+
+    A sketch ``A Omega`` of rank below ``s`` means ``rank(A) < s``: every leave-one-out sketch still
+    spans the range of ``A`` and XTrace is exact.
+    """
+    diagonal = jnp.abs(jnp.diagonal(r))
+    floor = jnp.finfo(r.dtype).eps * jnp.maximum(jnp.max(diagonal), jnp.finfo(r.dtype).tiny)
+    deficient = diagonal < floor
+    return r + jnp.diag(jnp.where(deficient, floor, 0.0).astype(r.dtype)), jnp.any(deficient)
 
 
 def _normalized_inverse_transpose_columns(r: Array) -> Array:
-    """Columns of ``R^{-T}`` scaled to unit norm; a tiny diagonal (rank-deficient sketch) is lifted."""
-    diagonal = jnp.abs(jnp.diagonal(r))
-    floor = jnp.finfo(r.dtype).eps * jnp.maximum(jnp.max(diagonal), jnp.finfo(r.dtype).tiny)
-    r = r + jnp.diag(jnp.where(diagonal < floor, floor, 0.0).astype(r.dtype))
+    """Columns of ``R^{-T}`` scaled to unit norm (``r`` lifted, see :func:`_lifted`)."""
     s = jax.scipy.linalg.solve_triangular(r.T, jnp.eye(r.shape[0], dtype=r.dtype), lower=True)
     return s / jnp.linalg.norm(s, axis=0, keepdims=True)
 
@@ -206,6 +271,38 @@ def _normalized_inverse_transpose_columns(r: Array) -> Array:
 @jax.jit
 def _qr(rows: Array) -> tuple[Array, Array]:
     return jnp.linalg.qr(rows.T)
+
+
+def _leave_two_out_estimates(h: Array, w: Array, r: Array, s_cols: Array) -> Array:
+    """``pair[i, j]``: the Hutch++-type estimate whose low-rank part leaves sketch vectors ``i`` and
+    ``j`` out and whose probe is ``omega_j`` (``i != j``; the diagonal is meaningless).
+
+    Leaving columns ``i`` and ``j`` out of ``Y = QR`` removes from its range the plane ``Q U``,
+    ``U = [u1, u2]`` the Gram-Schmidt basis of columns ``i`` and ``j`` of ``S`` (unit columns of
+    ``R^{-T}``, orthogonal to every other column of ``R``). With ``P`` the projector on what remains
+    and ``omega_j = Q w_j + (I - QQ^T) omega_j``, ``A omega_j = Q r_j``, the estimate
+    ``tr(PA) + omega_j^T (I - P) A (I - P) omega_j`` is
+    ``tr H - tr(U^T H U) + w_j^T H w_j - w_j^T r_j + 2 p^T U^T (r_j - H w_j) + p^T U^T H U p`` with
+    ``p = U^T w_j``: all in ``s x s`` matrices.
+    """
+    mm = functools.partial(jnp.matmul, precision=_HIGHEST)
+    cosine = mm(s_cols.T, s_cols)  # (i, j): s_i . s_j
+    h_s = mm(s_cols.T, mm(h, s_cols))  # (i, j): s_i^T H s_j
+    s_w = mm(s_cols.T, w)  # (i, j): s_i . w_j
+    s_g = mm(s_cols.T, r - mm(h, w))  # (i, j): s_i . (r_j - H w_j)
+    h_ii = jnp.diagonal(h_s)[:, None]
+    off = ~jnp.eye(cosine.shape[0], dtype=bool)
+    c = jnp.where(off, cosine, 0)
+    sine2 = jnp.maximum(1 - c * c, jnp.finfo(c.dtype).eps)
+    sine = jnp.sqrt(sine2)
+    # u1 = s_i, u2 = (s_j - c s_i) / sine: the entries of U^T H U, U^T w_j and U^T (r_j - H w_j).
+    h12 = (h_s - c * h_ii) / sine
+    h22 = (jnp.diagonal(h_s)[None, :] - 2 * c * h_s + c * c * h_ii) / sine2
+    p1, p2 = s_w, (jnp.diagonal(s_w)[None, :] - c * s_w) / sine
+    g1, g2 = s_g, (jnp.diagonal(s_g)[None, :] - c * s_g) / sine
+    w_h_w = jnp.sum(w * mm(h, w), axis=0)
+    return (jnp.trace(h) - h_ii - h22 + (w_h_w - jnp.sum(w * r, axis=0))[None, :]
+            + 2 * (p1 * g1 + p2 * g2) + p1 * p1 * h_ii + 2 * p1 * p2 * h12 + p2 * p2 * h22)
 
 
 @jax.jit
@@ -217,12 +314,25 @@ def _xtrace_estimate(omega: Array, q: Array, r: Array, q_images: Array) -> tuple
     # Removing column i from the sketch removes the direction q S e_i from its range, where S e_i is
     # the i-th column of R^{-T}, normalized: span(Y_{-i}) is orthogonal to it. Each leave-one-out
     # Hutch++ estimate then has a closed form in the s x s matrices H, W, R and S.
+    r, exact = _lifted(r)
     s_cols = _normalized_inverse_transpose_columns(r)
     v = w - s_cols * jnp.sum(s_cols * w, axis=0)
     estimates = (jnp.trace(h) - jnp.sum(s_cols * mm(h, s_cols), axis=0) + jnp.sum(w * r, axis=0)
                  - 2 * jnp.sum(r * v, axis=0) + jnp.sum(v * mm(h, v), axis=0))
     moments = Moments.of(estimates)
-    return moments.mean, moments.stderr()
+    # The errors e_i = T_i - tr(A) of the leave-one-out estimates are correlated (they share their
+    # sketches): their spread estimates Var(e) - Cov(e_i, e_j), while s Var(mean) is
+    # Var(e) + (s - 1) Cov(e_i, e_j). Write e_i = d_ij + f_ij, d_ij = T_i - T_ij the change of
+    # estimate i when omega_j joins its sketch, f_ij the error of T_ij (sketch without i and j, probe
+    # omega_i). Given all but omega_i, f_ij has mean 0; given all but omega_j, d_ji and f_ji do: so
+    # Cov(e_i, e_j) = E[d_ij d_ji], whose mean over pairs (kept >= 0) completes an unbiased variance.
+    # A rank-deficient sketch means rank(A) < s: every T_i is exact and so is the mean.
+    count = estimates.shape[0]
+    changes = estimates[:, None] - _leave_two_out_estimates(h, w, r, s_cols).T
+    off = ~jnp.eye(count, dtype=bool)
+    covariance = jnp.sum(jnp.where(off, changes * changes.T, 0)) / (count * (count - 1))
+    covariance = jnp.where(exact, 0, jnp.maximum(covariance, 0))
+    return moments.mean, jnp.sqrt(jnp.square(moments.stderr()) + covariance)
 
 
 def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: str,
@@ -230,63 +340,85 @@ def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: 
     omega = draw(key, layout, s, probe)
     q, r = _qr(apply_block(matvec, layout, omega, chunk, eager))
     value, stderr = _xtrace_estimate(omega, q, r, apply_block(matvec, layout, q.T, chunk, eager))
-    return TraceEstimate(value, stderr, jnp.asarray(2 * s))
+    return TraceEstimate(value, stderr, jnp.asarray(2 * s), jnp.asarray(s - 1, value.dtype))
 
 
 def _estimate(matvec: Any, layout: Layout, key: Array, budget: int, method: str, chunk: int,
               probe: str, eager: bool) -> TraceEstimate:
     if method == "hutchinson":
-        moments = _hutchinson(matvec, layout, key, budget, chunk, probe, _quadratic, eager)
-        return TraceEstimate(moments.mean, moments.stderr(), jnp.asarray(budget))
+        return _from_moments(_hutchinson(matvec, layout, key, budget, chunk, probe, _quadratic, eager),
+                             budget)
+    sketch_size = budget // _MULTIPLE[method]
+    if sketch_size >= layout.size:
+        return _exact(matvec, layout, chunk, eager)
     if method == "hutch++":
-        return _hutch_plus_plus(matvec, layout, key, budget // 3, chunk, probe, eager)
-    return _xtrace(matvec, layout, key, budget // 2, chunk, probe, eager)
+        return _hutch_plus_plus(matvec, layout, key, sketch_size, chunk, probe, eager)
+    return _xtrace(matvec, layout, key, sketch_size, chunk, probe, eager)
 
 
-def trace(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int, method: str = "hutchinson",
-          probe: str = "rademacher", chunk_size: int | None = None) -> TraceEstimate:
+def trace(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int, method: Method = "hutchinson",
+          probe: Probe = "rademacher", chunk_size: int | None = None) -> TraceEstimate:
     r"""Estimates :math:`\operatorname{tr}(A)` from ``num_matvecs`` products with random probes.
 
     * ``"hutchinson"``: :math:`\frac1m \sum_i z_i^\top A z_i` with :math:`\mathbb E[z z^\top] = I`;
-      unbiased, stderr from the sample variance. Any ``num_matvecs >= 2``.
+      unbiased, stderr from the sample variance (``dof = m - 1``). Any ``num_matvecs >= 2``.
     * ``"hutch++"``: the trace of :math:`A` on the range of :math:`Q = \operatorname{orth}(A S)`
       exactly, plus Hutchinson on the deflated remainder
-      :math:`(I - QQ^\top) A (I - QQ^\top)`; ``num_matvecs / 3`` products each for the sketch, for
-      :math:`AQ` and for the remainder. Exact when ``rank(A) <= num_matvecs / 3``; stderr from the
-      remainder's samples. Spends multiples of 3, at least 6.
+      :math:`(I - QQ^\top) A (I - QQ^\top)`; ``k = num_matvecs / 3`` products each for the sketch,
+      for :math:`AQ` and for the remainder. Exact when ``rank(A) <= k``; stderr from the remainder's
+      ``k`` samples (``dof = k - 1``). Spends multiples of 3, at least 6.
     * ``"xtrace"``: the exchangeable estimator averaging the Hutch++-type estimates that leave each
-      sketch vector out of the low-rank part and use it as the probe; ``num_matvecs / 2`` probes
-      :math:`\omega_i`, products :math:`A\Omega` and :math:`AQ`. Stderr is the standard deviation of
-      the leave-one-out estimates over :math:`\sqrt{s}`. Spends multiples of 2, at least 4.
+      sketch vector out of the low-rank part and use it as the probe; ``s = num_matvecs / 2`` probes
+      :math:`\omega_i`, products :math:`A\Omega` and :math:`AQ`. The ``s`` leave-one-out estimates
+      share their sketches, so their spread alone underestimates the error (to 0.3-0.75 of the
+      variance); the variance adds their covariance, estimated without bias from the estimates
+      that leave two sketch vectors out (``dof = s - 1``). Spends multiples of 2, at least 4; with
+      only 2 sketch vectors the interval is conservative.
+
+    Once the sketch of Hutch++ or XTrace would span the whole space (``k`` or ``s`` at least the
+    dimension ``n``), the trace is computed exactly from the ``n`` products :math:`A e_i` instead:
+    ``num_matvecs`` then reports ``n``, what was spent, ``stderr`` is 0 and ``dof`` is ``inf``.
+
+    At small budgets ``value ± 2 * stderr`` covers far less than 95% (the standard error is
+    itself estimated from a few samples): use ``estimate.interval(0.95)``, which widens it by the
+    Student-t quantile with ``estimate.dof`` degrees of freedom.
 
     Memory: Hutchinson keeps one chunk of ``chunk_size`` probes; Hutch++ and XTrace keep their
-    sketches, about ``num_matvecs`` vectors of the parameter size.
+    sketches, about ``num_matvecs`` vectors of the parameter size. Bfloat16 and float16 vectors are
+    accumulated, sketched and factorized in float32.
 
     Args:
-        matvec: ``v -> A v`` for a symmetric ``A``, on pytrees like ``like``.
+        matvec: ``v -> A v`` for a symmetric ``A``, on pytrees like ``like``, returning real
+            floating-point pytrees of the same structure.
         like: a pytree with the shapes and dtypes of the vectors (e.g. the parameters).
         key: a ``jax.random`` key.
         num_matvecs: the budget of products; rounded down to the method's multiple.
         method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
         probe: ``"rademacher"`` (lower variance) or ``"gaussian"``.
         chunk_size: products evaluated together (``vmap``) in one compiled kernel: the memory knob.
-            ``None``: 1 on CPU, 10 on accelerators (:func:`default_chunk_size`).
+            ``None``: 1 on CPU, 10 on accelerators.
 
     Returns:
-        A :class:`TraceEstimate`.
+        A :class:`TraceEstimate`; ``num_matvecs`` is the number of products spent.
 
     Raises:
-        ValueError: bad arguments, or (outside ``jit``) an operator that produced NaN or Inf. Under
-            ``jit`` a non-finite product propagates into ``value`` and ``stderr`` as NaN; wrap the call in
-            ``jax.experimental.checkify`` to turn it into an error there.
+        ValueError: bad arguments. :class:`hessjax.NonFiniteError` (a ``ValueError``), outside
+            ``jit``: the loss value an operator from :func:`hessjax.hvp_fn` (or ``dataset_hvp_fn``,
+            ``ggn_fn``) carries, or the operator's products, are NaN or infinite. Under ``jit`` there
+            is no host check: a non-finite product propagates into ``value`` and ``stderr`` as NaN;
+            wrap the call in ``jax.experimental.checkify`` to turn it into an error there.
+        TypeError: ``matvec`` returns a complex or integer vector.
 
     Example:
         >>> import jax, jax.numpy as jnp, hessjax
         >>> a = jnp.diag(jnp.arange(1.0, 11.0))
-        >>> est = hessjax.trace(lambda v: a @ v, jnp.zeros(10), jax.random.key(0), num_matvecs=30,
+        >>> est = hessjax.trace(lambda v: a @ v, jnp.zeros(10), jax.random.key(0), num_matvecs=24,
         ...                     method="hutch++")
-        >>> round(float(est.value), 3), int(est.num_matvecs)
-        (55.0, 30)
+        >>> round(float(est.value)), int(est.num_matvecs), int(est.dof)  # tr(A) = 55
+        (55, 24, 7)
+        >>> low, high = est.interval(0.95)
+        >>> bool(low <= 55.0 <= high)
+        True
 
     References:
         Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian
@@ -298,8 +430,8 @@ def trace(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int, method: st
     method = check_method(method)
     check_probe(probe)
     budget = _budget(method, num_matvecs)
-    estimate = _estimate(matvec, layout, key, budget, method, _chunk(chunk_size, budget), probe,
-                         eager)
+    estimate = _estimate(matvec, layout, key, budget, method, resolve_chunk_size(chunk_size, budget),
+                         probe, eager)
     if eager:
         _checks.check_finite("the trace", estimate.value, estimate.stderr)
     return estimate
@@ -318,20 +450,25 @@ def _converged(moments: Moments, rtol: float) -> Array:
 
 
 def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matvecs: int,
-                method: str = "hutchinson", probe: str = "rademacher",
+                method: Method = "hutchinson", probe: Probe = "rademacher",
                 chunk_size: int | None = None, min_matvecs: int | None = None) -> TraceEstimate:
     r"""Estimates the trace, spending products until ``stderr <= rtol * |value|``.
 
     Hutchinson draws chunks of ``chunk_size`` probes, stopping at the first chunk boundary where the
     rule holds once at least ``min_matvecs`` were spent (a few samples can have a misleadingly small
     variance), or at ``max_matvecs``. Because probe ``i`` depends only on ``(key, i)``, the result after
-    ``m`` products is exactly ``trace(..., num_matvecs=m)``. Hutch++ and XTrace cannot grow a sketch in
-    place: they run with budgets ``b, 2b, 4b, ...`` (``b`` = ``min_matvecs``) while the total stays within
-    ``max_matvecs``, and report the last estimate with ``num_matvecs`` the total spent.
+    ``m`` products is exactly ``trace(..., num_matvecs=m)``, eagerly and under ``jit`` alike (the last
+    chunk is cut to end at ``max_matvecs``). Hutch++ and XTrace cannot grow a sketch in place: they run
+    with budgets ``b, 2b, 4b, ...`` (``b`` = ``min_matvecs``) while the total stays within
+    ``max_matvecs``, and report the last estimate with ``num_matvecs`` the total spent (an estimate
+    that became exact, its sketch spanning the space, spent only the dimension ``n``).
 
     Under ``jit`` only Hutchinson is available (the others change array shapes as they grow); it then
-    loops with ``lax.while_loop`` over whole chunks, so ``max_matvecs`` is rounded down to a multiple
-    of ``chunk_size``.
+    loops with ``lax.while_loop``.
+
+    The stopping rule uses ``stderr``. At small budgets ``value ± 2 * stderr`` covers far less than
+    95% (the standard error is itself estimated from a few samples): use ``estimate.interval(0.95)``,
+    which widens it by the Student-t quantile with ``estimate.dof`` degrees of freedom.
 
     Args:
         matvec: ``v -> A v`` for a symmetric ``A``.
@@ -341,13 +478,17 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
         max_matvecs: the most products to spend.
         method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
         probe: ``"rademacher"`` or ``"gaussian"``.
-        chunk_size: probes per compiled kernel (Hutchinson; products per kernel for the others).
+        chunk_size: probes per compiled kernel (Hutchinson; products per kernel for the others),
+            at most ``max_matvecs``.
         min_matvecs: Hutchinson: the fewest products before the rule is trusted (default
             ``max(2 * chunk_size, 10)``); Hutch++/XTrace: the first budget (default twice the method's
             minimum).
 
     Returns:
         A :class:`TraceEstimate`; ``num_matvecs`` is what was spent.
+
+    Raises:
+        ValueError, NonFiniteError: as :func:`trace`.
 
     Example:
         >>> import jax, jax.numpy as jnp, hessjax
@@ -362,7 +503,7 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
     check_probe(probe)
     rtol = _check_rtol(rtol)
     maximum = _budget(method, max_matvecs, "max_matvecs")
-    chunk = _chunk(chunk_size, maximum)
+    chunk = resolve_chunk_size(chunk_size, maximum)
     if method != "hutchinson":
         if not eager:
             raise ValueError(
@@ -382,15 +523,17 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
             spent += count
             if spent >= minimum and bool(_converged(moments, rtol)):
                 break
-        estimate = TraceEstimate(moments.mean, moments.stderr(), jnp.asarray(spent))
+        estimate = _from_moments(moments, spent)
         _checks.check_finite("the trace", estimate.value, estimate.stderr)
         return estimate
-    num_chunks = max(1, maximum // chunk)
+    num_chunks, remainder = divmod(maximum, chunk)
+
+    def done(index: Array, moments: Moments) -> Array:
+        return (index * chunk >= minimum) & _converged(moments, rtol)
 
     def keep_going(state: tuple[Array, Moments]) -> Array:
         index, moments = state
-        done = (index * chunk >= minimum) & _converged(moments, rtol)
-        return (index < num_chunks) & ~done
+        return (index < num_chunks) & ~done(index, moments)
 
     def next_chunk(state: tuple[Array, Moments]) -> tuple[Array, Moments]:
         index, moments = state
@@ -398,7 +541,14 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
 
     num_done, moments = jax.lax.while_loop(keep_going, next_chunk,
                                            (jnp.asarray(1), kernel(0, chunk, moments)))
-    return TraceEstimate(moments.mean, moments.stderr(), num_done * chunk)
+    spent = num_done * chunk
+    if remainder:
+        # As eagerly: a last, shorter chunk ends at max_matvecs unless the rule already holds.
+        stop = done(num_done, moments)
+        moments = jax.lax.cond(stop, lambda m: m,
+                               lambda m: kernel(num_chunks * chunk, remainder, m), moments)
+        spent = spent + jnp.where(stop, 0, remainder)
+    return _from_moments(moments, spent)
 
 
 def _block_method_until(matvec: Any, layout: Layout, key: Array, rtol: float, maximum: int,
@@ -410,37 +560,57 @@ def _block_method_until(matvec: Any, layout: Layout, key: Array, rtol: float, ma
     spent = 0
     while True:
         estimate = _estimate(matvec, layout, key, budget, method, chunk, probe, True)
-        spent += budget
+        spent += int(estimate.num_matvecs)
         _checks.check_finite("the trace", estimate.value, estimate.stderr)
         following = 2 * budget
         if bool(estimate.stderr <= rtol * jnp.abs(estimate.value)) or spent + following > maximum:
-            return TraceEstimate(estimate.value, estimate.stderr, jnp.asarray(spent))
+            return estimate._replace(num_matvecs=jnp.asarray(spent))
         budget = following - following % multiple
 
 
+class DiagonalEstimate(NamedTuple):
+    """An estimate of the diagonal of an operator with its error bars.
+
+    Attributes:
+        value: a pytree like ``like``: the estimate of each diagonal entry.
+        stderr: a pytree like ``like``: the standard error of each entry (NaN from a single probe,
+            which has no spread to measure).
+        num_matvecs: the number of operator products spent.
+    """
+
+    value: Any
+    stderr: Any
+    num_matvecs: Array
+
+
 def diagonal(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
-             probe: str = "rademacher", chunk_size: int | None = None) -> Any:
+             probe: Probe = "rademacher", chunk_size: int | None = None) -> DiagonalEstimate:
     r"""Estimates the diagonal of :math:`A` as :math:`\frac1m \sum_i z_i \odot A z_i`.
 
-    Unbiased for Rademacher or Gaussian probes (:math:`\mathbb E[z_j z_k] = \delta_{jk}`); with Rademacher
-    probes an exactly diagonal ``A`` is recovered from a single product.
+    Unbiased for Rademacher or Gaussian probes (:math:`\mathbb E[z_j z_k] = \delta_{jk}`); with
+    Rademacher probes an exactly diagonal ``A`` is recovered from a single product. Each entry's
+    standard error is the sample standard deviation of its ``m`` samples over :math:`\sqrt m`.
 
     Args:
         matvec: ``v -> A v`` for a symmetric ``A``.
         like: a pytree with the shapes and dtypes of the vectors.
         key: a ``jax.random`` key.
-        num_matvecs: the number of probes, >= 1.
+        num_matvecs: the number of probes, >= 1 (>= 2 for a standard error).
         probe: ``"rademacher"`` or ``"gaussian"``.
         chunk_size: probes per compiled kernel.
 
     Returns:
-        A pytree like ``like`` holding the estimate of ``diag(A)``.
+        A :class:`DiagonalEstimate`: ``value`` and ``stderr`` are pytrees like ``like``.
+
+    Raises:
+        ValueError, NonFiniteError: as :func:`trace`.
 
     Example:
         >>> import jax, jax.numpy as jnp, hessjax
         >>> a = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
-        >>> hessjax.diagonal(lambda v: a @ v, jnp.zeros(3), jax.random.key(0), num_matvecs=1)
-        Array([1., 2., 3.], dtype=float32)
+        >>> est = hessjax.diagonal(lambda v: a @ v, jnp.zeros(3), jax.random.key(0), num_matvecs=2)
+        >>> est.value, est.stderr
+        (Array([1., 2., 3.], dtype=float32), Array([0., 0., 0.], dtype=float32))
 
     References:
         Bekas, Kokiopoulou & Saad, "An estimator for the diagonal of a matrix", Applied Numerical
@@ -449,20 +619,24 @@ def diagonal(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
     matvec, layout, eager = prepare(matvec, like, key)
     check_probe(probe)
     num = _checks.check_int(num_matvecs, "num_matvecs", minimum=1)
-    moments = _hutchinson(matvec, layout, key, num, _chunk(chunk_size, num), probe, _elementwise,
-                          eager)
+    moments = _hutchinson(matvec, layout, key, num, resolve_chunk_size(chunk_size, num), probe,
+                          _elementwise, eager)
     if eager:
         _checks.check_finite("the diagonal", moments.mean)
-    return layout.unravel(moments.mean)
+    stderr = moments.stderr() if num > 1 else jnp.full_like(moments.mean, jnp.nan)
+    return DiagonalEstimate(layout.unravel(moments.mean), layout.unravel(stderr), jnp.asarray(num))
 
 
 def block_traces(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
-                 probe: str = "rademacher", chunk_size: int | None = None) -> Any:
+                 probe: Probe = "rademacher", chunk_size: int | None = None) -> Any:
     r"""Estimates the trace of every diagonal block of :math:`A`, one block per leaf of ``like``.
 
     For the block :math:`b` of coordinates of one leaf, :math:`z_b^\top (A z)_b` is unbiased for
-    :math:`\operatorname{tr}(A_{bb})`, so the per-layer traces come from the same probes as the total:
-    they sum to the Hutchinson estimate of the trace with the same key and budget.
+    :math:`\operatorname{tr}(A_{bb})`, so the per-layer traces come from the same probes as the
+    total: they sum to the Hutchinson estimate of the trace with the same key and budget.
+    At small budgets ``value ± 2 * stderr`` covers far less than 95% (the standard error is
+    itself estimated from a few samples): use ``estimate.interval(0.95)``, which widens it by the
+    Student-t quantile with ``estimate.dof`` degrees of freedom.
 
     Args:
         matvec: ``v -> A v`` for a symmetric ``A``.
@@ -475,6 +649,9 @@ def block_traces(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
     Returns:
         A pytree with the structure of ``like`` holding a :class:`TraceEstimate` at each leaf.
 
+    Raises:
+        ValueError, NonFiniteError: as :func:`trace`.
+
     Example:
         >>> import jax, jax.numpy as jnp, hessjax
         >>> params = {"a": jnp.zeros(2), "b": jnp.zeros(3)}
@@ -486,11 +663,12 @@ def block_traces(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
     matvec, layout, eager = prepare(matvec, like, key)
     check_probe(probe)
     num = _budget("hutchinson", num_matvecs)
-    moments = _hutchinson(matvec, layout, key, num, _chunk(chunk_size, num), probe, _per_block,
-                          eager)
+    moments = _hutchinson(matvec, layout, key, num, resolve_chunk_size(chunk_size, num), probe,
+                          _per_block, eager)
     stderr = moments.stderr()
     if eager:
         _checks.check_finite("the block traces", moments.mean, stderr)
-    spent = jnp.asarray(num)
+    spent, dof = jnp.asarray(num), moments.count - 1
     return layout.treedef.unflatten(
-        [TraceEstimate(moments.mean[i], stderr[i], spent) for i in range(len(layout.shapes))])
+        [TraceEstimate(moments.mean[i], stderr[i], spent, dof) for i in range(len(layout.shapes))])
+

@@ -127,13 +127,91 @@ INF_LOSS = lambda p, b: jnp.sum(jnp.exp(1e4 * p["w"]))
     lambda: hessjax.trace(hessjax.hvp_fn(INF_LOSS, PARAMS, BATCH), PARAMS, KEY, num_matvecs=4),
 ])
 def test_non_finite_operator_is_an_error(call):
-    with pytest.raises(ValueError, match=r"The operator produced non-finite values"):
+    with pytest.raises(hessjax.NonFiniteError, match=r"non-finite"):
         call()
+
+
+def test_non_finite_error_is_a_value_error_that_says_what_was_non_finite():
+    assert issubclass(hessjax.NonFiniteError, ValueError)
+    with pytest.raises(hessjax.NonFiniteError, match=r"The operator's products are non-finite"):
+        hessjax.trace(NAN_MATVEC, PARAMS, KEY, num_matvecs=4)
+    with pytest.raises(hessjax.NonFiniteError, match=r"The loss value is non-finite \(inf\)"):
+        hessjax.trace(hessjax.hvp_fn(INF_LOSS, PARAMS, BATCH), PARAMS, KEY, num_matvecs=4)
+    with pytest.raises(hessjax.NonFiniteError, match=r"The sampled score gradients are non-finite"):
+        hessjax.fisher_trace(lambda p, x: x @ p["w"] * jnp.nan, PARAMS, BATCH[0], KEY, num_samples=2)
+
+
+# Constant in the parameters: every product is finite (the Hessian of the finite part), only the
+# loss value tells that the curvature of this loss is meaningless.
+MINUS_INF_LOSS = lambda p, b: _loss(p, b) + jnp.log(0.0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: hessjax.trace(hessjax.hvp_fn(MINUS_INF_LOSS, PARAMS, BATCH), PARAMS, KEY, num_matvecs=4),
+    lambda: hessjax.trace(hessjax.dataset_hvp_fn(MINUS_INF_LOSS, PARAMS, [BATCH, BATCH]), PARAMS, KEY,
+                          num_matvecs=4, method="xtrace"),
+    lambda: hessjax.top_eigenvalues(hessjax.hvp_fn(MINUS_INF_LOSS, PARAMS, BATCH), PARAMS, KEY, k=1,
+                                    num_steps=2),
+    lambda: hessjax.diagonal(hessjax.ggn_fn(lambda p, b: b[0] @ p["w"],
+                                            lambda o, b: jnp.sum(o ** 2) + jnp.log(0.0), PARAMS, BATCH),
+                             PARAMS, KEY, num_matvecs=2),
+    lambda: hessjax.hessian_summary(MINUS_INF_LOSS, PARAMS, [BATCH], KEY, max_matvecs=4),
+])
+def test_non_finite_loss_with_finite_products_is_an_error(call):
+    with pytest.raises(hessjax.NonFiniteError, match=r"The loss value is non-finite \(-inf\)"):
+        call()
+
+
+def test_non_finite_loss_under_jit_is_not_checked():
+    # No host check under jit (documented): the estimate of the finite part comes back.
+    matvec = hessjax.hvp_fn(MINUS_INF_LOSS, PARAMS, BATCH)
+    estimate = jax.jit(lambda key: hessjax.trace(matvec, PARAMS, key, num_matvecs=4))(KEY)
+    assert np.isfinite(float(estimate.value))
 
 
 def test_non_finite_operator_under_jit_propagates_nan():
     estimate = jax.jit(lambda key: hessjax.trace(NAN_MATVEC, PARAMS, key, num_matvecs=4))(KEY)
     assert np.isnan(float(estimate.value))
+
+
+@pytest.mark.parametrize("image", [lambda v: 1j * v, lambda v: (2.7 * v).astype(jnp.int32)],
+                         ids=["complex", "integer"])
+def test_matvec_must_return_real_floating_vectors(image):
+    like = jnp.zeros(5)
+    with pytest.raises(TypeError, match=r"`matvec` returned dtype (complex64|int32).*expected a real "
+                                        r"floating dtype"):
+        hessjax.trace(image, like, KEY, num_matvecs=4)
+    with pytest.raises(TypeError, match=r"`matvec` returned dtype"):
+        hessjax.top_eigenvalues(image, like, KEY, k=1, num_steps=2)
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
+def test_like_without_entries(method):
+    with pytest.raises(ValueError, match=r"`like` has no entries"):
+        hessjax.trace(IDENTITY, {"a": jnp.zeros(0), "b": jnp.zeros((2, 0))}, KEY, num_matvecs=6,
+                      method=method)
+
+
+@pytest.mark.parametrize("call", [
+    lambda like: hessjax.diagonal(IDENTITY, like, KEY, num_matvecs=2),
+    lambda like: hessjax.block_traces(IDENTITY, like, KEY, num_matvecs=2),
+    lambda like: hessjax.trace_until(IDENTITY, like, KEY, rtol=0.1, max_matvecs=4),
+    lambda like: hessjax.lanczos(IDENTITY, like, KEY, num_steps=1),
+    lambda like: hessjax.spectral_density(IDENTITY, like, KEY, num_probes=1, num_steps=1),
+])
+def test_like_without_entries_everywhere(call):
+    with pytest.raises(ValueError, match=r"`like` has no entries"):
+        call({"a": jnp.zeros(0)})
+
+
+def test_operator_from_params_of_another_structure_names_like():
+    matvec = hessjax.hvp_fn(_loss, PARAMS, BATCH)
+    with pytest.raises(ValueError, match=r"`like` has pytree structure .*the operator from `hvp_fn` "
+                                         r"takes vectors like the `params`"):
+        hessjax.trace(matvec, jnp.zeros(8), KEY, num_matvecs=4)
+    with pytest.raises(ValueError, match=r"`v` has pytree structure .*expected the structure of the "
+                                         r"`params` given to `hvp_fn`"):
+        matvec(jnp.zeros(8))
 
 
 def test_batches_with_mismatched_leading_axes():

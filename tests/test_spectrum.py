@@ -16,9 +16,9 @@ def _tridiagonal(alphas, betas):
 def test_full_lanczos_reproduces_the_spectrum(x64):
     spectrum = np.linspace(-3.0, 5.0, 25)
     matrix = toy.matrix_with_spectrum(spectrum)
-    alphas, betas = hessjax.lanczos(toy.matvec_of(matrix), jnp.zeros(25), jax.random.key(0),
-                                    num_steps=25)
-    assert alphas.shape == (25,) and betas.shape == (24,)
+    result = hessjax.lanczos(toy.matvec_of(matrix), jnp.zeros(25), jax.random.key(0), num_steps=25)
+    alphas, betas = result.alphas, result.betas
+    assert alphas.shape == (25,) and betas.shape == (24,) and int(result.num_matvecs) == 25
     np.testing.assert_allclose(np.linalg.eigvalsh(_tridiagonal(alphas, betas)), spectrum,
                                atol=1e-10)
 
@@ -31,7 +31,7 @@ def test_full_lanczos_restarts_after_breakdown_and_recovers_multiplicities(x64, 
     spectrum = np.repeat([-2.0, 1.0, 4.0], 4)
     matrix = toy.matrix_with_spectrum(spectrum, seed=5)
     run = lambda key: hessjax.lanczos(toy.matvec_of(matrix), jnp.zeros(12), key, num_steps=12)
-    alphas, betas = (jax.jit(run) if compiled else run)(jax.random.key(1))
+    alphas, betas, _ = (jax.jit(run) if compiled else run)(jax.random.key(1))
     assert np.sum(np.asarray(betas) == 0) >= 2  # the restarts happened, and wrote beta = 0
     np.testing.assert_allclose(np.linalg.eigvalsh(_tridiagonal(alphas, betas)), spectrum, atol=1e-9)
 
@@ -97,3 +97,18 @@ def test_spectral_density_with_full_steps_is_exact_and_has_a_smooth_pdf(x64):
     np.testing.assert_allclose(np.sum(pdf) * (grid[1] - grid[0]), 1.0, rtol=1e-6)
     assert float(density.cdf(0.0)) == pytest.approx(float(density.weights[density.nodes <= 0].sum()))
     assert 0.0 < float(density.cdf(0.0)) < 1.0
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_vectors_run_lanczos_in_float32(dtype):
+    spectrum = jnp.linspace(0.5, 8.0, 16)
+    matvec = lambda v: (spectrum * v.astype(jnp.float32)).astype(v.dtype)
+    like = jnp.zeros(16, dtype)
+    eigen = hessjax.top_eigenvalues(matvec, like, jax.random.key(0), k=2, num_steps=16)
+    assert eigen.values.dtype == jnp.float32 and eigen.vectors.dtype == dtype
+    np.testing.assert_allclose(eigen.values, [8.0, 7.5], rtol=2e-2)
+    assert int(eigen.num_matvecs) == 18
+    density = hessjax.spectral_density(matvec, like, jax.random.key(0), num_probes=2, num_steps=8)
+    np.testing.assert_allclose(float(density.moment(0)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(float(density.trace()), float(spectrum.sum()), rtol=0.2)
+    assert int(density.num_matvecs) == 16

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 import hessjax
 from tests import toy
@@ -15,17 +16,30 @@ def test_hessian_summary_of_a_dataset(x64):
                                       jax.random.key(2), rtol=0.05, max_matvecs=400, top_k=2,
                                       lanczos_steps=30, block_matvecs=10, density_probes=2,
                                       density_steps=10)
-    assert set(summary) == {"trace", "trace_stderr", "top_eigenvalues", "block_traces", "density",
-                            "num_matvecs", "seconds"}
+    assert isinstance(summary, hessjax.HessianSummary)
+    assert float(summary.loss) == float(toy.mlp_loss(params, (x, y)))
     truth = np.trace(hessian)
-    assert abs(summary["trace"] - truth) < 4 * summary["trace_stderr"]
-    assert summary["trace_stderr"] <= 0.05 * abs(summary["trace"]) or summary["num_matvecs"] >= 400
-    np.testing.assert_allclose(summary["top_eigenvalues"], np.linalg.eigvalsh(hessian)[::-1][:2],
+    trace = summary.trace
+    assert abs(float(trace.value) - truth) < 4 * float(trace.stderr)
+    assert float(trace.stderr) <= 0.05 * abs(float(trace.value)) or summary.matvecs_trace >= 400
+    np.testing.assert_allclose(summary.top_eigenvalues.values, np.linalg.eigvalsh(hessian)[::-1][:2],
                                rtol=1e-6)
-    blocks = jax.tree_util.tree_leaves(summary["block_traces"],
+    blocks = jax.tree_util.tree_leaves(summary.block_traces,
                                        is_leaf=lambda t: isinstance(t, hessjax.TraceEstimate))
     assert len(blocks) == 4
-    np.testing.assert_allclose(float(summary["density"].moment(0)), 1.0, rtol=1e-10)
-    trace_matvecs = summary["num_matvecs"] - (30 + 2) - 10 - 2 * 10
-    assert trace_matvecs >= 10
-    assert summary["seconds"] > 0
+    np.testing.assert_allclose(float(summary.density.moment(0)), 1.0, rtol=1e-10)
+    assert summary.matvecs_trace == int(trace.num_matvecs) >= 10
+    assert (summary.matvecs_eigen, summary.matvecs_blocks, summary.matvecs_density) == (32, 10, 20)
+    assert summary.num_matvecs == summary.matvecs_trace + 32 + 10 + 20
+    assert summary.seconds > 0
+
+
+def test_hessian_summary_skips_parts_and_checks_the_key_first():
+    params = toy.mlp_params(jax.random.key(0), sizes=(3, 4, 3), dtype=jax.numpy.float32)
+    batch = toy.classification_batch(jax.random.key(1), n=8, dim=3, dtype=jax.numpy.float32)
+    summary = hessjax.hessian_summary(toy.mlp_loss, params, [batch], jax.random.key(2), top_k=0,
+                                      block_matvecs=0, density_probes=0, max_matvecs=10)
+    assert summary.top_eigenvalues is None and summary.block_traces is None
+    assert summary.density is None and summary.num_matvecs == summary.matvecs_trace
+    with pytest.raises(TypeError, match=r"`key` must be a single jax.random key"):
+        hessjax.hessian_summary(toy.mlp_loss, params, [batch], 0)

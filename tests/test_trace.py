@@ -132,14 +132,17 @@ def test_diagonal_is_exact_for_diagonal_matrices_and_converges(x64):
     scale = {"a": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([[4.0, 5.0], [6.0, 7.0]])}
     diagonal_matvec = lambda v: jax.tree_util.tree_map(jnp.multiply, scale, v)
     exact = hessjax.diagonal(diagonal_matvec, like, jax.random.key(0), num_matvecs=1)
-    np.testing.assert_allclose(toy.ravel(exact), toy.ravel(scale))
+    np.testing.assert_allclose(toy.ravel(exact.value), toy.ravel(scale))
+    assert int(exact.num_matvecs) == 1 and np.isnan(toy.ravel(exact.stderr)).all()
 
     params = toy.mlp_params(jax.random.key(0), sizes=(4, 5, 3))
     batch = toy.classification_batch(jax.random.key(1), n=16, dim=4)
     truth = np.diag(toy.exact_hessian(toy.mlp_loss, params, batch))
-    estimate = toy.ravel(hessjax.diagonal(hessjax.hvp_fn(toy.mlp_loss, params, batch), params,
-                                          jax.random.key(2), num_matvecs=4000, chunk_size=500))
+    result = hessjax.diagonal(hessjax.hvp_fn(toy.mlp_loss, params, batch), params,
+                              jax.random.key(2), num_matvecs=4000, chunk_size=500)
+    estimate, stderr = toy.ravel(result.value), toy.ravel(result.stderr)
     assert np.abs(estimate - truth).max() < 0.1 * np.abs(truth).max()
+    assert np.all(np.abs(estimate - truth) < 5 * stderr + 1e-12)
 
 
 def test_block_traces_sum_to_the_trace_and_are_unbiased(x64):
@@ -161,3 +164,134 @@ def test_block_traces_sum_to_the_trace_and_are_unbiased(x64):
             many, is_leaf=lambda x: isinstance(x, hessjax.TraceEstimate))):
         values = np.asarray(leaf.value)
         assert abs(values.mean() - truth) < 4 * values.std() / np.sqrt(len(values)) + 1e-12
+
+
+@pytest.mark.parametrize("method,num_matvecs", [("xtrace", 8), ("xtrace", 6), ("xtrace", 40),
+                                                ("hutch++", 9), ("hutch++", 12), ("hutch++", 60)])
+def test_sketching_methods_past_the_dimension_are_exact_and_count_what_they_spend(method,
+                                                                                   num_matvecs):
+    # A sketch of at least n vectors spans the space: the trace is exact from n products.
+    a = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
+    estimate = hessjax.trace(lambda v: a @ v, jnp.zeros(3), jax.random.key(0), num_matvecs=num_matvecs,
+                             method=method)
+    np.testing.assert_allclose(float(estimate.value), 6.0, rtol=1e-6)
+    assert int(estimate.num_matvecs) == 3
+    assert float(estimate.stderr) == 0 and np.isinf(float(estimate.dof))
+    low, high = estimate.interval(0.95)
+    assert float(low) == float(high) == float(estimate.value)
+
+
+def test_sketching_methods_just_below_the_dimension_still_sketch(x64):
+    matrix = toy.matrix_with_spectrum(np.linspace(1.0, 2.0, 6), seed=3)
+    for method, num_matvecs, spent in [("xtrace", 10, 10), ("hutch++", 15, 15)]:
+        estimate = hessjax.trace(toy.matvec_of(matrix), jnp.zeros(6), jax.random.key(0),
+                                 num_matvecs=num_matvecs, method=method)
+        assert int(estimate.num_matvecs) == spent and int(estimate.dof) == 4, method
+
+
+@pytest.mark.parametrize("method", ["hutch++", "xtrace"])
+def test_trace_until_with_sketches_past_the_dimension_reports_what_it_spent(method):
+    a = jnp.diag(jnp.arange(1.0, 9.0))
+    matvec = lambda v: a @ v
+    estimate = hessjax.trace_until(matvec, jnp.zeros(8), jax.random.key(1), rtol=1e-9,
+                                   max_matvecs=200, method=method)
+    np.testing.assert_allclose(float(estimate.value), 36.0, rtol=1e-5)
+    assert float(estimate.stderr) == 0
+    # Budgets b, 2b, ... until a sketch spans the 8 dimensions, which then costs 8 products.
+    first = {"hutch++": 12, "xtrace": 8}[method]
+    assert int(estimate.num_matvecs) == first + 8
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_vectors_are_accumulated_in_float32(dtype):
+    # 600 samples: a bfloat16 count stops at 256, a float16 sum of squares of ~3000 overflows.
+    scale = jnp.linspace(1.0, 100.0, 64).astype(dtype)
+    matvec = lambda v: scale * v
+    like = jnp.zeros(64, dtype)
+    truth = float(jnp.sum(scale.astype(jnp.float32)))
+    estimates = [hessjax.trace(matvec, like, jax.random.key(0), num_matvecs=600, chunk_size=chunk,
+                               probe="gaussian") for chunk in (1, 7, 600)]
+    for estimate in estimates:
+        assert estimate.value.dtype == jnp.float32 and int(estimate.dof) == 599
+        assert abs(float(estimate.value) - truth) < 4 * float(estimate.stderr)
+        assert np.isfinite(float(estimate.stderr)) and float(estimate.stderr) > 0
+    np.testing.assert_allclose([float(e.value) for e in estimates], float(estimates[0].value),
+                               rtol=1e-5)
+    np.testing.assert_allclose([float(e.stderr) for e in estimates], float(estimates[0].stderr),
+                               rtol=1e-4)
+    jitted = jax.jit(lambda key: hessjax.trace(matvec, like, key, num_matvecs=600, chunk_size=7,
+                                               probe="gaussian"))(jax.random.key(0))
+    np.testing.assert_allclose(float(jitted.value), float(estimates[0].value), rtol=1e-5)
+    for method in ("hutch++", "xtrace"):
+        sketched = hessjax.trace(matvec, like, jax.random.key(0), num_matvecs=60, method=method)
+        assert abs(float(sketched.value) - truth) < 4 * float(sketched.stderr), method
+    diagonal = hessjax.diagonal(matvec, like, jax.random.key(0), num_matvecs=2)
+    np.testing.assert_allclose(np.asarray(diagonal.value, np.float32), np.asarray(scale, np.float32))
+
+
+def test_trace_until_under_jit_spends_what_it_spends_eagerly(matrix):
+    matvec, like, key = toy.matvec_of(matrix), jnp.zeros(len(SPECTRUM)), jax.random.key(0)
+    for max_matvecs, chunk_size in [(20, 50), (23, 10), (7, 3)]:
+        run = lambda key, m=max_matvecs, c=chunk_size: hessjax.trace_until(
+            matvec, like, key, rtol=1e-9, max_matvecs=m, chunk_size=c)
+        eager, jitted = run(key), jax.jit(run)(key)
+        assert int(eager.num_matvecs) == int(jitted.num_matvecs) == max_matvecs
+        np.testing.assert_allclose(float(jitted.value), float(eager.value), rtol=1e-12)
+        np.testing.assert_allclose(float(jitted.dof), max_matvecs - 1)
+    # Stopping early inside the remainder logic: the rule holds before the last, shorter chunk.
+    run = lambda key: hessjax.trace_until(matvec, like, key, rtol=0.5, max_matvecs=23, chunk_size=10,
+                                          min_matvecs=2)
+    assert int(jax.jit(run)(key).num_matvecs) == int(run(key).num_matvecs) == 10
+
+
+def test_student_t_intervals_match_scipy():
+    from scipy import stats
+
+    dof = np.array([1.0, 2.0, 3.0, 7.0, 29.0, 30.0, 100.0, 1e4, np.inf])
+    estimate = hessjax.TraceEstimate(jnp.zeros(len(dof)), jnp.ones(len(dof)), jnp.asarray(10),
+                                     jnp.asarray(dof, jnp.float32))
+    for level in (0.5, 0.9, 0.95, 0.99, 0.999):
+        low, high = jax.jit(lambda e, level=level: e.interval(level))(estimate)
+        np.testing.assert_allclose(high, stats.t.ppf((1 + level) / 2, dof), rtol=1e-5)
+        np.testing.assert_allclose(low, -np.asarray(high))
+    with pytest.raises(ValueError, match=r"`level` must be in \(0, 1\)"):
+        estimate.interval(95)
+
+
+def test_the_library_imports_and_computes_intervals_without_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'scipy': raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import jax.numpy as jnp, hessjax\n"
+            "e = hessjax.TraceEstimate(jnp.array(0.0), jnp.array(1.0), jnp.array(2), jnp.array(1.0))\n"
+            "print(round(float(e.interval(0.95)[1]), 3))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "12.706"
+
+
+def test_xtrace_leave_two_out_estimates_match_explicit_sketches(x64):
+    # The closed form behind XTrace's error bar, against a QR of each reduced sketch.
+    import importlib
+
+    trace_module = importlib.import_module("hessjax.trace")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, 12))
+    a = a + a.T
+    omega = rng.choice([-1.0, 1.0], size=(5, 12))
+    q, r = np.linalg.qr(a @ omega.T)
+    h = q.T @ a @ q
+    w = q.T @ omega.T
+    s_cols = trace_module._normalized_inverse_transpose_columns(jnp.asarray(r))
+    pairs = np.asarray(trace_module._leave_two_out_estimates(jnp.asarray(h), jnp.asarray(w),
+                                                             jnp.asarray(r), s_cols))
+    for i, j in [(0, 1), (1, 0), (3, 2), (4, 0), (2, 4)]:
+        kept = [k for k in range(5) if k not in (i, j)]
+        basis = np.linalg.qr(a @ omega[kept].T)[0]
+        outside = omega[j] - basis @ (basis.T @ omega[j])
+        explicit = np.trace(basis.T @ a @ basis) + outside @ a @ outside
+        np.testing.assert_allclose(pairs[i, j], explicit, rtol=1e-10)
