@@ -18,4 +18,8 @@ _CONFIG = binaries.define_config_flag(str(pathlib.Path(__file__).parent / "confi
 _WORKDIR = binaries.define_workdir_flag("The study's directory (created if needed).")
 
 if __name__ == "__main__":
-    binaries.run(lambda: study.run_study(_CONFIG.value, _WORKDIR.value))
+    binaries.run(
+        lambda: study.run_study(
+            _CONFIG.value, _WORKDIR.value, default_parallel=study.default_parallel()
+        )
+    )

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax import _checks
-from hessjax._vectors import as_pytree_fn
-from hessjax.products import _ByIdentity, hvp_fn
+from hessjax._common import ByIdentity, as_pytree_fn
+from hessjax.products import hvp_fn
 from hessjax.spectrum import SpectralDensity
 from hessjax.trace import TraceEstimate, trace
 
@@ -288,7 +288,7 @@ def _selector(layer: Any) -> Callable[[Any], Any]:
     if isinstance(layer, (tuple, list)) and layer:
         return _Path(tuple(map(_key_name, layer)))
     if callable(layer):
-        return _ByIdentity(layer)
+        return ByIdentity(layer)
     raise TypeError(
         "`layer` must select one weight matrix of `params`: a path such as 'params/Dense_0/kernel' or "
         f"('params', 'Dense_0', 'kernel'), or a function params -> kernel; got {layer!r}.")

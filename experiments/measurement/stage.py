@@ -125,31 +125,23 @@ def _layer_traces(blocks: Any) -> dict[str, float]:
     return layers
 
 
-def _non_finite_reason(loss_fn: objectives.LossFn, params: models.Params, batches: Any) -> str:
-    """Why the Hessian of `loss_fn` cannot be finite here, or `""`."""
+def _non_finite_reason(params: models.Params) -> str:
+    """Why no curvature of these parameters can be finite, or `""` (a non-finite loss or product
+    is `hessjax.NonFiniteError`'s, with its own message)."""
     if not all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(params)):
         return "the checkpoint's parameters are not finite"
-    first = jax.tree_util.tree_map(lambda leaf: leaf[0], batches)
-    if not np.isfinite(loss_fn(params, first)):
-        return "the loss is not finite at this checkpoint"
     return ""
 
 
 def _measured(
-    names: tuple[str, ...],
-    loss_fn: objectives.LossFn,
-    params: models.Params,
-    batches: Any,
-    measure: Callable[[], dict[str, Any]],
+    names: tuple[str, ...], params: models.Params, measure: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
     """`measure()`, or NaN for each of `names` with the reason when the curvature is not finite."""
-    reason = _non_finite_reason(loss_fn, params, batches)
+    reason = _non_finite_reason(params)
     if not reason:
         try:
             return measure()
-        except ValueError as error:
-            if "non-finite" not in str(error):
-                raise
+        except hessjax.NonFiniteError as error:
             reason = str(error)
     return {**dict.fromkeys(names, math.nan), "nan_reason": dict.fromkeys(names, reason)}
 
@@ -175,32 +167,26 @@ def _pretraining_statistics(
         density_probes=settings["density_probes"],
         density_steps=settings["density_steps"],
     )
-    trace, stderr = summary["trace"], summary["trace_stderr"]
-    # hessian_summary reports all products together; the trace's share is the rest after its
-    # fixed-size parts (Lanczos steps plus one residual product per eigenvalue, block probes and
-    # density probes times steps).
-    fixed = (
-        (settings["lanczos_steps"] + settings["top_k"] if settings["top_k"] else 0)
-        + settings["block_matvecs"]
-        + settings["density_probes"] * settings["density_steps"]
-    )
-    trace_matvecs = summary["num_matvecs"] - fixed
-    per_probe_variance = stderr**2 * trace_matvecs
+    trace, stderr = float(summary.trace.value), float(summary.trace.stderr)
+    per_probe_variance = stderr**2 * summary.matvecs_trace
+    eigen = summary.top_eigenvalues
     statistics = {
         "trace": trace,
         "trace_stderr": stderr,
         "trace_per_param": trace / models.num_params(params),
-        "matvecs": summary["num_matvecs"],
-        "matvecs_trace": trace_matvecs,
+        "matvecs": summary.num_matvecs,
+        "matvecs_trace": summary.matvecs_trace,
         **{
             name: max(2, math.ceil(per_probe_variance / (target * trace) ** 2))
             for name, target in RELATIVE_ERRORS.items()
         },
-        "top_eigenvalue": float(summary["top_eigenvalues"][0]) if settings["top_k"] else None,
-        "top_eigenvalues": summary["top_eigenvalues"],
-        **(_layer_traces(summary["block_traces"]) if summary["block_traces"] else {}),
+        "top_eigenvalue": float(eigen.values[0]) if eigen is not None else None,
+        "top_eigenvalues": np.asarray(eigen.values) if eigen is not None else np.zeros((0,)),
+        # The largest residual |A v - lambda v| of the reported eigenpairs: how far to trust them.
+        "top_eigenvalue_residual": float(np.max(eigen.residuals)) if eigen is not None else None,
+        **(_layer_traces(summary.block_traces) if summary.block_traces else {}),
     }
-    density = summary["density"]
+    density = summary.density
     if density is not None:
         statistics["density_negative_mass"] = float(density.cdf(0.0))
         statistics["effective_rank"] = float(hessjax.effective_rank(density))
@@ -316,14 +302,13 @@ def _downstream_trace(
         }
 
     names = ("trace_downstream", "trace_downstream_stderr")
-    return _measured(names, loss_fn, downstream_params, batches, measure)
+    return _measured(names, downstream_params, measure)
 
 
 def _fisher_trace(
     run: runs.Run,
     params: models.Params,
     model_state: models.ModelState,
-    loss_fn: objectives.LossFn,
     batches: Any,
     key: jax.Array,
     settings: dict[str, Any],
@@ -342,7 +327,7 @@ def _fisher_trace(
             "fisher_trace_stderr": float(estimate.stderr),
         }
 
-    return _measured(("fisher_trace", "fisher_trace_stderr"), loss_fn, params, batches, measure)
+    return _measured(("fisher_trace", "fisher_trace_stderr"), params, measure)
 
 
 def measure(
@@ -389,9 +374,7 @@ def measure(
     parts: dict[str, Callable[[], dict[str, Any]]] = {
         "curvature": lambda: _measured(
             names,
-            loss_fn,
             params,
-            batches,
             lambda: _pretraining_statistics(
                 params, loss_fn, batches, pretraining_key, settings, density_path
             ),
@@ -399,21 +382,15 @@ def measure(
         "downstream": lambda: _downstream_trace(
             run, params, model_state, downstream_key, settings
         ),
-        "fisher": lambda: _fisher_trace(
-            run, params, model_state, loss_fn, batches, fisher_key, settings
-        ),
+        "fisher": lambda: _fisher_trace(run, params, model_state, batches, fisher_key, settings),
         "flatness": lambda: _measured(
             ("adaptive_sharpness",),
-            loss_fn,
             params,
-            batches,
             lambda: _flatness_statistics(params, loss_fn, batches, adaptive_key, settings),
         ),
         "fresh": lambda: _measured(
             ("trace_fresh",),
-            loss_fn,
             params,
-            batches,
             lambda: _fresh_batch_trace(run, params, loss_fn, fresh_key, settings, output_dir),
         ),
     }

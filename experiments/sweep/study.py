@@ -39,7 +39,8 @@ from experiments.measurement import stage as measurement
 from experiments.training import runs, setting, train
 
 SWEEP_SCHEMA = {
-    # Pretraining runs at once, each in a worker process; None: `default_parallel()`.
+    # Pretraining runs at once, each in a worker process; None: the caller's default (1 from
+    # `run_study`, `default_parallel()` from the `experiments.study` binary).
     "parallel": Field((int, type(None)), None),
     "objectives": Field((tuple, list)),
     "widths": Field(IntTuple),
@@ -163,15 +164,18 @@ def default_parallel() -> int:
     return os.cpu_count() or 1
 
 
-def parallelism(config: ml_collections.ConfigDict) -> int:
-    """`config.sweep.parallel`, checked (`jobs.check_parallel`), or its default.
+def parallelism(config: ml_collections.ConfigDict, default: int = 1) -> int:
+    """`config.sweep.parallel`, checked (`jobs.check_parallel`), or `default`.
+
+    Worker processes are spawned: a script that calls `run_study` with `parallel > 1` needs the
+    `if __name__ == "__main__":` guard of `multiprocessing`, so the default from Python is 1.
 
     Raises:
       ConfigError: not an int >= 1, more workers than memory allows, or > 1 on several hosts.
     """
     value = config_utils.read_fields(config.sweep, SWEEP_SCHEMA, "config.sweep")["parallel"]
     if value is None:
-        return default_parallel()
+        return default
     try:
         jobs.check_parallel(value, "config.sweep.parallel")
     except ValueError as error:
@@ -399,13 +403,16 @@ def _check_primary_tests(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+def run_study(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, default_parallel: int = 1
+) -> pathlib.Path:
     """Runs (or resumes) the whole study of `config` in `workdir` and writes its report.
 
     Args:
       config: a study config: `seed`, `data`, `model`, `pretrain` (the base of every run), `sweep`,
         `hessian`, `finetune` and optionally `report` (see `configs/digits.py`).
       workdir: the study's directory, created if needed.
+      default_parallel: pretraining runs at once where `config.sweep.parallel` is None.
 
     Returns:
       The path of `report.md`.
@@ -424,8 +431,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     workdir.mkdir(parents=True, exist_ok=True)
     logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
     # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.
+    parallel = parallelism(config, default_parallel)
     results = jobs.run_jobs(
-        workdir, study, record_failures=True, retry_failed=True, parallel=parallelism(config)
+        workdir, study, record_failures=True, retry_failed=True, parallel=parallel
     )
     failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
     if multihost.is_primary():  # On several hosts, the one process that writes files.

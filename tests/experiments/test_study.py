@@ -92,9 +92,10 @@ def test_study_writes_results_report_and_plots(smoke_study):
 def test_smoke_study_reproduces_its_stored_results(smoke_study):
     """The stored `results.csv` of the smoke study, every cell but the wall times.
 
-    The reference is the output of the study before the experiments were reorganised around the
-    `Setting` interface (only the `setting` label changed, `digits` -> `vision`): on this project's
-    CPU it is reproduced bit for bit. Floats are compared to a relative 1e-5 (as the resume test
+    Every cell the study wrote before the experiments were reorganised around the `Setting`
+    interface is reproduced bit for bit on this project's CPU (only the `setting` label changed,
+    `digits` -> `vision`); the columns added since (adaptive sharpness, effective rank, the
+    fresh-minibatch trace, eigenvalue residuals, weight norm) are stored as first measured. Floats are compared to a relative 1e-5 (as the resume test
     below) so that another CPU or XLA version, which may round differently, still passes; any
     change of the computation moves these numbers far more.
     """
