@@ -11,16 +11,18 @@ logged as `loss_gap` at every checkpoint). `--config.data.pcfg_config=default` s
 grammar (31 non-terminals, 100 words, sentences of up to 16 words), which stays about 1 nat from
 the optimum on a CPU budget (`docs/pcfg_results.md`).
 
-The study's three interventions, each an axis of `sweep`:
-  * continued training: checkpoints at log-spaced steps, at a constant learning rate after a
-    short warmup. The gap falls from the unigram plateau to about 0.08 nats at 8,000 steps and is
-    still falling slowly there (width 32), so "well past convergence" needs longer runs
-    (`--config.pretrain.steps`) than the CPU study affords;
-  * model size: `sweep.widths` x `sweep.depths` (`num_heads` heads each);
-  * training algorithm (`sweep.objectives`): `"adamw"`, the plain masked-LM loss with AdamW, and
-    `"adversarial"`, the masked-LM loss minus `adversary_weight` times the validation error of a
-    linear probe of task C refitted every `adversary_refit_every` steps (the choices of lambda = 1
-    and 25 steps are argued in `experiments.language.adversary`).
+The default study (`python -m experiments.study`) is the continued-training arm, reduced to run on
+2 CPU cores: one model (width 32, depth 2) trained with AdamW at a constant learning rate after a
+short warmup, 3 seeds, checkpoints at log-spaced steps up to 8,000. Its one pre-registered test
+compares the checkpoints at steps 4,000 and 8,000 across seeds. The gap is still falling slowly at
+8,000 steps (about 0.08 nats), so this is not yet the paper's "continued training past
+convergence": the report says what it can and cannot show. The other interventions are axes of
+`sweep` too, off by default:
+  * model size: `--config.sweep.widths=16,32` (`num_heads` heads each);
+  * training algorithm: `--config.sweep.objectives=adamw,adversarial`: `"adversarial"` is the
+    masked-LM loss minus `adversary_weight` times the validation error of a linear probe of task C
+    refitted every `adversary_refit_every` steps (the choices of lambda = 1 and 25 steps are argued
+    in `experiments.language.adversary`).
 
   python -m experiments.pretrain --config=experiments/configs/pcfg.py --workdir=runs/pcfg \\
       [--config.pretrain.objective=adversarial] [--config.model.width=32]
@@ -86,10 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The study: every objective x width x depth x seed is pretrained with the settings above.
     config.sweep = ml_collections.ConfigDict()
-    config.sweep.objectives = ("adamw", "adversarial")
-    config.sweep.widths = (16, 32)
+    config.sweep.objectives = ("adamw",)
+    config.sweep.widths = (32,)
     config.sweep.depths = (2,)
-    config.sweep.seeds = (0,)
+    config.sweep.seeds = (0, 1, 2)
 
     # Curvature statistics on a fixed subset of the pretraining sentences, their masks fixed too
     # (`experiments.measurement`).
@@ -130,26 +132,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.report.equivalence_margin = 0.1
     tested = {"statistic": "trace", "score": "linear_probe_acc"}
     config.report.primary_tests = (
-        # Continued training: last minus first checkpoint on the loss plateau (`on_plateau`).
-        dict(tested, name="continued_training", kind="delta_along_steps", where={"objective": "adamw"}),
-        # Model size at the last step.
-        dict(
-            tested,
-            name="size",
-            kind="paired_difference",
-            axis="width",
-            levels=(16, 32),
-            where={"objective": "adamw"},
-        ),
-        # The training algorithm at the last step: the adversarial one hides task C at the same
-        # loss (the loss difference is printed beside the test).
-        dict(
-            tested,
-            name="algorithm",
-            kind="paired_difference",
-            axis="objective",
-            levels=("adamw", "adversarial"),
-            where={"width": 32},
-        ),
+        # Continued training: the last two checkpoints of each run (the loss is still falling
+        # there; with `on_plateau` in the results, the first and last checkpoints on the plateau).
+        dict(tested, name="continued_training", kind="delta_along_steps", steps=(4000, 8000)),
     )
     return config
