@@ -38,7 +38,8 @@ PLATEAU_COLUMN = "on_plateau"
 # Column roles, the one place that says which columns are identifiers, scores, bookkeeping or
 # predictors. Every numeric column that is none of the first three is a Hessian statistic.
 AXIS_COLUMNS = ("setting", "objective", "model", "width", "depth", "num_params", "seed", "step")
-SCORE_COLUMNS = ("linear_probe_acc", "finetune_acc")  # and every other column ending in "_acc"
+# and every other column ending in "_acc", or in "_gain" (a score minus the best baseline's)
+SCORE_COLUMNS = ("linear_probe_acc", "finetune_acc")
 BOOKKEEPING_COLUMNS = (
     "trace_stderr",
     "matvecs",
@@ -49,7 +50,7 @@ BOOKKEEPING_COLUMNS = (
 )  # and every column ending in "_stderr" or starting with "seconds_", "matvecs" or one of:
 PROBE_BUDGET_PREFIXES = ("trace_at_", "trace_rank_agreement_")  # Critic 2's columns.
 # Not Hessian statistics, but reported beside them as the obvious rival predictors.
-BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap")
+BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap", "pretrain_loss_gap_train")
 # Statistics that are (normalised) traces; everything else is a "non-trace" statistic.
 TRACE_STATISTICS = ("trace", "trace_downstream", "fisher_trace", "trace_per_param")
 NAN_REASON_COLUMN = "nan_reason"
@@ -70,7 +71,7 @@ def column_role(name: str) -> str:
         return "axis"
     if name == PLATEAU_COLUMN:
         return "indicator"
-    if name in SCORE_COLUMNS or name.endswith("_acc"):
+    if name in SCORE_COLUMNS or name.endswith(("_acc", "_gain")):
         return "score"
     if (
         name in BOOKKEEPING_COLUMNS

@@ -5,7 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
+from experiments.language import paper_tasks
 from experiments.language.grammar import random_grammar
+from experiments.language.rooted_grammar import RootedGrammarSpec
 from experiments.language.span_tasks import TASKS, downstream_task, span_labels
 from experiments.language.tfds_builder import Pcfg, PcfgConfig, load_pcfg
 
@@ -58,3 +60,33 @@ def test_tfds_custom_configs_are_keyed_by_their_parameters(tmp_path):
         load_pcfg(str(tmp_path), "no_such_config")
     with pytest.raises(ValueError, match="num_pretrain: expected a positive integer"):
         PcfgConfig(num_pretrain=0)
+
+
+def test_rooted_configs_serve_the_paper_tasks(tmp_path):
+    spec = RootedGrammarSpec(
+        num_roots=3,
+        num_levels=3,
+        nonterminals_per_level=4,
+        rules_per_nonterminal=3,
+        words_per_preterminal=6,
+        vocab_size=12,
+    )
+    config = PcfgConfig(
+        grammar=spec, min_len=5, max_len=8, num_pretrain=20, num_evaluation=10,
+        num_task_train=30, num_task_test=20,
+    )
+    data = load_pcfg(tmp_path, config)
+    assert data.config is config and data.grammar.num_nonterminals == spec.num_nonterminals
+    for task in paper_tasks.TASKS:
+        split = data.splits[f"task_{task}_test"]
+        np.testing.assert_array_equal(
+            split["span"], paper_tasks.task_spans(task, split["length"])
+        )
+        if task == "a":
+            expected = paper_tasks.root_labels(data.grammar, split["tokens"], split["length"])
+        else:
+            prefix = paper_tasks.PREFIX_LENGTHS[task]
+            expected = paper_tasks.prefix_labels(
+                data.grammar, split["tokens"], split["length"], prefix
+            )
+        np.testing.assert_array_equal(split["label"], expected)
