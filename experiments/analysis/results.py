@@ -47,7 +47,9 @@ BOOKKEEPING_COLUMNS = (
     "matvecs_1pct",
     "seconds_hessian",
     "nan_reason",
-)  # and every column ending in "_stderr" or starting with "seconds_", "matvecs" or one of:
+)  # and every column ending in "_stderr" or starting with "seconds_", "matvecs", "baseline_"
+# (the transfer scores of inputs that need no pretraining, the same for every checkpoint of a run)
+# or one of:
 PROBE_BUDGET_PREFIXES = ("trace_at_", "trace_rank_agreement_")  # Critic 2's columns.
 # Not Hessian statistics, but reported beside them as the obvious rival predictors.
 BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap", "pretrain_loss_gap_train")
@@ -71,14 +73,14 @@ def column_role(name: str) -> str:
         return "axis"
     if name == PLATEAU_COLUMN:
         return "indicator"
-    if name in SCORE_COLUMNS or name.endswith(("_acc", "_gain")):
-        return "score"
     if (
         name in BOOKKEEPING_COLUMNS
         or name.endswith("_stderr")
-        or name.startswith(("seconds_", "matvecs", *PROBE_BUDGET_PREFIXES))
+        or name.startswith(("seconds_", "matvecs", "baseline_", *PROBE_BUDGET_PREFIXES))
     ):
         return "bookkeeping"
+    if name in SCORE_COLUMNS or name.endswith(("_acc", "_gain")):
+        return "score"
     if name in BASELINE_COLUMNS:
         return "baseline"
     return "statistic"

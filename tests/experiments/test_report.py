@@ -54,6 +54,10 @@ def test_column_roles_and_default_predictors():
     assert results.column_role("on_plateau") == "indicator"
     assert results.column_role("trace_at_8") == results.column_role("trace_rank_agreement_8")
     assert results.column_role("trace_at_8") == "bookkeeping"
+    assert results.column_role("linear_probe_a_gain") == "score"
+    # A probe of inputs that need no pretraining is context, the same at every checkpoint of a run.
+    assert results.column_role("baseline_onehot_a_acc") == "bookkeeping"
+    assert results.column_role("pretrain_loss_gap_train") == "baseline"
     assert results.predictor_columns(table) == ["trace", "pretrain_loss"]
     assert results.loss_column(table) == "pretrain_loss"
 
