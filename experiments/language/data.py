@@ -96,6 +96,7 @@ class SentenceStream:
 
     @property
     def mask_id(self) -> int:
+        """The id of the mask token, passed on to the objective in every batch."""
         return self.grammar.mask_id
 
     def batch_at(self, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
