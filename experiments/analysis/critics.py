@@ -33,6 +33,15 @@ from experiments.analysis.results import (
 from experiments.analysis.settings import ReportSettings
 
 PRETRAINING_FREE = ("trace_downstream", "trace_other_data", "fisher_trace_other_data")
+_MEANING = {
+    "trace_downstream": "the Hessian trace of a downstream task's loss (a fitted linear head) on "
+    "that task's data",
+    "trace_other_data": "the Hessian trace of the pretraining loss on data of another distribution "
+    "(`Setting.other_data`: in the language setting, text of the grammar with its rule "
+    "probabilities perturbed)",
+    "fisher_trace_other_data": "the Fisher trace with labels sampled from the model (label-free) on "
+    "that other data (in the vision setting, the target task's images)",
+}
 
 
 def pretraining_free(table: ResultsTable) -> list[str]:
@@ -116,6 +125,8 @@ def critic_pretraining_data(
         "difference is resampled over runs (both τ from the same draw). Equivalence (two one-sided "
         f"tests at {1 - level:.0%}): the {1 - 2 * (1 - level):.0%} interval lies within "
         f"±{margin:g} (`config.report.equivalence_margin`).",
+        "",
+        *(f"- {code(r)}: {_MEANING[r]}." for r in rivals if r in _MEANING),
         "",
         *_table_or_reason(header, _difference_rows(results, margin, level), results),
     ]

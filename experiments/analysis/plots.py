@@ -3,8 +3,9 @@
 First: the loss, the trace and each transfer score against the pretraining step, one line per
 configuration (the mean over seeds, a band over the seeds' range, hollow markers off the loss
 plateau where results.csv says which checkpoints are on it), and transfer against the trace with
-the loss as colour (do checkpoints of the same loss differ in trace and transfer?). Then: every
-statistic against each score, and spectral densities.
+the loss as colour (do checkpoints of the same loss differ in trace and transfer?), and the
+spectral densities of the first and last plateau checkpoints overlaid. Then: every statistic
+against each score.
 
 Spectral densities are optional: per checkpoint, a ``.npz`` file with either ``grid`` and ``pdf``
 arrays, or stochastic Lanczos quadrature ``nodes`` and ``weights`` (any shape; flattened), at a path
@@ -71,7 +72,8 @@ def write_plots(
         path = plots_dir / f"scatter_{_file_name(score)}.png"
         if plot_statistic_vs_score(table, predictors, score, path):
             more.append(path)
-    return first, more + plot_densities(table, workdir, density_pattern, plots_dir)
+    # The densities of the first and last plateau checkpoints are among the first plots.
+    return first + plot_densities(table, workdir, density_pattern, plots_dir), more
 
 
 def _configuration_label(table: ResultsTable, row: int, columns: Sequence[str]) -> str:
@@ -251,17 +253,34 @@ def load_density(path: str | os.PathLike[str], grid_size: int = 400) -> tuple[np
     return grid, pdf
 
 
+def _first_and_last(table: ResultsTable, rows: np.ndarray) -> tuple[int, int] | None:
+    """A run's first and last checkpoints on the loss plateau (``on_plateau``), or of the run
+    when results.csv does not say which are on it; None with fewer than two."""
+    step = table.values("step")
+    rows = rows[np.isfinite(step[rows])]
+    if plateau_known(table):
+        rows = rows[table.flags(PLATEAU_COLUMN)[rows] == 1]
+    if len(rows) < 2:
+        return None
+    return int(rows[np.argmin(step[rows])]), int(rows[np.argmax(step[rows])])
+
+
 def plot_densities(
     table: ResultsTable, workdir: pathlib.Path, pattern: str, plots_dir: pathlib.Path
 ) -> list[pathlib.Path]:
-    """Plots the spectral density of the first and last checkpoint of each configuration.
+    """Overlays the spectral densities of the first and last plateau checkpoints, per configuration.
+
+    One figure per configuration: for each seed, the density at its run's first checkpoint on the
+    loss plateau (blue) and at its last (red), or the run's first and last checkpoints when
+    results.csv has no ``on_plateau`` column. Does the spectrum change along the plateau, the same
+    way in every seed?
 
     Args:
         table: the results.
         workdir: density paths are relative to it.
         pattern: a ``str.format`` pattern filled with the row's cells, e.g.
-            :data:`experiments.analysis.markdown.DEFAULT_DENSITY_PATTERN`; configurations whose
-            files are absent are skipped.
+            :data:`experiments.analysis.markdown.DEFAULT_DENSITY_PATTERN`; runs whose files are
+            absent are skipped.
         plots_dir: where ``density_<configuration>.png`` files go.
 
     Returns:
@@ -269,27 +288,34 @@ def plot_densities(
     """
     if not table.is_numeric("step"):
         return []
-    step = table.values("step")
     written = []
-    for rows in table.groups(RUN_COLUMNS):
-        rows = rows[np.isfinite(step[rows])]
-        if len(rows) < 2:
-            continue
-        first, last = rows[np.argmin(step[rows])], rows[np.argmax(step[rows])]
-        paths = {}
-        for row in (first, last):
-            cells = {name: table.text(name)[row] for name in table.columns}
+    for configuration in table.groups(CONFIGURATION_COLUMNS):
+        curves = []  # (first?, path)
+        for rows in table.groups(RUN_COLUMNS):
+            pair = _first_and_last(table, np.intersect1d(rows, configuration))
+            if pair is None:
+                continue
             try:
-                paths[row] = workdir / pattern.format(**cells)
+                cells = [{n: table.text(n)[r] for n in table.columns} for r in pair]
+                paths = [workdir / pattern.format(**c) for c in cells]
             except KeyError:  # The pattern names a column this table lacks.
                 return []
-        if not all(p.exists() for p in paths.values()):
+            if all(p.exists() for p in paths):
+                curves += list(zip((True, False), paths, strict=True))
+        if not curves:
             continue
-        label = _configuration_label(table, first, RUN_COLUMNS)
+        label = _configuration_label(table, int(configuration[0]), CONFIGURATION_COLUMNS)
         figure, axes = plt.subplots(figsize=(7, 4.5))
-        for row, density_path in paths.items():
+        labelled = set()
+        for first, density_path in curves:
             grid, pdf = load_density(density_path)
-            axes.plot(grid, np.maximum(pdf, 1e-12), label=f"step {table.text('step')[row]}")
+            which = "first" if first else "last"
+            name = f"{which} plateau checkpoint" if plateau_known(table) else f"{which} checkpoint"
+            axes.plot(
+                grid, np.maximum(pdf, 1e-12), color="tab:blue" if first else "tab:red", alpha=0.7,
+                linewidth=1.2, label=None if which in labelled else f"{name} (one line per seed)",
+            )
+            labelled.add(which)
         axes.set_yscale("log")
         axes.set(xlabel="eigenvalue", ylabel="density", title=f"Hessian spectrum: {label}")
         axes.legend()

@@ -88,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.downstream_task = ""  # "": the first target task.
     config.hessian.head_l2 = 1e-3
     config.hessian.head_steps = 100
+    # Critic 1 without the pretraining data: the Fisher trace on the target task's images.
+    config.hessian.other_data = True
 
     # `experiments.vision.transfer`: linear probe and full fine-tuning on every target task.
     config.finetune = ml_collections.ConfigDict()

@@ -123,6 +123,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Critic 1: the trace of task A's probe loss on 256 task sentences, no pretraining data.
     config.hessian.downstream_task = "a"
     config.hessian.downstream_examples = 256
+    # Critic 1 without the pretraining data: the trace and Fisher trace on text of the grammar with
+    # its rule probabilities perturbed (log-scale 1: the same sentences, other odds).
+    config.hessian.other_data = True
+    config.hessian.other_data_scale = 1.0
 
     # Linear probes of tasks A/B/C on the frozen encoder's features and on the baselines' inputs,
     # and full fine-tuning (`experiments.language.probes`).

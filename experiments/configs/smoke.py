@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.hessian.density_steps = 8
     config.hessian.fisher_samples = 4
     config.hessian.head_steps = 20
+    # Off: the stored smoke results predate it (`tests/experiments/test_hessian_stage.py` measures it).
+    config.hessian.other_data = False
     config.finetune.k_shots = (0,)
     config.finetune.seeds = (0,)
     config.finetune.probe_steps = 20

@@ -22,7 +22,7 @@ import numpy as np
 from experiments.core import config_utils, data_dirs
 from experiments.core.config_utils import Field
 from experiments.language import inside_outside, loss_gap, sampling
-from experiments.language.grammar import Grammar
+from experiments.language.grammar import Grammar, perturbed_grammar
 from experiments.language.tfds_builder import Pcfg, load_pcfg
 from experiments.training import pipeline
 
@@ -228,3 +228,17 @@ def source_task(data_config: ml_collections.ConfigDict) -> LanguageTask:
     known = dict.fromkeys(config.name for config in Pcfg.BUILDER_CONFIGS)
     config_utils.choose(fields["pcfg_config"], known, "config.data.pcfg_config")
     return _load_task(fields["data_dir"], fields["pcfg_config"], fields["stream"])
+
+
+def perturbed_stream(task: LanguageTask, scale: float, seed: int) -> SentenceStream:
+    """Fresh sentences of `task`'s grammar with its rule probabilities perturbed
+    (`grammar.perturbed_grammar`): text of another distribution over the same words, of the
+    evaluation split's lengths and padded width (critic 1: curvature without the pretraining data).
+    """
+    lengths = task.test.lengths
+    return SentenceStream(
+        perturbed_grammar(task.grammar, scale, seed),
+        min_len=int(lengths.min()),
+        max_len=int(task.test.tokens.shape[1]),
+        data_seed=seed,
+    )

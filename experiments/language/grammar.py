@@ -168,6 +168,35 @@ def make_grammar(binary: np.ndarray, emit: np.ndarray, start: int = 0) -> Gramma
     return Grammar(binary=binary, emit=emit, start=int(start))
 
 
+def perturbed_grammar(grammar: Grammar, scale: float, seed: int) -> Grammar:
+    """The grammar with its rule probabilities perturbed: same symbols, rules and words, other odds.
+
+    Every rule probability (binary and emission) is multiplied by ``exp(scale * z)``, ``z`` a
+    standard normal drawn per rule, and each non-terminal's rules are renormalised. Rules of
+    probability zero stay impossible, so the perturbed grammar derives the same sentences with other
+    probabilities: text of another distribution over the same vocabulary (critic 1 of the study:
+    curvature measured without the pretraining data).
+
+    Args:
+      grammar: the grammar to perturb.
+      scale: standard deviation of the log-probability perturbation, > 0.
+      seed: seed of the perturbation.
+
+    Returns:
+      The perturbed grammar (validated by :func:`make_grammar`).
+
+    Raises:
+      ValueError: ``scale`` is not a positive finite number, or the perturbed rules let
+        derivations grow without end (:func:`make_grammar`).
+    """
+    if not (isinstance(scale, int | float | np.floating) and np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: expected a positive finite number, got {scale!r}")
+    rng = np.random.default_rng(seed)
+    binary = grammar.binary * np.exp(scale * rng.standard_normal(grammar.binary.shape))
+    emit = grammar.emit * np.exp(scale * rng.standard_normal(grammar.emit.shape))
+    total = binary.sum(axis=(1, 2)) + emit.sum(axis=1)
+    return make_grammar(binary / total[:, None, None], emit / total[:, None], grammar.start)
+
 @dataclasses.dataclass(frozen=True)
 class GrammarSpec:
     """Sizes and seed of a layered random grammar (see :func:`random_grammar`).

@@ -53,6 +53,9 @@ SCHEMA = {
 MEASUREMENT_SCHEMA = {
     "downstream_task": Field(str, "a"),
     "downstream_examples": Field(int, 256),
+    # Critic 1's other text (`config.hessian.other_data`): the grammar with every rule probability
+    # multiplied by exp(scale * z), z standard normal (`grammar.perturbed_grammar`).
+    "other_data_scale": Field(float, 1.0),
 }
 BASELINES = ("onehot", "bow", "random")
 _PRIMARY_CELL = re.compile(r"linear_probe_([^_]+)_acc")  # A task's primary probe score.
@@ -221,6 +224,10 @@ def read_measurement_settings(config: ml_collections.ConfigDict) -> dict[str, An
     config_utils.choose(
         settings["downstream_task"], dict.fromkeys(settings["tasks"]), "config.hessian.downstream_task"
     )
+    if not settings["other_data_scale"] > 0:
+        raise config_utils.ConfigError(
+            f"config.hessian.other_data_scale must be > 0; got {settings['other_data_scale']}."
+        )
     if settings["downstream_examples"] < 1:
         raise config_utils.ConfigError(
             "config.hessian.downstream_examples must be >= 1; got "

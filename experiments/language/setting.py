@@ -12,6 +12,8 @@ the generic code:
     pretraining at every checkpoint and reported as `pretrain_loss_gap` and
     `pretrain_loss_gap_train`;
   * measurement: the downstream loss is a span task's probe loss (`experiments.language.probes`);
+    the other distribution of critic 1 is the grammar with its rule probabilities perturbed
+    (`data.perturbed_stream`, `config.hessian.other_data_scale`);
   * transfer: linear probes of every span task in two views, beside the baselines a probe score
     needs (one-hot tokens, bag of words, the encoder at initialisation), and full fine-tuning
     (`experiments.language.probes`); `linear_probe_acc` is the mean of the primary probes and
@@ -33,6 +35,8 @@ import ml_collections
 from experiments.language import adversary, data, evaluation, probes
 from experiments.language import objectives as language_objectives
 from experiments.training import models, objectives, runs, setting
+
+OTHER_DATA_SEED = 1  # Of critic 1's perturbed grammar: one grammar for every run and checkpoint.
 
 
 class LanguageSetting(setting.SettingDefaults):
@@ -74,6 +78,15 @@ class LanguageSetting(setting.SettingDefaults):
             }
 
         return metrics
+
+    def other_data(self, run: runs.Run, settings: dict) -> setting.OtherData:
+        scale = settings["other_data_scale"]
+        return setting.OtherData(
+            f"sentences of the grammar with its rule probabilities perturbed (log-scale {scale:g})",
+            data.perturbed_stream(run.task, scale, seed=OTHER_DATA_SEED),
+            run.objective,
+            pretraining_loss=True,
+        )
 
     derive_row = staticmethod(probes.derive_row)
 

@@ -17,7 +17,11 @@ not probe noise):
     setting says which loss and data (`Setting.downstream_problem`, e.g. a linear head fitted to
     the frozen features of a target task, differentiated over encoder and head);
   * for objectives whose outputs are categorical logits (`Objective.categorical`), the
-    Fisher-sampling trace (`hessjax.fisher_trace`, labels sampled from the model); else none.
+    Fisher-sampling trace (`hessjax.fisher_trace`, labels sampled from the model); else none;
+  * with `other_data` on, critic 1 without the pretraining data: the same trace and Fisher trace
+    on data of another distribution that the setting names (`Setting.other_data`: in the language
+    setting text of a perturbed grammar, in the vision setting the target task's images, where
+    only the label-free Fisher trace applies).
 
 Each checkpoint is one job of `experiments.core.jobs`, so a rerun skips finished checkpoints. A
 statistic that is not finite (a diverged checkpoint) is NaN in the result with its reason in
@@ -60,6 +64,8 @@ SCHEMA = {
     "adaptive_matvecs": Field(int, 0),
     # Probes of the fresh-minibatch trace, each with its own batch (0: not measured).
     "fresh_probes": Field(int, 0),
+    # Critic 1: the trace and Fisher trace on data of another distribution (`Setting.other_data`).
+    "other_data": Field(bool, False),
 }
 RELATIVE_ERRORS = {"matvecs_5pct": 0.05, "matvecs_1pct": 0.01}
 DENSITY_FILE = "density.npz"
@@ -317,9 +323,11 @@ def _fisher_trace(
     batches: Any,
     key: jax.Array,
     settings: dict[str, Any],
+    name: str = "fisher_trace",
 ) -> dict[str, Any]:
+    names = (name, f"{name}_stderr")
     if not run.objective.categorical:
-        return {"fisher_trace": None, "fisher_trace_stderr": None}
+        return dict.fromkeys(names)
     logits_fn = evaluation.eval_logits(run.model, model_state)
 
     def measure() -> dict[str, Any]:
@@ -327,12 +335,56 @@ def _fisher_trace(
         estimate = hessjax.fisher_trace(
             logits_fn, params, inputs, key, num_samples=settings["fisher_samples"]
         )
-        return {
-            "fisher_trace": float(estimate.value),
-            "fisher_trace_stderr": float(estimate.stderr),
-        }
+        return dict(zip(names, (float(estimate.value), float(estimate.stderr)), strict=True))
 
-    return _measured(("fisher_trace", "fisher_trace_stderr"), params, measure)
+    return _measured(names, params, measure)
+
+
+def _other_data_statistics(
+    run: runs.Run,
+    params: models.Params,
+    model_state: models.ModelState,
+    loss_fn: objectives.LossFn,
+    key: jax.Array,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Critic 1: curvature on data of another distribution than the pretraining data's.
+
+    `trace_other_data` is the pretraining loss's Hessian trace on it (where its batches fit that
+    loss), `fisher_trace_other_data` the label-free Fisher trace with the model's own samples;
+    probes and subset size as on the pretraining data; nothing when the setting has no other data.
+    """
+    other = run.setting.other_data(run, settings)
+    if other is None:
+        return {}
+    batches = fixed_batches(other.objective, other.source, settings)
+    trace_key, fisher_key = jax.random.split(key)
+    cells = _fisher_trace(
+        run, params, model_state, batches, fisher_key, settings, "fisher_trace_other_data"
+    )
+    if other.pretraining_loss:
+
+        def trace() -> dict[str, Any]:
+            shards = multihost.shard_examples(batches, batch_axis=1)
+            estimate = hessjax.trace_until(
+                hessjax.dataset_hvp_fn(loss_fn, params, shards),
+                params,
+                trace_key,
+                rtol=settings["rtol"],
+                max_matvecs=settings["max_matvecs"],
+                method=settings["trace_method"],
+            )
+            return {
+                "trace_other_data": float(estimate.value),
+                "trace_other_data_stderr": float(estimate.stderr),
+                "matvecs_other_data": int(estimate.num_matvecs),
+            }
+
+        names = ("trace_other_data", "trace_other_data_stderr")
+        measured = _measured(names, params, trace)
+        reasons = {**cells.pop("nan_reason", {}), **measured.pop("nan_reason", {})}
+        cells.update(measured, **({"nan_reason": reasons} if reasons else {}))
+    return cells
 
 
 def measure(
@@ -357,10 +409,13 @@ def measure(
       `top_eigenvalue`, `top_eigenvalues`, `block_trace/<layer>`, `density_negative_mass`,
       `trace_downstream` (+ `_stderr`), `matvecs_downstream`, `fisher_trace` (+ `_stderr`; `None`
       for non-categorical objectives), `adaptive_sharpness` (+ `_stderr`), `weight_norm`,
-      `effective_rank`, `trace_fresh` (+ `_stderr`), `pretrain_loss_subset`, `seconds_hessian`
+      `effective_rank`, `trace_fresh` (+ `_stderr`), with `other_data` on `trace_other_data`
+      (+ `_stderr`), `matvecs_other_data` and `fisher_trace_other_data` (+ `_stderr`),
+      `pretrain_loss_subset`, `seconds_hessian`
       (wall time, including compilation for the first checkpoint of a model and objective in a
       process) and its parts `seconds_curvature`, `seconds_downstream`, `seconds_fisher`,
-      `seconds_flatness`, `seconds_fresh`), and a `nan_reason` mapping for the NaN ones.
+      `seconds_flatness`, `seconds_fresh`, `seconds_other_data`), and a `nan_reason` mapping
+      for the NaN ones.
     """
     start = time.perf_counter()
     params, model_state = multihost.replicate((params, model_state))
@@ -374,6 +429,7 @@ def measure(
     density_path = output_dir / DENSITY_FILE if output_dir is not None else None
     # Keys of the later statistics are folded in, so the earlier ones keep their probes.
     adaptive_key, fresh_key = jax.random.fold_in(key, 10), jax.random.fold_in(key, 11)
+    other_key = jax.random.fold_in(key, 12)
     names = ("trace", "trace_stderr", "trace_per_param", "top_eigenvalue")
     # Each part is timed: `seconds_<part>` (the first checkpoint of a process includes compiling).
     parts: dict[str, Callable[[], dict[str, Any]]] = {
@@ -399,6 +455,10 @@ def measure(
             lambda: _fresh_batch_trace(run, params, loss_fn, fresh_key, settings, output_dir),
         ),
     }
+    if settings["other_data"]:
+        parts["other_data"] = lambda: _other_data_statistics(
+            run, params, model_state, loss_fn, other_key, settings
+        )
     result: dict[str, Any] = {"pretrain_loss_subset": subset_loss, "nan_reason": {}}
     for name, part in parts.items():
         part_start = time.perf_counter()

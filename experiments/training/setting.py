@@ -106,6 +106,23 @@ class DownstreamProblem(NamedTuple):
     batches: Any
 
 
+class OtherData(NamedTuple):
+    """Data of another distribution than the pretraining data's (critic 1).
+
+    Attributes:
+      description: what the data is, in words (logged and reported).
+      source: an `objectives.BatchSource` of it.
+      objective: the objective that cuts its batches (`objectives.stacked_batches`).
+      pretraining_loss: whether those batches fit the pretraining loss, so that its Hessian trace
+        can be measured on them (`trace_other_data`); the label-free Fisher trace with the model's
+        own samples (`fisher_trace_other_data`) needs only their `inputs`.
+    """
+
+    description: str
+    source: Any
+    objective: objectives.Objective
+    pretraining_loss: bool
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointStage:
     """A stage run once per checkpoint after pretraining (one job each).
@@ -169,6 +186,9 @@ class Setting(Protocol):
     ) -> DownstreamProblem:
         """The downstream loss and data of a checkpoint (critic 1)."""
 
+    def other_data(self, run: Run, settings: dict[str, Any]) -> OtherData | None:
+        """Data of another distribution for critic 1 (`config.hessian.other_data`), or None."""
+
     def derive_row(self, row: dict[str, Any]) -> None:
         """Completes a results row in place once every stage's cells are in."""
 
@@ -192,6 +212,10 @@ class SettingDefaults:
     ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
         del run
         return lambda params, model_state: {}
+
+    def other_data(self, run: Run, settings: dict[str, Any]) -> OtherData | None:
+        del run, settings
+        return None
 
     def derive_row(self, row: dict[str, Any]) -> None:
         del row

@@ -8,7 +8,8 @@ the generic code:
   * no per-step extras and no checkpoint metrics beyond the source test loss;
   * measurement: the downstream loss is a target task's cross-entropy under a fitted linear head
     (`experiments.vision.transfer.downstream_problem`; knobs `config.hessian.downstream_task`,
-    `head_l2`, `head_steps`);
+    `head_l2`, `head_steps`); critic 1's other distribution is that task's images
+    (`experiments.vision.transfer.other_data`);
   * transfer: linear probe and full fine-tuning of each checkpoint (`experiments.vision.transfer`).
 """
 
@@ -41,6 +42,7 @@ class VisionSetting(setting.SettingDefaults):
 
     source_task = staticmethod(tasks.source_task)
     downstream_problem = staticmethod(vision_transfer.downstream_problem)
+    other_data = staticmethod(vision_transfer.other_data)
 
     def read_measurement_settings(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
         settings = config_utils.read_fields(config.hessian, MEASUREMENT_SCHEMA, "config.hessian")

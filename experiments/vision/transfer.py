@@ -273,3 +273,19 @@ def downstream_problem(
     model = downstream_model(run, task.num_classes)
     loss_fn = evaluation.eval_loss(model, objective, "downstream", model_state)
     return setting.DownstreamProblem(loss_fn, with_head(params, head), batches)
+
+
+def other_data(run: runs.Run, settings: dict[str, Any]) -> setting.OtherData:
+    """Critic 1's other distribution: the images of the downstream target task.
+
+    Their labels are the target task's, not the pretraining head's, so only the label-free Fisher
+    trace (the model's own samples) is measured on them.
+    """
+    name = settings["downstream_task"] or tasks.target_task_names(run.config.data)[0]
+    task = multihost.primary_first(
+        lambda: tasks.target_task(run.config.data, name), "target data prepared"
+    )
+    return setting.OtherData(
+        f"the images of target task {name!r}", task.train, downstream_objective(), False
+    )
+

@@ -114,3 +114,22 @@ def test_config_of_another_run_is_refused(smoke_run):
     other.model.width = 8
     with pytest.raises(config_utils.ConfigError, match="config.model.width: 16 -> 8"):
         study.run_stage(hessian.STAGE, workdir, other)
+
+
+def test_other_data_of_the_vision_setting_is_the_target_task_s_images(smoke_run):
+    """Critic 1 in the vision setting: only the label-free Fisher trace, on the target images,
+    which differs from the pretraining data's; the pretraining statistics do not change."""
+    config, workdir = smoke_run
+    run, _ = runs.open_run(workdir)
+    settings = hessian.read_settings(config)
+    assert not settings["other_data"]  # Off unless asked for.
+    without = study.score_checkpoint(hessian.STAGE, workdir, 20, run, settings, None)
+    assert "fisher_trace_other_data" not in without and "seconds_other_data" not in without
+    with_other = study.score_checkpoint(
+        hessian.STAGE, workdir, 20, run, {**settings, "other_data": True}, None
+    )
+    assert "trace_other_data" not in with_other
+    assert with_other["fisher_trace_other_data"] > 0 and with_other["fisher_trace_other_data_stderr"] > 0
+    assert with_other["fisher_trace_other_data"] != pytest.approx(with_other["fisher_trace"])
+    for name in ("trace", "trace_downstream", "fisher_trace", "top_eigenvalue"):
+        assert with_other[name] == without[name]

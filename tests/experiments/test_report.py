@@ -274,14 +274,38 @@ def test_density_from_lanczos_nodes_is_normalised(tmp_path):
     assert np.trapezoid(pdf, grid) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_densities_are_plotted_when_present(tmp_path):
-    write_study(tmp_path, report_tables.language_rows(seeds=(0,)))
-    density = tmp_path / "hessian/text_transformer_w16_d2/adamw/seed0"
-    for step in (250, 8000):
-        (density / f"step{step}").mkdir(parents=True)
-        np.savez(density / f"step{step}/density.npz", grid=np.arange(3.0), pdf=np.ones(3) / 2)
+def _write_densities(workdir, seeds, steps):
+    for seed in seeds:
+        density = workdir / f"hessian/text_transformer_w16_d2/adamw/seed{seed}"
+        for step in steps:
+            (density / f"step{step}").mkdir(parents=True)
+            pdf = np.ones(3) / 2 if step < 8000 else np.array([0.25, 0.5, 0.25])
+            np.savez(density / f"step{step}/density.npz", grid=np.arange(3.0), pdf=pdf)
+
+
+def test_densities_of_the_first_and_last_plateau_checkpoints_are_overlaid(tmp_path):
+    # The plateau starts at step 2000 (`report_tables.PLATEAU_FROM`): its first and last checkpoints
+    # are 2000 and 8000, one figure per configuration with a line per seed and checkpoint.
+    write_study(tmp_path, report_tables.language_rows(seeds=(0, 1)))
+    _write_densities(tmp_path, seeds=(0, 1), steps=(2000, 8000))
     report = markdown.write_report(tmp_path, FAST).read_text()
-    assert "![density_language_adamw_text_transformer_w16_d2" in section(report, "## More plots")
+    assert "![density_language_adamw_text_transformer_w16_d2" in section(report, "## Plots")
+    assert len(list((tmp_path / "plots").glob("density_*.png"))) == 1
+
+
+def test_densities_off_the_plateau_are_not_the_plateau_s(tmp_path):
+    # Files at the run's first and last checkpoints only (250 is off the plateau): nothing to plot.
+    write_study(tmp_path, report_tables.language_rows(seeds=(0,)))
+    _write_densities(tmp_path, seeds=(0,), steps=(250, 8000))
+    markdown.write_report(tmp_path, FAST)
+    assert not list((tmp_path / "plots").glob("density_*.png"))
+    # Without `on_plateau`, the run's first and last checkpoints are overlaid.
+    other = tmp_path / "no_plateau"
+    other.mkdir()
+    write_study(other, report_tables.language_rows(seeds=(0,), plateau=False))
+    _write_densities(other, seeds=(0,), steps=(250, 8000))
+    markdown.write_report(other, FAST)
+    assert len(list((other / "plots").glob("density_*.png"))) == 1
 
 
 def test_missing_results_csv_is_a_clear_error(tmp_path):

@@ -52,6 +52,11 @@ def test_pcfg_study_measures_every_checkpoint_and_reports(pcfg_data_dir, tmp_pat
         assert float(row["trace_downstream_stderr"]) > 0 and 2 <= int(row["matvecs_downstream"]) <= 8
         assert np.isfinite(float(row["trace_downstream"]))
         assert float(row["pretrain_loss_gap_train"]) >= 0
+        # Critic 1 without the pretraining data: text of the perturbed grammar.
+        assert np.isfinite(float(row["trace_other_data"])) and float(row["trace_other_data_stderr"]) > 0
+        assert 2 <= int(row["matvecs_other_data"]) <= 8
+        assert float(row["fisher_trace_other_data"]) > 0
+        assert float(row["fisher_trace_other_data_stderr"]) > 0
         finetuned = [float(row[f"finetune_{task}_acc"]) for task in ("a", "b", "c")]
         assert float(row["finetune_acc"]) == pytest.approx(sum(finetuned) / 3)
         for task in ("a", "b", "c"):

@@ -10,6 +10,7 @@ from experiments.language.grammar import (
     GrammarSpec,
     length_distribution,
     make_grammar,
+    perturbed_grammar,
     random_grammar,
     sample_sentences,
 )
@@ -143,3 +144,25 @@ def test_length_bounds_the_grammar_cannot_meet():
         sample_sentences(grammar, 5, seed=0, min_len=1, max_len=0)
     with pytest.raises(ValueError, match="num"):
         sample_sentences(grammar, -1, seed=0)
+
+
+def test_perturbed_grammar_keeps_the_rules_and_changes_their_odds():
+    grammar = random_grammar(GrammarSpec(seed=3, vocab_size=30, num_levels=2, nonterminals_per_level=4))
+    perturbed = perturbed_grammar(grammar, 1.0, seed=0)
+    np.testing.assert_allclose(perturbed.binary.sum((1, 2)) + perturbed.emit.sum(1), 1.0)
+    # The same rules are possible (the same sentences), with other probabilities.
+    np.testing.assert_array_equal(perturbed.binary > 0, grammar.binary > 0)
+    np.testing.assert_array_equal(perturbed.emit > 0, grammar.emit > 0)
+    assert np.abs(np.log(perturbed.emit[grammar.emit > 0] / grammar.emit[grammar.emit > 0])).mean() > 0.3
+    assert perturbed.start == grammar.start
+    np.testing.assert_array_equal(perturbed_grammar(grammar, 1.0, seed=0).emit, perturbed.emit)
+    assert not np.array_equal(perturbed_grammar(grammar, 1.0, seed=1).emit, perturbed.emit)
+    # A small scale stays close to the original.
+    close = perturbed_grammar(grammar, 1e-3, seed=0)
+    np.testing.assert_allclose(close.emit, grammar.emit, rtol=1e-2, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf"), "1"])
+def test_perturbed_grammar_rejects_a_bad_scale(cyclic_grammar, scale):
+    with pytest.raises(ValueError, match="scale: expected a positive finite number"):
+        perturbed_grammar(cyclic_grammar, scale, seed=0)
