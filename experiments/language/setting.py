@@ -13,7 +13,8 @@ the generic code:
     `pretrain_loss_gap_train`;
   * measurement: the downstream loss is a span task's probe loss (`experiments.language.probes`);
     the other distribution of critic 1 is the grammar with its rule probabilities perturbed
-    (`data.perturbed_stream`, `config.hessian.other_data_scale`);
+    (`data.perturbed_stream`, `config.hessian.other_data_scale`); model sizes are compared after
+    a function-preserving embedding into the widest model (`embedding.enlarge`);
   * transfer: linear probes of every span task in two views, beside the baselines a probe score
     needs (one-hot tokens, bag of words, the encoder at initialisation), and full fine-tuning
     (`experiments.language.probes`); `linear_probe_acc` is the mean of the primary probes and
@@ -32,7 +33,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from experiments.language import adversary, data, evaluation, probes
+from experiments.language import adversary, data, embedding, evaluation, probes
 from experiments.language import objectives as language_objectives
 from experiments.training import models, objectives, runs, setting
 
@@ -88,6 +89,7 @@ class LanguageSetting(setting.SettingDefaults):
             pretraining_loss=True,
         )
 
+    embed = staticmethod(embedding.enlarge)  # Duplicated hidden units (Liu et al.'s `enlarge`).
     derive_row = staticmethod(probes.derive_row)
 
 

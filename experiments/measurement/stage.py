@@ -21,7 +21,9 @@ not probe noise):
   * with `other_data` on, critic 1 without the pretraining data: the same trace and Fisher trace
     on data of another distribution that the setting names (`Setting.other_data`: in the language
     setting text of a perturbed grammar, in the vision setting the target task's images, where
-    only the label-free Fisher trace applies).
+    only the label-free Fisher trace applies);
+  * with `embed_width` set, the trace after a function-preserving embedding of the model into that
+    width (`experiments.measurement.embedded`): model sizes compared at the same function.
 
 Each checkpoint is one job of `experiments.core.jobs`, so a rerun skips finished checkpoints. A
 statistic that is not finite (a diverged checkpoint) is NaN in the result with its reason in
@@ -45,6 +47,7 @@ import numpy as np
 import hessjax
 from experiments.core import config_utils, multihost
 from experiments.core.config_utils import Field
+from experiments.measurement import embedded
 from experiments.training import evaluation, models, objectives, runs, setting
 
 SCHEMA = {
@@ -66,6 +69,8 @@ SCHEMA = {
     "fresh_probes": Field(int, 0),
     # Critic 1: the trace and Fisher trace on data of another distribution (`Setting.other_data`).
     "other_data": Field(bool, False),
+    # The trace after a function-preserving embedding into this width (`embedded`; 0: off).
+    "embed_width": Field(int, 0),
 }
 RELATIVE_ERRORS = {"matvecs_5pct": 0.05, "matvecs_1pct": 0.01}
 DENSITY_FILE = "density.npz"
@@ -95,6 +100,7 @@ def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
         settings["trace_method"], dict.fromkeys(("hutchinson", "hutch++", "xtrace")),
         "config.hessian.trace_method",
     )
+    embedded.check_embed_width(config, settings["embed_width"])
     return {**settings, **setting.of_config(config).read_measurement_settings(config)}
 
 
@@ -410,11 +416,14 @@ def measure(
       `trace_downstream` (+ `_stderr`), `matvecs_downstream`, `fisher_trace` (+ `_stderr`; `None`
       for non-categorical objectives), `adaptive_sharpness` (+ `_stderr`), `weight_norm`,
       `effective_rank`, `trace_fresh` (+ `_stderr`), with `other_data` on `trace_other_data`
-      (+ `_stderr`), `matvecs_other_data` and `fisher_trace_other_data` (+ `_stderr`),
+      (+ `_stderr`), `matvecs_other_data` and `fisher_trace_other_data` (+ `_stderr`), with
+      `embed_width` `trace_embedded` (+ `_stderr`), `matvecs_embedded`,
+      `pretrain_loss_subset_embedded` (`experiments.measurement.embedded`),
       `pretrain_loss_subset`, `seconds_hessian`
       (wall time, including compilation for the first checkpoint of a model and objective in a
       process) and its parts `seconds_curvature`, `seconds_downstream`, `seconds_fisher`,
-      `seconds_flatness`, `seconds_fresh`, `seconds_other_data`), and a `nan_reason` mapping
+      `seconds_flatness`, `seconds_fresh`, `seconds_other_data`, `seconds_embedded`), and a
+      `nan_reason` mapping
       for the NaN ones.
     """
     start = time.perf_counter()
@@ -429,7 +438,7 @@ def measure(
     density_path = output_dir / DENSITY_FILE if output_dir is not None else None
     # Keys of the later statistics are folded in, so the earlier ones keep their probes.
     adaptive_key, fresh_key = jax.random.fold_in(key, 10), jax.random.fold_in(key, 11)
-    other_key = jax.random.fold_in(key, 12)
+    other_key, embedded_key = jax.random.fold_in(key, 12), jax.random.fold_in(key, 13)
     names = ("trace", "trace_stderr", "trace_per_param", "top_eigenvalue")
     # Each part is timed: `seconds_<part>` (the first checkpoint of a process includes compiling).
     parts: dict[str, Callable[[], dict[str, Any]]] = {
@@ -458,6 +467,14 @@ def measure(
     if settings["other_data"]:
         parts["other_data"] = lambda: _other_data_statistics(
             run, params, model_state, loss_fn, other_key, settings
+        )
+    if settings["embed_width"]:
+        parts["embedded"] = lambda: _measured(
+            ("trace_embedded", "trace_embedded_stderr"),
+            params,
+            lambda: embedded.embedded_trace(
+                run, params, model_state, batches, embedded_key, settings
+            ),
         )
     result: dict[str, Any] = {"pretrain_loss_subset": subset_loss, "nan_reason": {}}
     for name, part in parts.items():

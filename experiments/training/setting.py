@@ -189,6 +189,11 @@ class Setting(Protocol):
     def other_data(self, run: Run, settings: dict[str, Any]) -> OtherData | None:
         """Data of another distribution for critic 1 (`config.hessian.other_data`), or None."""
 
+    def embed(self, params: models.Params, like: Any) -> models.Params | None:
+        """`params` embedded into the wider architecture of `like` (its parameters' shapes)
+        without changing the model's function (`config.hessian.embed_width`), or None when the
+        setting has no such embedding."""
+
     def derive_row(self, row: dict[str, Any]) -> None:
         """Completes a results row in place once every stage's cells are in."""
 
@@ -215,6 +220,10 @@ class SettingDefaults:
 
     def other_data(self, run: Run, settings: dict[str, Any]) -> OtherData | None:
         del run, settings
+        return None
+
+    def embed(self, params: models.Params, like: Any) -> models.Params | None:
+        del params, like
         return None
 
     def derive_row(self, row: dict[str, Any]) -> None:

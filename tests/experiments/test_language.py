@@ -12,9 +12,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+import hessjax
 from experiments.configs import pcfg as pcfg_config
 from experiments.core import checkpoints, config_utils
 from experiments.language import adversary, evaluation, inside_outside, loss_gap, probes
+from experiments.measurement import embedded
 from experiments.measurement import stage as measurement
 from experiments.training import objectives, runs, train
 
@@ -241,3 +243,43 @@ def test_downstream_loss_is_the_fitted_probe_on_the_task_sentences(tiny_config):
     tiny_config.hessian.downstream_task = "z"
     with pytest.raises(config_utils.ConfigError, match="config.hessian.downstream_task"):
         measurement.read_settings(tiny_config)
+
+
+def test_trace_after_embedding_into_a_wider_model(tiny_config):
+    """Model size at the same function: the width-16 model embedded into width 32 has the same
+    loss on the measured subset, and its trace is measured there; bad widths are refused."""
+    tiny_config.sweep.widths = (16,)
+    run = runs.build_run(tiny_config)
+    params, model_state = run.init()
+    settings = {**measurement.read_settings(tiny_config), "embed_width": 32}
+    batches = measurement.fixed_batches(run.objective, run.task.train, settings)
+    cells = embedded.embedded_trace(
+        run, params, model_state, batches, jax.random.key(0), settings
+    )
+    loss_fn = run.eval_loss(model_state)
+    first = jax.tree.map(lambda leaf: leaf[0], batches)
+    second = jax.tree.map(lambda leaf: leaf[1], batches)
+    loss = np.mean([float(loss_fn(params, b)) for b in (first, second)])
+    assert cells["pretrain_loss_subset_embedded"] == pytest.approx(loss, rel=1e-5)
+    assert np.isfinite(cells["trace_embedded"]) and cells["trace_embedded_stderr"] > 0
+    # Into its own width, the embedding is the identity: the trace of the same operator.
+    same = embedded.embedded_trace(
+        run, params, model_state, batches, jax.random.key(0), {**settings, "embed_width": 16}
+    )
+    direct = hessjax.trace_until(
+        hessjax.dataset_hvp_fn(loss_fn, params, batches), params, jax.random.key(0),
+        rtol=settings["rtol"], max_matvecs=settings["max_matvecs"],
+    )
+    assert same["trace_embedded"] == pytest.approx(float(direct.value), rel=1e-4)
+    # The stage measures it when asked, beside the rest.
+    tiny_config.hessian.embed_width = 32
+    result = measurement.measure(run, params, model_state, measurement.read_settings(tiny_config))
+    assert np.isfinite(result["trace_embedded"]) and result["trace_embedded_stderr"] > 0
+    assert result["pretrain_loss_subset_embedded"] == pytest.approx(
+        result["pretrain_loss_subset"], rel=1e-5
+    )
+    for width, message in [(24, r"widths \[16\] do not"), (8, r"widths \[16\] do not"),
+                           (-1, "must be >= 0")]:
+        tiny_config.hessian.embed_width = width
+        with pytest.raises(config_utils.ConfigError, match=f"config.hessian.embed_width.*{message}"):
+            measurement.read_settings(tiny_config)
