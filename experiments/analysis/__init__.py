@@ -6,7 +6,7 @@ Modules, each importing only those above it:
   baseline, statistic), runs and configurations, :class:`~experiments.analysis.results.ResultsTable`.
 * ``inference``: exact sign and Wilcoxon signed-rank tests, Holm's adjustment, bootstraps over
   units.
-* ``correlation``: Kendall tau-b and partial tau, pooled with a bootstrap over runs, or per run
+* ``correlation``: Kendall tau-b and partial tau, pooled with a cluster bootstrap over seeds, or per run
   along its checkpoints and summarised across runs.
 * ``comparisons``: paired differences across seeds (two configurations, or two checkpoints).
 * ``settings``: ``config.report`` checked (primary tests, equivalence margin, bootstrap), and

@@ -25,7 +25,7 @@ import numpy as np
 
 from experiments.analysis.inference import (
     Bootstrap,
-    bootstrap_mean,
+    mean_interval,
     sign_test,
     wilcoxon_signed_rank,
 )
@@ -167,7 +167,7 @@ class SeedDifferences:
         column: the column differenced.
         per_seed: ``(seed, difference)``; a seed's difference is the mean over its pairs.
         estimate: the mean over seeds.
-        interval: percentile bootstrap interval of the mean, resampling seeds (NaN below 2 seeds).
+        interval: Student-t interval of the mean over seeds (NaN below 3 seeds).
         sign_p: exact two-sided sign test across seeds.
         wilcoxon_p: exact two-sided Wilcoxon signed-rank test across seeds.
         note: seeds left out and why.
@@ -215,7 +215,7 @@ def seed_differences(table: ResultsTable, column: str, pairs: Pairs, bootstrap: 
         column,
         tuple(per_seed),
         estimate,
-        bootstrap_mean(differences, bootstrap),
+        mean_interval(differences, bootstrap),
         sign_test(differences),
         wilcoxon_signed_rank(differences),
         f"left out: {'; '.join(left_out)}" if left_out else "",

@@ -1,14 +1,17 @@
-"""Rank correlations of statistics with transfer, with intervals over runs, never over checkpoints.
+"""Rank correlations of statistics with transfer, with intervals over seeds, never over checkpoints or runs.
 
 Two kinds of association, each resampled over units that are independent of each other:
 
 * **pooled** (:func:`association`): Kendall's tau-b over all rows of the study (every checkpoint of
   every run), optionally *partial* on the pretraining loss. Its interval is a cluster bootstrap:
-  whole runs are drawn with replacement, each bringing all its checkpoints. Adding checkpoints to a
-  run (more points of the same trajectory) therefore cannot narrow the interval.
+  whole seeds are drawn with replacement, each bringing every run of that seed with all its
+  checkpoints (runs that share a seed share their initialisation and data order, so they are not
+  independent). Adding checkpoints to a run (more points of the same trajectory) therefore cannot
+  narrow the interval.
   :func:`compare_associations` is the paired version for ``|tau(a)| - |tau(b)|``.
 * **within a run** (:func:`within_run`): tau-b over one run's checkpoints, computed per run and
-  summarised across runs (their mean, a bootstrap over runs, an exact sign test across runs). A
+  summarised across seeds (each seed's mean tau is one unit: their mean, a Student-t interval, an
+  exact sign test across seeds). A
   run with fewer than 3 usable checkpoints gives no tau: over two rows tau is +-1 by construction.
 
 A draw of runs is a vector of multiplicities; tau-b of the rows repeated that many times is computed
@@ -28,7 +31,7 @@ import numpy as np
 from experiments.analysis.inference import (
     MIN_UNITS,
     Bootstrap,
-    bootstrap_mean,
+    mean_interval,
     percentile_interval,
     sign_test,
 )
@@ -107,10 +110,12 @@ class Association:
         score: the transfer-score column.
         control: the column partialled out (the loss), or ``None`` for plain tau-b.
         value: tau-b, or the partial tau given ``control``.
-        interval: cluster-bootstrap interval over runs; NaN with fewer than 3 runs.
+        interval: cluster-bootstrap interval over seeds (each draw takes every run of a seed,
+            with all its checkpoints); NaN with fewer than 3 seeds.
         num_rows: rows used (every needed column finite).
-        num_runs: pretraining runs among them (the resampled units).
+        num_runs: pretraining runs among them.
         note: why the value is NaN, or which rows were left out and why.
+        num_units: the resampled units among them (seeds; runs without a ``seed`` column).
     """
 
     statistic: str
@@ -121,6 +126,7 @@ class Association:
     num_rows: int
     num_runs: int
     note: str = ""
+    num_units: int = 0
 
 
 def _usable_rows(table: ResultsTable, columns: list[str]) -> tuple[np.ndarray, str]:
@@ -130,13 +136,19 @@ def _usable_rows(table: ResultsTable, columns: list[str]) -> tuple[np.ndarray, s
     return np.flatnonzero(np.logical_and.reduce(list(finite.values()))), "; ".join(notes)
 
 
-def _run_clusters(table: ResultsTable, rows: np.ndarray) -> np.ndarray:
-    """The run index (0, 1, ...) of each of ``rows``."""
+def _clusters(table: ResultsTable, rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """The resampling unit (0, 1, ...) of each of ``rows``, and how many runs they come from.
+
+    The unit is the seed where results.csv has one: runs that share a seed share their
+    initialisation and data order, so only seeds are independent. Without a ``seed`` column each
+    run is its own unit.
+    """
+    key = ("seed",) if "seed" in table.columns else RUN_COLUMNS
     clusters = np.empty(len(rows), dtype=int)
     position = {row: i for i, row in enumerate(rows)}
-    for index, group in enumerate(table.groups(RUN_COLUMNS, rows)):
+    for index, group in enumerate(table.groups(key, rows)):
         clusters[[position[row] for row in group]] = index
-    return clusters
+    return clusters, len(table.groups(RUN_COLUMNS, rows))
 
 
 def _taus(
@@ -179,20 +191,22 @@ def association(
     columns = [statistic, score] + ([control] if control else [])
     rows, dropped = _usable_rows(table, columns)
     note = f"left out: {dropped}" if dropped else ""
-    clusters = _run_clusters(table, rows)
-    num_runs = len(set(clusters))
+    clusters, num_runs = _clusters(table, rows)
+    num_units = len(set(clusters))
     if len(rows) < MIN_ROWS:
         why = f"{len(rows)} rows with every value; a rank correlation needs {MIN_ROWS}"
         note = "; ".join(filter(None, [why, note]))
-        return Association(statistic, score, control, math.nan, UNDEFINED, len(rows), num_runs, note)
+        return Association(
+            statistic, score, control, math.nan, UNDEFINED, len(rows), num_runs, note, num_units
+        )
     value = float(_taus(table, rows, statistic, score, control, None))
     interval = UNDEFINED
-    if num_runs >= MIN_UNITS:
+    if num_units >= MIN_UNITS:
         resampled = _taus(table, rows, statistic, score, control, cluster_weights(clusters, bootstrap))
         interval = percentile_interval(resampled, bootstrap.confidence_level)
     else:
-        note = "; ".join(filter(None, [f"no interval: fewer than {MIN_UNITS} runs", note]))
-    return Association(statistic, score, control, value, interval, len(rows), num_runs, note)
+        note = "; ".join(filter(None, [f"no interval: fewer than {MIN_UNITS} seeds", note]))
+    return Association(statistic, score, control, value, interval, len(rows), num_runs, note, num_units)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +228,7 @@ class AssociationDifference:
             ``1 - level``.
         num_rows: rows with every value.
         num_runs: runs among them.
+        num_units: the resampled units (seeds) among them.
     """
 
     first: str
@@ -227,6 +242,7 @@ class AssociationDifference:
     equivalence_interval: Interval
     num_rows: int
     num_runs: int
+    num_units: int = 0
 
 
 def compare_associations(
@@ -238,7 +254,7 @@ def compare_associations(
     *,
     control: str | None = None,
 ) -> AssociationDifference:
-    """Which of two predictors is more strongly associated with a score, resampling runs.
+    """Which of two predictors is more strongly associated with a score, resampling seeds.
 
     Args:
         table: the results.
@@ -254,17 +270,18 @@ def compare_associations(
     """
     columns = [first, second, score] + ([control] if control else [])
     rows, _ = _usable_rows(table, columns)
-    clusters = _run_clusters(table, rows)
-    num_runs = len(set(clusters))
+    clusters, num_runs = _clusters(table, rows)
+    num_units = len(set(clusters))
     if len(rows) < MIN_ROWS:
         nan = math.nan
         return AssociationDifference(
-            first, second, score, control, nan, nan, nan, UNDEFINED, UNDEFINED, len(rows), num_runs
+            first, second, score, control, nan, nan, nan, UNDEFINED, UNDEFINED, len(rows), num_runs,
+            num_units,
         )
     tau_first = float(_taus(table, rows, first, score, control, None))
     tau_second = float(_taus(table, rows, second, score, control, None))
     interval = equivalence = UNDEFINED
-    if num_runs >= MIN_UNITS:
+    if num_units >= MIN_UNITS:
         weights = cluster_weights(clusters, bootstrap)
         samples = np.abs(_taus(table, rows, first, score, control, weights)) - np.abs(
             _taus(table, rows, second, score, control, weights)
@@ -283,6 +300,7 @@ def compare_associations(
         equivalence,
         len(rows),
         num_runs,
+        num_units,
     )
 
 
@@ -294,10 +312,12 @@ class WithinRun:
         statistic: the predictor column.
         score: the transfer-score column.
         taus: one tau per usable run (3 or more checkpoints with both values, both varying).
-        mean: their mean.
-        interval: bootstrap interval of the mean, resampling runs.
-        sign_p: exact sign test across runs of "tau > 0 and tau < 0 are equally likely".
+        mean: the mean over seeds of each seed's mean tau (runs of one seed are not independent).
+        interval: Student-t interval of that mean over seeds.
+        sign_p: exact sign test across seeds of "a seed's mean tau > 0 and < 0 are equally
+            likely".
         num_skipped: runs without a tau (fewer than 3 usable checkpoints, or a constant column).
+        num_units: the seeds (units) among the usable runs.
     """
 
     statistic: str
@@ -307,6 +327,7 @@ class WithinRun:
     interval: Interval
     sign_p: float
     num_skipped: int
+    num_units: int = 0
 
 
 def within_run(
@@ -322,29 +343,34 @@ def within_run(
         table: the results.
         statistic: predictor column.
         score: transfer-score column.
-        bootstrap: resamples, level and seed of the interval over runs.
+        bootstrap: the level of the interval over seeds.
         rows: the checkpoints to use (index or mask; e.g. those on the loss plateau); default all.
 
     Returns:
         The :class:`WithinRun`; NaN summaries when no run is usable.
     """
     x, y = table.values(statistic), table.values(score)
-    taus, skipped = [], 0
-    for run in table.groups(RUN_COLUMNS, rows):
+    seeds = table.text("seed") if "seed" in table.columns else None
+    taus, by_seed, skipped = [], {}, 0
+    for index, run in enumerate(table.groups(RUN_COLUMNS, rows)):
         run = run[np.isfinite(x[run]) & np.isfinite(y[run])]
         tau = float(kendall_tau(x[run], y[run])) if len(run) >= MIN_ROWS else math.nan
         if math.isfinite(tau):
             taus.append(tau)
+            by_seed.setdefault(seeds[run[0]] if seeds is not None else index, []).append(tau)
         else:
             skipped += 1
     if not taus:
         return WithinRun(statistic, score, (), math.nan, UNDEFINED, math.nan, skipped)
+    # Runs of one seed share its initialisation and data order: the unit is the seed.
+    units = [float(np.mean(values)) for values in by_seed.values()]
     return WithinRun(
         statistic,
         score,
         tuple(taus),
-        float(np.mean(taus)),
-        bootstrap_mean(taus, bootstrap),
-        sign_test(taus),
+        float(np.mean(units)),
+        mean_interval(units, bootstrap),
+        sign_test(units),
         skipped,
+        len(units),
     )

@@ -2,7 +2,7 @@
 
 1. *Does the trace need the pretraining data?* Each pretraining-free statistic present
    (:func:`pretraining_free`) against the pretraining-data ``trace``: the difference of their
-   ``|tau|`` with transfer, a cluster-bootstrap interval over runs, and an equivalence test (TOST,
+   ``|tau|`` with transfer, a cluster-bootstrap interval over seeds, and an equivalence test (TOST,
    as interval inclusion) against ``config.report.equivalence_margin``.
 2. *Does it need many probes?* The products needed for 5% and 1% relative standard error
    (:func:`probe_budget`), and where measured, how stable the checkpoints' ranking is at smaller
@@ -22,7 +22,7 @@ import numpy as np
 from experiments.analysis import correlation
 from experiments.analysis.correlation import AssociationDifference
 from experiments.analysis.formatting import code, estimate, markdown_table, rows_and_runs, signed
-from experiments.analysis.inference import MIN_UNITS, Bootstrap, bootstrap_mean
+from experiments.analysis.inference import MIN_UNITS, Bootstrap, mean_interval
 from experiments.analysis.results import (
     RUN_COLUMNS,
     ResultsTable,
@@ -33,6 +33,10 @@ from experiments.analysis.results import (
 from experiments.analysis.settings import ReportSettings
 
 PRETRAINING_FREE = ("trace_downstream", "trace_other_data", "fisher_trace_other_data")
+# Rank agreement with the trace that counts as standing in for it (critic 1), and the rank
+# agreement of a smaller probe budget with the full one that counts as stable (critic 2).
+SUBSTITUTE_TAU = 0.9
+STABLE_TAU = 0.9
 _MEANING = {
     "trace_downstream": "the Hessian trace of a downstream task's loss (a fitted linear head) on "
     "that task's data",
@@ -78,7 +82,7 @@ def _difference_rows(
         rows.append(
             [code(r.first), code(r.score), signed(r.first_value), signed(r.second_value)]
             + [estimate(r.difference, r.interval), *equivalence, _verdict(r, margin, level)]
-            + [rows_and_runs(r.num_rows, r.num_runs)]
+            + [rows_and_runs(r.num_rows, r.num_runs, r.num_units)]
         )
     return rows
 
@@ -118,17 +122,48 @@ def critic_pretraining_data(
         for score in scores
     ]
     header = ["statistic", "score", "τ(statistic)", "τ(`trace`)", f"|τ| difference [{level:.0%}]"]
-    header += [f"[{1 - 2 * (1 - level):.0%}] for TOST", "verdict", "rows (runs)"]
+    header += [f"[{1 - 2 * (1 - level):.0%}] for TOST", "verdict", "rows (runs, seeds)"]
     return lines + [
         "Pooled Kendall τ-b with transfer of each statistic that needs no pretraining data, "
         "against the trace on pretraining data, on the rows where all are measured. The |τ| "
-        "difference is resampled over runs (both τ from the same draw). Equivalence (two one-sided "
+        "difference is resampled over seeds (both τ from the same draw). Equivalence (two one-sided "
         f"tests at {1 - level:.0%}): the {1 - 2 * (1 - level):.0%} interval lies within "
         f"±{margin:g} (`config.report.equivalence_margin`).",
         "",
         *(f"- {code(r)}: {_MEANING[r]}." for r in rivals if r in _MEANING),
         "",
+        *_agreement_lines(table, rivals, bootstrap),
+        "Which is more strongly associated with transfer (|τ| compares strength, whatever the "
+        "sign: read the two τ columns for the direction):",
+        "",
         *_table_or_reason(header, _difference_rows(results, margin, level), results),
+    ]
+
+
+def _agreement_lines(table: ResultsTable, rivals: Sequence[str], bootstrap: Bootstrap) -> list[str]:
+    """Does each pretraining-free statistic rank the checkpoints as the trace does?"""
+    rows = []
+    for rival in rivals:
+        agreement = correlation.association(table, rival, "trace", bootstrap)
+        substitutes = agreement.interval[0] >= SUBSTITUTE_TAU  # NaN (no interval) compares False.
+        rows.append(
+            [
+                code(rival),
+                estimate(agreement.value, agreement.interval),
+                "yes" if substitutes else "not shown",
+                rows_and_runs(agreement.num_rows, agreement.num_runs, agreement.num_units),
+            ]
+        )
+    return [
+        "Does it stand in for the trace? Kendall τ-b of each with `trace` over the checkpoints "
+        f"(cluster bootstrap over seeds): a substitute ranks them alike, τ ≥ {SUBSTITUTE_TAU:g} "
+        "with the whole interval.",
+        "",
+        *markdown_table(
+            ["statistic", "τ with `trace` [CI]", f"substitute (τ ≥ {SUBSTITUTE_TAU:g})"]
+            + ["rows (runs, seeds)"],
+            rows,
+        ),
     ]
 
 
@@ -231,22 +266,34 @@ def _stability_lines(table: ResultsTable, scores: Sequence[str], bootstrap: Boot
     lines = []
     if at_budget:
         score = scores[0] if scores else None
-        rows = []
+        rows, stable = [], []
         for name in at_budget:
             agreement = correlation.association(table, name, "trace", bootstrap)
+            if agreement.value >= STABLE_TAU:
+                stable.append(f"{code(name)} (τ {signed(agreement.value)})")
             with_score = correlation.association(table, name, score, bootstrap) if score else None
             rows.append(
                 [code(name), estimate(agreement.value, agreement.interval)]
                 + ([estimate(with_score.value, with_score.interval)] if score else [])
-                + [rows_and_runs(agreement.num_rows, agreement.num_runs)]
+                + [rows_and_runs(agreement.num_rows, agreement.num_runs, agreement.num_units)]
             )
         header = ["trace at budget", "τ with full-budget `trace`"]
         header += [f"τ with `{score}`"] if score else []
         lines += [
             "Kendall τ-b of the trace after N products with the full-budget trace (rank "
-            "agreement of the checkpoints) and with transfer; intervals resample runs:",
+            "agreement of the checkpoints) and with transfer; intervals resample seeds:",
             "",
-            *markdown_table(header + ["rows (runs)"], rows),
+            *markdown_table(header + ["rows (runs, seeds)"], rows),
+            f"Stable ranking (τ ≥ {STABLE_TAU:g} with the full-budget trace): "
+            + (
+                f"first reached by {stable[0]}."
+                if stable
+                else f"not reached at any budget measured (up to {code(at_budget[-1])})."
+            )
+            + " The full-budget trace is itself an estimate (it stops at `config.hessian.rtol`), "
+            "which caps the agreement any smaller budget can show; agreement pooled over "
+            "checkpoints of very different traces is easier than among checkpoints of one step.",
+            "",
         ]
     for name in agreements:
         values = table.values(name)
@@ -256,7 +303,7 @@ def _stability_lines(table: ResultsTable, scores: Sequence[str], bootstrap: Boot
         mean = float(np.mean(per_run)) if per_run else math.nan
         lines.append(
             f"- {code(name)}: mean over {len(per_run)} runs "
-            f"{estimate(mean, bootstrap_mean(per_run, bootstrap))}, "
+            f"{estimate(mean, mean_interval(per_run, bootstrap))}, "
             f"lowest {format_number(min(per_run, default=math.nan))}."
         )
     return lines + [""]
@@ -295,10 +342,10 @@ def critic_summary(
     given = f"partial Kendall τ given {code(loss)}" if loss else "Kendall τ-b (no loss column)"
     tau = "partial τ" if loss else "τ"
     header = ["statistic", "score", f"{tau}(statistic)", f"{tau}(`trace`)"]
-    header += [f"|τ| difference [{bootstrap.confidence_level:.0%}]", "verdict", "rows (runs)"]
+    header += [f"|τ| difference [{bootstrap.confidence_level:.0%}]", "verdict", "rows (runs, seeds)"]
     return lines + [
         f"Each other statistic against the trace by {given} with transfer, on the rows where all "
-        "are measured; the |τ| difference is resampled over runs.",
+        "are measured; the |τ| difference is resampled over seeds.",
         "",
         *_table_or_reason(header, _difference_rows(results, None, bootstrap.confidence_level), results),
     ]

@@ -55,12 +55,15 @@ def loss_section(
     lines += [
         f"Pooled Kendall τ-b of each predictor with transfer over all checkpoints of all runs, "
         f"and Kendall's partial τ given the loss ({code(loss)}). Intervals: cluster bootstrap "
-        "over runs (each draw takes whole runs). A statistic *adds to the loss* only where the "
-        "partial τ's interval excludes 0; no other claim that it predicts better than the loss "
-        "is made.",
+        "over seeds (each draw takes every run of a seed). Where the partial τ's interval "
+        "excludes 0 the verdict is \"partial τ ≠ 0 (unadjusted)\": a lead that the statistic adds "
+        "to the loss, one of many unadjusted intervals, not a finding; no other claim that it "
+        "predicts better than the loss is made. Pooled associations mix configurations and "
+        "training steps: a statistic that grows with training like transfer does is associated "
+        "with it for that reason alone.",
         "",
     ]
-    header = ["predictor", "τ [CI]", f"partial τ given {code(loss)} [CI]", "verdict", "rows (runs)"]
+    header = ["predictor", "τ [CI]", f"partial τ given {code(loss)} [CI]", "verdict", "rows (runs, seeds)"]
     for score in scores:
         rows, computable, why = [], False, ""
         for predictor in [loss, *(p for p in predictors if p != loss)]:
@@ -74,7 +77,7 @@ def loss_section(
                         estimate(plain.value, plain.interval),
                         "(the loss itself)",
                         "—",
-                        rows_and_runs(plain.num_rows, plain.num_runs),
+                        rows_and_runs(plain.num_rows, plain.num_runs, plain.num_units),
                     ]
                 )
                 continue
@@ -85,7 +88,7 @@ def loss_section(
                     estimate(plain.value, plain.interval),
                     estimate(partial.value, partial.interval),
                     _adds(partial),
-                    rows_and_runs(plain.num_rows, plain.num_runs),
+                    rows_and_runs(plain.num_rows, plain.num_runs, plain.num_units),
                 ]
             )
         lines += [f"#### Transfer score {code(score)}", ""]
@@ -100,7 +103,7 @@ def _adds(partial: correlation.Association) -> str:
         return "— (undefined: the loss orders it completely, or too few rows)"
     if not (math.isfinite(low) and math.isfinite(high)):
         return "no interval"
-    return "adds to the loss" if low > 0 or high < 0 else "not shown to add"
+    return "partial τ ≠ 0 (unadjusted)" if low > 0 or high < 0 else "not shown to add"
 
 
 def within_run_section(
@@ -111,8 +114,10 @@ def within_run_section(
         "### Along training iterations: Kendall τ within each run",
         "",
         "τ-b of a predictor and a score over the checkpoints of one pretraining run, computed per "
-        "run and summarised across runs: the mean, a bootstrap interval resampling runs, and an "
-        "exact sign test across runs (are positive and negative τ equally likely?). Runs with "
+        "run, averaged over the runs of each seed (runs that share a seed share its "
+        "initialisation and data order, so the seed is the unit) and summarised across seeds: "
+        "the mean, a Student-t interval, and an exact sign test across seeds (are positive and "
+        "negative mean τ equally likely?). Runs with "
         f"fewer than {correlation.MIN_ROWS} checkpoints with both values give no τ (over two "
         "checkpoints it is ±1 by construction).",
         "",
@@ -120,7 +125,8 @@ def within_run_section(
     selections = [("all checkpoints", None)]
     if plateau_known(table):
         selections.append(("checkpoints on the loss plateau", table.flags("on_plateau") == 1))
-    header = ["predictor", "mean τ [CI over runs]", "runs (+, −)", "sign test p", "runs without τ"]
+    header = ["predictor", "mean τ [CI over seeds]", "runs (+, −)", "seeds", "sign test p (seeds)"]
+    header += ["runs without τ"]
     for score in scores:
         for label, rows in selections:
             results = [correlation.within_run(table, p, score, bootstrap, rows) for p in predictors]
@@ -144,6 +150,7 @@ def _within_run_row(result: correlation.WithinRun) -> list[str]:
         code(result.statistic),
         estimate(result.mean, result.interval),
         f"{len(result.taus)} ({positive} +, {negative} −)",
+        str(result.num_units),
         p_value(result.sign_p),
         str(result.num_skipped),
     ]
@@ -165,7 +172,7 @@ def paired_section(table: ResultsTable, scores: Sequence[str], bootstrap: Bootst
     lines += [
         "Each comparison matches the two configurations on seed and step (the last step both "
         "have) and every other column; the unit is the seed. Mean difference (second − first) "
-        "over seeds with a bootstrap interval resampling seeds, exact two-sided sign and "
+        "over seeds with a Student-t interval over seeds, exact two-sided sign and "
         "Wilcoxon signed-rank p-values (not adjusted for multiplicity).",
         "",
     ]

@@ -47,6 +47,7 @@ def count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def rows_and_runs(num_rows: int, num_runs: int) -> str:
-    """How many rows and runs an estimate used, e.g. ``"20 (4 runs)"``."""
-    return f"{num_rows} ({count(num_runs, 'run')})"
+def rows_and_runs(num_rows: int, num_runs: int, num_units: int = 0) -> str:
+    """How many rows, runs and resampled seeds an estimate used, e.g. ``"20 (4 runs, 2 seeds)"``."""
+    seeds = f", {count(num_units, 'seed')}" if num_units else ""
+    return f"{num_rows} ({count(num_runs, 'run')}{seeds})"

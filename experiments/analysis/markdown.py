@@ -59,15 +59,17 @@ def _introduction(table: ResultsTable, source: str, report: settings.ReportSetti
         f"checkpoints at steps {', '.join(f'{s:g}' for s in steps) or '—'}. Report settings: "
         f"{source}.",
         "",
-        "**Units.** The checkpoints of one run are one trajectory, not independent samples. Every "
-        "interval resamples independent units: *seeds* for comparisons of configurations and for "
-        "changes along training (one difference per seed), *runs* (a configuration and a seed, "
-        "with all its checkpoints) for correlations pooled over the study and for per-run "
-        "correlations along training. Rank correlations are Kendall's τ-b and Kendall's partial "
-        "τ; p-values are exact (sign test, Wilcoxon signed-rank). Intervals: percentile "
-        f"bootstrap, {bootstrap.confidence_level:.0%}, {bootstrap.num_resamples} resamples "
-        f"(seed {bootstrap.seed}); an interval needs {MIN_UNITS} or more units, and with few "
-        "units it is rough and tends to be too narrow.",
+        "**Units.** The checkpoints of one run are one trajectory, not independent samples, and "
+        "runs that share a seed share its initialisation and data order: the *seed* is the unit. "
+        "Comparisons of configurations and changes along training give one difference per seed; "
+        "means over seeds get Student-t intervals (a bootstrap of 3 seeds would only return their "
+        "range). Correlations pooled over the study are resampled by a cluster bootstrap over "
+        "seeds (each draw takes every run of a seed with all its checkpoints), "
+        f"{bootstrap.num_resamples} resamples (seed {bootstrap.seed}); per-run correlations along "
+        "training are averaged per seed. Rank correlations are Kendall's τ-b and Kendall's "
+        "partial τ; p-values are exact (sign test, Wilcoxon signed-rank). Intervals are "
+        f"{bootstrap.confidence_level:.0%} and need {MIN_UNITS} or more seeds; with few seeds a "
+        "cluster-bootstrap interval is rough and tends to be too narrow.",
         "",
     ]
 

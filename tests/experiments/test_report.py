@@ -200,7 +200,7 @@ def test_missing_and_non_finite_cells_are_counted_and_listed(tmp_path):
     assert "adamw/text_transformer_w16_d2/seed0/step250" in line
     assert "| `top_eigenvalue` | 1 | 0 | 0 | 0 |" in missing
     loss_table = section(report, "### Better than the loss? Association with transfer given the loss")
-    assert "| `trace` |" in loss_table and "| 58 (12 runs) |" in loss_table
+    assert "| `trace` |" in loss_table and "| 58 (12 runs, 3 seeds) |" in loss_table
 
 
 def test_critic_sections_say_what_was_not_measured(tmp_path):

@@ -110,8 +110,10 @@ def test_a_comparison_interval_is_as_wide_as_the_seeds_spread():
     pairs = comparisons.configuration_pairs(table, "width", (16, 32), {})
     result = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
     assert [d for _, d in result.per_seed] == [1.0, -1.0, 1.0, -1.0]
-    # Ten perfectly correlated checkpoints per run add nothing: the interval spans the seeds.
-    assert result.interval == (-1.0, 1.0)
+    # Ten perfectly correlated checkpoints per run add nothing: the interval is the Student-t
+    # interval of the 4 seeds' differences, wider than their spread (a bootstrap gave the range).
+    half_width = 3.182446 * np.std([1.0, -1.0, 1.0, -1.0], ddof=1) / 2
+    assert result.interval == pytest.approx((-half_width, half_width), rel=1e-5)
     assert result.sign_p == pytest.approx(1.0)
     along = comparisons.checkpoint_pairs(table, {})[0]
     assert sorted(along) == ["0", "1", "2", "3"] and all(len(p) == 2 for p in along.values())
@@ -142,7 +144,7 @@ def test_repeating_checkpoints_does_not_narrow_a_pooled_interval():
 
 
 def test_an_interval_needs_three_units():
-    assert all(math.isnan(v) for v in inference.bootstrap_mean([1.0, 2.0], BOOTSTRAP))
+    assert all(math.isnan(v) for v in inference.mean_interval([1.0, 2.0], BOOTSTRAP))
     table = results.ResultsTable.from_rows(
         [
             {"seed": s, "step": t, "trace": t + 10 * s, "linear_probe_acc": t + 10 * s}
@@ -152,7 +154,26 @@ def test_an_interval_needs_three_units():
     )
     two_runs = correlation.association(table, "trace", "linear_probe_acc", BOOTSTRAP)
     assert two_runs.value == pytest.approx(1.0) and all(math.isnan(v) for v in two_runs.interval)
-    assert "fewer than 3 runs" in two_runs.note
+    assert "fewer than 3 seeds" in two_runs.note
+
+
+def test_runs_that_share_a_seed_are_one_unit():
+    """Two configurations x 2 seeds: 4 runs, but 2 independent units, so no interval; the
+    within-run summary averages each seed's runs before its sign test."""
+    table = results.ResultsTable.from_rows(
+        [
+            {"width": w, "seed": s, "step": t, "trace": t * (1 + s), "linear_probe_acc": t}
+            for w in (16, 32)
+            for s in (0, 1)
+            for t in range(4)
+        ]
+    )
+    pooled = correlation.association(table, "trace", "linear_probe_acc", BOOTSTRAP)
+    assert (pooled.num_runs, pooled.num_units) == (4, 2)
+    assert all(math.isnan(v) for v in pooled.interval) and "fewer than 3 seeds" in pooled.note
+    summary = correlation.within_run(table, "trace", "linear_probe_acc", BOOTSTRAP)
+    assert len(summary.taus) == 4 and summary.num_units == 2
+    assert summary.sign_p == pytest.approx(0.5)  # 2 seeds, both positive: 2 / 2^2.
 
 
 def test_configuration_pairs_match_everything_but_the_axis():
