@@ -227,7 +227,9 @@ def _budget_lines(table: ResultsTable) -> list[str]:
             "",
         ]
     how = (
-        "as recorded by the measurement stage (`matvecs_5pct`, `matvecs_1pct`)"
+        "as recorded by the measurement stage (`matvecs_5pct`, `matvecs_1pct`: extrapolated "
+        "there from the per-probe variance at the products the trace stopped at, as "
+        "stderr ∝ 1/√products; stopping once the error looks small makes them optimistic)"
         if budget.method == "measured"
         else "extrapolated from `trace_stderr` at `matvecs`, assuming stderr ∝ 1/√matvecs "
         "(exact for Hutchinson; pessimistic for Hutch++/XTrace)"
