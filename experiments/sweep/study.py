@@ -255,14 +255,19 @@ def _checkpoint_column(metric: str) -> str:
     return "pretrain_loss" if metric == "test_loss" else f"pretrain_{metric}"
 
 
-def _checkpoint_cells(run_dir: pathlib.Path) -> dict[int, dict[str, float]]:
-    """The pretraining metrics of each checkpoint, as logged by pretraining, by column."""
+def _checkpoint_records(run_dir: pathlib.Path) -> dict[int, dict[str, Any]]:
+    """The metrics of each checkpoint as pretraining logged them (lists included), by step."""
     path = run_dir / train.METRICS_FILE
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {r["step"]: r for r in records if "test_loss" in r}
+
+
+def _checkpoint_cells(record: dict[str, Any]) -> dict[str, float]:
+    """The table cells of one checkpoint's logged metrics: its numbers, by column."""
     return {
-        r["step"]: {_checkpoint_column(name): value for name, value in r.items() if name != "step"}
-        for r in records
-        if "test_loss" in r
+        _checkpoint_column(name): value
+        for name, value in record.items()
+        if name != "step" and (value is None or isinstance(value, (int, float)))
     }
 
 
@@ -346,7 +351,8 @@ def result_rows(
         study_setting = setting.of_config(c.config)
         pretrained = results.get(jobs.make_job_id("pretrain", *c.parts))
         done = pretrained is not None and pretrained.status == jobs.DONE
-        checkpoint_cells = _checkpoint_cells(c.run_dir(workdir))
+        records = _checkpoint_records(c.run_dir(workdir))
+        run_rows = []
         for step in c.steps:
             row: dict[str, Any] = {
                 "setting": study_setting.name,
@@ -360,7 +366,7 @@ def result_rows(
                 "pretrain_loss": None,
                 # Logged where the exact optimum is known (the language setting).
                 "pretrain_loss_gap": None,
-                **checkpoint_cells.get(step, {}),
+                **_checkpoint_cells(records.get(step, {})),
             }
             reasons: dict[str, str] = {}
             for stage in stages_of(c.config):
@@ -372,7 +378,10 @@ def result_rows(
             row["nan_reason"] = "; ".join(
                 f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()
             )
-            rows.append(row)
+            run_rows.append(row)
+        # Rows of the whole run, e.g. which checkpoints are on the loss plateau (`on_plateau`).
+        study_setting.derive_run(run_rows, records, c.config, c.run_dir(workdir))
+        rows += run_rows
     return rows
 
 
@@ -418,7 +427,10 @@ def run_study(
 
     Raises:
       EmptySweepError: the sweep has no configuration.
-      ConfigError: an invalid field, or an unknown target task (the message names it).
+      ConfigError: an invalid field, or an unknown target task (the message names it); also,
+        after every job, a setting's `derive_run` that cannot complete the rows (the language
+        setting's `PlateauError`: `config.plateau.threshold` below the noise of the gaps; rerun
+        with another threshold, every job is done and only the results are written again).
     """
     workdir = pathlib.Path(workdir)
     configs = configurations(config)
@@ -427,6 +439,7 @@ def run_study(
         config.get("report", {}), REPORT_SCHEMA, "config.report"
     )
     _check_primary_tests(config)
+    setting.of_config(config).check_config(config)
     workdir.mkdir(parents=True, exist_ok=True)
     logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
     # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.
