@@ -2,9 +2,10 @@
 
 `run_study(config, workdir)` (the `experiments.study` binary) spans the configurations of the
 config's `sweep` section: every `objectives` x `widths` x `depths` x `seeds` combination of the
-`model.family` is pretrained (`runs/<model>/<objective>/seed<S>/` in the workdir), and each of its
-checkpoints (the training-iterations axis: `pretrain.checkpoint_steps` and the last step) gets
-two per-checkpoint stages: the measurement stage (`experiments.measurement.stage`, densities in
+`model.family` (or of each of its `arms`, `experiments.sweep.arms`) is pretrained
+(`runs/<model>/<objective>/seed<S>/` in the workdir), and each of its checkpoints (the
+training-iterations axis: `pretrain.checkpoint_steps` and the last step) gets two per-checkpoint
+stages: the measurement stage (`experiments.measurement.stage`, densities in
 `hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and the transfer stage of the config's
 setting (`Setting.transfer`: the vision setting's linear probe and fine-tuning, the language
 setting's span-task probes).
@@ -36,6 +37,7 @@ from experiments.analysis import settings as analysis_settings
 from experiments.core import config_utils, jobs, multihost
 from experiments.core.config_utils import Field, IntTuple
 from experiments.measurement import stage as measurement
+from experiments.sweep import arms
 from experiments.training import runs, setting, train
 
 SWEEP_SCHEMA = {
@@ -46,6 +48,8 @@ SWEEP_SCHEMA = {
     "widths": Field(IntTuple),
     "depths": Field(IntTuple),
     "seeds": Field(IntTuple),
+    # Products of the axes to run instead of the whole product (`experiments.sweep.arms`).
+    "arms": Field((tuple, list), ()),
 }
 REPORT_SCHEMA = markdown.REPORT_SCHEMA  # `config.report`: see `experiments.analysis.settings`.
 RESULTS_FILE = "results.csv"
@@ -120,7 +124,8 @@ class Configuration:
 
 
 def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
-    """The configurations of `config.sweep`, each validated (`runs.build_run`).
+    """The configurations of `config.sweep` (of its arms, `experiments.sweep.arms`, when it has
+    some), each validated (`runs.build_run`).
 
     Raises:
       EmptySweepError: an axis of the sweep is empty.
@@ -136,21 +141,20 @@ def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
             "must list at least one value."
         )
     result = []
-    for objective in sweep["objectives"]:
-        for width in sweep["widths"]:
-            for depth in sweep["depths"]:
-                for seed in sweep["seeds"]:
-                    run_config = config.copy_and_resolve_references()
-                    run_config.pretrain.objective = objective
-                    run_config.model.width, run_config.model.depth = width, depth
-                    run_config.seed = seed
-                    run = runs.build_run(run_config)
-                    model = f"{run_config.model.family}_w{width}_d{depth}"
-                    result.append(
-                        Configuration(
-                            run_config, objective, model, width, depth, seed, tuple(run.saved_steps)
-                        )
-                    )
+    for arm, (objective, width, depth, seed) in arms.combinations(
+        arms.read_arms(config, sweep), sweep["seeds"]
+    ):
+        run_config = config.copy_and_resolve_references()
+        run_config.pretrain.objective = objective
+        run_config.pretrain.steps = arm.steps
+        run_config.pretrain.checkpoint_steps = arm.checkpoint_steps
+        run_config.model.width, run_config.model.depth = width, depth
+        run_config.seed = seed
+        run = runs.build_run(run_config)
+        model = f"{run_config.model.family}_w{width}_d{depth}"
+        result.append(
+            Configuration(run_config, objective, model, width, depth, seed, tuple(run.saved_steps))
+        )
     return result
 
 
