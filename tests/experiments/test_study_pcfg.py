@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from experiments.analysis import settings
 from experiments.configs import pcfg as pcfg_config
+from experiments.configs import pcfg_full
 from experiments.core import config_utils, jobs
 from experiments.language import plateau
 from experiments.sweep import study
@@ -104,3 +106,27 @@ def test_an_invalid_plateau_threshold_is_refused_before_any_job(pcfg_data_dir, t
     with pytest.raises(config_utils.ConfigError, match=r"config\.plateau\.threshold must be > 0"):
         study.run_study(config, tmp_path)
     assert not (tmp_path / "jobs").exists()
+
+
+@pytest.mark.parametrize("options", ["", "size"])
+def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, options):
+    config = pcfg_full.get_config(options)
+    config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
+    configs = study.configurations(config)
+    study._check_primary_tests(config)
+    plateau.check_config(config)
+    assert len(study.study_jobs(configs, config, tmp_path)) == sum(1 + 2 * len(c.steps) for c in configs)
+    steps = {(c.objective, c.width): c.steps for c in configs}
+    assert steps[("adamw", 32)] == (4000, 8000, 16000)  # 4x in steps from the plateau's start.
+    assert steps[("adversarial", 32)] == (4000, 8000)
+    assert len(configs) == len(steps) * 8 and len(steps) == (4 if options else 2)
+    tests = {t.name: t for t in settings.read_settings(config.report).primary_tests}
+    assert tests["continued_training"].steps is None  # The plateau's first and last checkpoints.
+    for name in ("algorithm", "size") if options else ("algorithm",):
+        test = tests[name]
+        for level in test.levels:
+            key = (level, 32) if test.axis == "objective" else ("adamw", level)
+            assert test.step in steps[key], (name, level)
+    assert set(tests) == ({"continued_training", "algorithm"} | ({"size"} if options else set()))
+    with pytest.raises(ValueError, match="unknown options"):
+        pcfg_full.get_config("widths")
