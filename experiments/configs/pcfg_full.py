@@ -26,30 +26,32 @@ unit, and the smallest exact two-sided Wilcoxon (or sign) p-value of n seeds is 
 5 seeds, which no test can go below; Holm's first step needs 0.05 / 4 = 0.0125 for 2 tests (4
 hypotheses) and 0.05 / 6 = 0.0083 for 3, which 8 seeds (0.0078) reach and 7 (0.0156) do not.
 
-Wall time, estimated from measurements on this project's 2-core AMD EPYC while other engineers'
-jobs loaded it (2026-12-02; `experiments.pretrain`, `experiments.measure` and
-`experiments.finetune` run on `configs/pcfg.py` at a constant rate, in `/tmp`):
-  * pretraining, one run alone (load average 2-5): width 32 AdamW 48 steps/s (8,000 steps in
-    193 s wall with start-up and 5 checkpoints, 157 s of CPU: 59 steps per CPU-second),
-    adversarial 43 steps/s, width 16 85, width 64 25 (600-step runs);
-  * two runs at a time in worker processes, the study's default on 2 cores: about 1.5x the
-    throughput of one (BUILD.md, "Parallel seeds"); the per-checkpoint jobs run in the main process
-    after the pretraining (the job runner runs them while no worker is busy);
-  * per checkpoint (load average 6-12): measurement 33 / 45 / 82 / 38 s once compiled (mean 50 s),
-    the first 637 s (compiling); probes and fine-tuning 68 / 63 / 52 / 41 s (mean 56 s), the first
-    195 s (compiling, and the input baselines); that process had a third of a core (119 s of CPU
-    in 380 s of wall).
-Per seed: 16,000 + 8,000 steps of pretraining and 5 checkpoints.
-  * Under the measured load: pretraining 8 x (16,000 / 48 + 8,000 / 43) = 8 x 519 = 4,150 s of
-    one worker, / 1.5 = 2,770 s (46 min); checkpoints 40 x (50 + 56) = 4,240 s (71 min); compiling
-    2 x (637 + 195) = 1,660 s (28 min; assuming the adversarial runs' losses compile apart from
-    AdamW's); the report a few minutes: about 2.5 hours.
-  * On the 2 cores alone (each process a full core): pretraining 8 x (16,000 / 59 + 8,000 / 53) /
-    1.5 = 8 x 422 / 1.5 = 2,250 s (38 min); the per-checkpoint stages at a third of the measured
-    times (the share of a core they had): checkpoints 40 x 35 = 1,410 s (24 min), compiling 9 min;
-    the report 5 min: about 76 minutes, within the ~90-minute budget, but only without other jobs.
-The `:size` arm adds 8 x (8,000 / 85 + 8,000 / 25) / 1.5 = 2,210 s (37 min, measured load) of
-pretraining, 16 checkpoints (about 10 min alone, 28 min loaded) and two compiles: over the budget,
+Wall time, estimated from measurements on this project's 2-core AMD EPYC (2026-12-02;
+`experiments.pretrain`, `experiments.measure` and `experiments.finetune` on `configs/pcfg.py` at a
+constant rate, in `/tmp`), twice: while other engineers' jobs loaded it, and again when it was
+quieter (load average 1-5) with JAX's compilation cache already holding the measurement's programs.
+  * pretraining, width 32 AdamW, one run alone: 48 steps/s loaded (8,000 steps in 193 s wall with
+    start-up and 5 checkpoints, 157 s of CPU), 58-65 quieter (2,000 steps in 40 s); adversarial
+    43 steps/s loaded (0.9x AdamW), width 16 85, width 64 25 (600-step runs, loaded);
+  * two runs at a time in worker processes, the study's default on 2 cores: 38 and 38 steps/s
+    quieter (2,000 steps each in 67 s), 1.2x the throughput of one; the per-checkpoint jobs run
+    in the main process after the pretraining (the job runner runs them while no worker is busy);
+  * per checkpoint, once compiled: measurement 33-82 s loaded (mean 50 s), 10-17 s quieter (mean
+    13 s); probes and fine-tuning 41-68 s loaded (mean 56 s), 24-27 s quieter (mean 25 s); the
+    first checkpoint of a process compiles: 637 s (measurement) and 195 s (probes, with the input
+    baselines) loaded and with an empty compilation cache, 36 s and 63 s quieter with a warm one.
+Per seed: 16,000 AdamW and 8,000 adversarial steps of pretraining, and 5 checkpoints. For 8 seeds:
+  * quieter: pretraining 8 x (16,000 / 62 + 8,000 / 56) = 8 x 401 = 3,210 s of one worker, / 1.2
+    = 2,680 s (45 min); checkpoints 40 x (13 + 25) = 1,520 s (25 min); each run's encoder-at-
+    initialisation baseline about 15 s x 16 = 4 min; compiling with an empty cache about 10 min
+    (a third of the loaded 637 + 195 s, twice if, as assumed, the adversarial runs' losses
+    compile as other programs);
+    the report about 5 min: about 90 minutes, the budget, on 2 cores without other jobs;
+  * under the load measured: pretraining 8 x (16,000 / 48 + 8,000 / 43) / 1.2 = 8 x 519 / 1.2 =
+    3,460 s (58 min); checkpoints 40 x (50 + 56) = 4,240 s (71 min); compiling 2 x (637 + 195) s
+    = 28 min: about 2.7 hours.
+The `:size` arm adds 8 x (8,000 / 85 + 8,000 / 25) / 1.2 = 2,760 s (46 min, loaded) of
+pretraining, 16 checkpoints (10 min quieter, 28 min loaded) and two compiles: over the budget,
 hence opt-in.
 
 Not run in full: the session that wrote this config could not run it (2026-12-02).
