@@ -12,7 +12,9 @@ arm (below), which does not fit the budget.
     width-32 run at this rate (seed 0, 2026-12-02) has gaps 0.040 / 0.031 / 0.018 / 0.0165 nats at
     1,000 / 2,000 / 4,000 / 8,000 steps: its plateau (`config.plateau`, `experiments.language.plateau`)
     starts at 4,000 (paired decrease 0.0016 +- 0.0001 nats to 8,000, against 0.013 from 2,000 to
-    4,000), so the checkpoints span 4x in steps on the plateau, and training runs 4x past its start;
+    4,000); seed 1's too (0.0267 / 0.0167 / 0.0166 at 2,000 / 4,000 / 8,000, decreases 0.0100 and
+    0.00004 +- 0.00014, through `study.result_rows`). So the checkpoints span 4x in steps on the
+    plateau, and training runs 4x past its start;
   * training algorithm: the adversarial algorithm at width 32, 8,000 steps (checkpoints 4,000 and
     8,000), compared with the AdamW runs at step 8,000, on their plateau;
   * model size (`:size` only): AdamW at widths 16 and 64, 8,000 steps, compared at step 8,000 with
