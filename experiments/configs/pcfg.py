@@ -30,7 +30,24 @@ The default study (`python -m experiments.study`) is the continued-training arm,
 short warmup, 3 seeds, checkpoints at log-spaced steps up to 8,000. Its one pre-registered test
 compares the checkpoints at steps 4,000 and 8,000 across seeds. Whether those checkpoints are on the
 loss plateau is measured, not assumed (`on_plateau`, below), and the report says what the run can
-and cannot show. The other interventions are axes of
+and cannot show.
+
+The plateau criterion (`config.plateau.threshold`, 0.005 nats; `experiments.language.plateau`):
+pretraining logs the exact held-out gap of every evaluation sentence at every checkpoint, so the
+decrease of the gap between consecutive checkpoints is a paired mean over the same sentences,
+with a standard error over sentences. A run's plateau starts at the earliest checkpoint from which
+every consecutive pair decreases by less than the threshold; those checkpoints get `on_plateau` =
+1 in results.csv, the earlier ones 0, and a run whose last pair still falls by the threshold has
+none (the decreases are in `plateau.json` of each run). The pairs that decide it must have a
+standard error below the threshold, else the study stops with an error naming
+`config.plateau.threshold` and the evaluation sentences needed. The threshold is per pair of
+checkpoints, so it means "per doubling of the steps" for log-spaced checkpoints; 0.005 nats lies
+between the pairs of a constant-rate width-32 run that still learn (0.009 and 0.013 nats from
+1,000 to 4,000 steps) and its plateau's (0.0016 from 4,000 to 8,000), each pair's standard error
+0.0001-0.0002 nats (argued in `experiments.language.plateau`). The full study, whose
+constant-rate runs go well past the plateau, is `configs/pcfg_full.py`.
+
+The other interventions are axes of
 `sweep` too, off by default:
   * model size: `--config.sweep.widths=16,32` (`num_heads` heads each);
   * training algorithm: `--config.sweep.objectives=adamw,adversarial`: `"adversarial"` is the
@@ -101,6 +118,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.sweep.widths = (32,)
     config.sweep.depths = (2,)
     config.sweep.seeds = (0, 1, 2)
+
+    # The loss plateau (`experiments.language.plateau`): a checkpoint is on it when, from it on,
+    # every consecutive pair of checkpoints lowers the held-out gap by less than `threshold` nats
+    # (paired over the evaluation sentences; each pair's standard error must be below it).
+    config.plateau = ml_collections.ConfigDict()
+    config.plateau.threshold = 0.005
 
     # Curvature statistics on a fixed subset of the pretraining sentences, their masks fixed too
     # (`experiments.measurement`).

@@ -2,8 +2,10 @@
 
 The grammar's true conditionals give the Bayes-optimal masked-LM loss exactly
 (`experiments.language.loss_gap`); `masked_lm_gap` compares a model's predictions with them, on the
-held-out evaluation split or, with `on="seen"`, on the first sentences the run trained on. The
-pretraining loop logs both at every checkpoint (`LanguageSetting.checkpoint_metrics`).
+held-out evaluation split or, with `seen=(seed, batch_size)`, on the first sentences the run
+trained on, and `sentence_gaps` gives the gap of each sentence. The pretraining loop logs both
+gaps, and the held-out gap of every evaluation sentence, at every checkpoint
+(`LanguageSetting.checkpoint_metrics`).
 """
 
 from __future__ import annotations
@@ -47,18 +49,19 @@ def every_position_masked(
     return jnp.moveaxis(jax.lax.map(at, jnp.arange(tokens.shape[1])), 0, 1)
 
 
-def masked_lm_gap(
+def sentence_gaps(
     model: models.EncoderHead,
     params: models.Params,
     task: data.LanguageTask,
     *,
     seen: tuple[int, int] | None = None,
-) -> loss_gap.LossEstimate:
-    """The masked-LM loss gap to the Bayes optimum, exactly, on held-out or training sentences.
+) -> np.ndarray:
+    """Each sentence's exact masked-LM gap, on held-out or training sentences.
 
     Every position of every sentence is masked in turn, and the model's prediction is compared
-    with the grammar's true conditional (`loss_gap.masked_lm_gap`, a KL divergence): no sampling
-    of masks or of words, so the only noise is the choice of sentences.
+    with the grammar's true conditional (`loss_gap.sentence_gaps`, a KL divergence): no sampling
+    of masks or of words, so the only noise of their mean is the choice of sentences, and two
+    checkpoints' gaps on the same sentences can be differenced sentence by sentence.
 
     Args:
       model: the masked-LM model of the run.
@@ -69,7 +72,7 @@ def masked_lm_gap(
         there means the model memorised its training sentences.
 
     Returns:
-      The gap in nats and its standard error over sentences.
+      `[num_sentences]` gaps in nats, in the split's order.
     """
     if seen is None:
         sentences, truth = task.test, task.true_conditionals
@@ -82,4 +85,16 @@ def masked_lm_gap(
             for i in range(0, len(tokens), _GAP_CHUNK)
         ]
     )
-    return loss_gap.masked_lm_gap(truth, log_probs, sentences.lengths)
+    return loss_gap.sentence_gaps(truth, log_probs, sentences.lengths)
+
+
+def masked_lm_gap(
+    model: models.EncoderHead,
+    params: models.Params,
+    task: data.LanguageTask,
+    *,
+    seen: tuple[int, int] | None = None,
+) -> loss_gap.LossEstimate:
+    """The masked-LM loss gap to the Bayes optimum, exactly: the mean of `sentence_gaps` (same
+    arguments) and its standard error over sentences, in nats."""
+    return loss_gap.mean_over_sentences(sentence_gaps(model, params, task, seen=seen))

@@ -46,12 +46,22 @@ class LossEstimate(NamedTuple):
     stderr: float
 
 
-def _sentence_mean(per_position: np.ndarray, lengths: np.ndarray) -> LossEstimate:
-    """Averages ``[B, T]`` values over each sentence's positions, then over sentences."""
+def _per_sentence(per_position: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``[B]``: the mean of ``[B, T]`` values over each sentence's positions."""
     inside_sentence = np.arange(per_position.shape[1]) < lengths[:, None]
-    per_sentence = np.where(inside_sentence, per_position, 0.0).sum(axis=1) / lengths
+    return np.where(inside_sentence, per_position, 0.0).sum(axis=1) / lengths
+
+
+def mean_over_sentences(per_sentence: np.ndarray) -> LossEstimate:
+    """The mean of one value per sentence and its standard error over sentences."""
+    per_sentence = np.asarray(per_sentence, dtype=np.float64)
     stderr = per_sentence.std(ddof=1) / np.sqrt(per_sentence.size) if per_sentence.size > 1 else 0.0
     return LossEstimate(float(per_sentence.mean()), float(stderr))
+
+
+def _sentence_mean(per_position: np.ndarray, lengths: np.ndarray) -> LossEstimate:
+    """Averages ``[B, T]`` values over each sentence's positions, then over sentences."""
+    return mean_over_sentences(_per_sentence(per_position, lengths))
 
 
 def _check_conditionals(true_conditionals: np.ndarray, lengths: np.ndarray) -> tuple:
@@ -87,18 +97,19 @@ def optimal_masked_lm_loss(true_conditionals: np.ndarray, lengths: np.ndarray) -
     return _sentence_mean(entropy, lengths)
 
 
-def masked_lm_gap(
+def sentence_gaps(
     true_conditionals: np.ndarray, model_log_probs: np.ndarray, lengths: np.ndarray
-) -> LossEstimate:
-    r"""A model's masked-LM loss minus the optimum, as the exact KL to the true conditionals.
+) -> np.ndarray:
+    r"""Each sentence's gap: the mean over its positions of the KL to the true conditional.
+
+    The per-sentence values of :func:`masked_lm_gap`; a difference of two models' gaps on the
+    same sentences can be paired sentence by sentence (the plateau criterion,
+    ``experiments.language.plateau``).
 
     .. math::
 
-      \mathrm{gap} = \mathbb{E}_w \frac{1}{n} \sum_i
-        \mathrm{KL}\big(p(\cdot \mid w_{-i}) \,\|\, q(\cdot \mid w_{-i})\big),
-
-    whose expectation equals the model's expected single-position masked-LM loss minus
-    :func:`optimal_masked_lm_loss`.
+      \mathrm{gap}(w) = \frac{1}{n} \sum_i
+        \mathrm{KL}\big(p(\cdot \mid w_{-i}) \,\|\, q(\cdot \mid w_{-i})\big).
 
     Args:
       true_conditionals: ``[B, T, V]`` from :func:`conditionals`.
@@ -107,7 +118,7 @@ def masked_lm_gap(
       lengths: ``[B]`` sentence lengths.
 
     Returns:
-      :class:`LossEstimate` in nats (>= 0 up to rounding).
+      ``[B]`` gaps in nats (>= 0 up to rounding).
     """
     probs, lengths = _check_conditionals(true_conditionals, lengths)
     log_q = np.asarray(model_log_probs, dtype=np.float64)
@@ -119,4 +130,17 @@ def masked_lm_gap(
     log_q = log_q[..., : probs.shape[2]]
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = np.where(probs > 0, probs * (np.log(probs) - log_q), 0.0).sum(axis=-1)
-    return _sentence_mean(kl, lengths)
+    return _per_sentence(kl, lengths)
+
+
+def masked_lm_gap(
+    true_conditionals: np.ndarray, model_log_probs: np.ndarray, lengths: np.ndarray
+) -> LossEstimate:
+    """A model's masked-LM loss minus the optimum: the mean of :func:`sentence_gaps` over
+    sentences, whose expectation equals the model's expected single-position masked-LM loss minus
+    :func:`optimal_masked_lm_loss`.
+
+    Returns:
+      :class:`LossEstimate` in nats (>= 0 up to rounding).
+    """
+    return mean_over_sentences(sentence_gaps(true_conditionals, model_log_probs, lengths))

@@ -10,7 +10,9 @@ the generic code:
     (`loss_gap`, `loss_gap_stderr`; `experiments.language.evaluation`) and on the first training
     sentences of the run (`loss_gap_train`: below `loss_gap`, the model memorised them), logged by
     pretraining at every checkpoint and reported as `pretrain_loss_gap` and
-    `pretrain_loss_gap_train`;
+    `pretrain_loss_gap_train`, with the held-out gap of every sentence (`loss_gap_per_sentence`);
+  * the loss plateau: from those per-sentence gaps, each run's checkpoints on the plateau
+    (`on_plateau`; `experiments.language.plateau`, `config.plateau`);
   * measurement: the downstream loss is a span task's probe loss (`experiments.language.probes`);
     the other distribution of critic 1 is the grammar with its rule probabilities perturbed
     (`data.perturbed_stream`, `config.hessian.other_data_scale`); model sizes are compared after
@@ -29,11 +31,13 @@ References:
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
-from experiments.language import adversary, data, embedding, evaluation, probes
+from experiments.language import adversary, data, embedding, evaluation, loss_gap, plateau, probes
 from experiments.language import objectives as language_objectives
 from experiments.training import models, objectives, runs, setting
 
@@ -64,18 +68,20 @@ class LanguageSetting(setting.SettingDefaults):
 
     def checkpoint_metrics(
         self, run: runs.Run
-    ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+    ) -> Callable[[models.Params, models.ModelState], dict[str, Any]]:
         seen = (run.seed, run.settings["batch_size"])
 
-        def metrics(params: models.Params, model_state: models.ModelState) -> dict[str, float]:
+        def metrics(params: models.Params, model_state: models.ModelState) -> dict[str, Any]:
             del model_state
-            gap = evaluation.masked_lm_gap(run.model, params, run.task)
+            per_sentence = evaluation.sentence_gaps(run.model, params, run.task)
+            gap = loss_gap.mean_over_sentences(per_sentence)
             train = evaluation.masked_lm_gap(run.model, params, run.task, seen=seen)
             return {
                 "loss_gap": gap.value,
                 "loss_gap_stderr": gap.stderr,
                 "loss_gap_train": train.value,
                 "loss_gap_train_stderr": train.stderr,
+                plateau.SENTENCE_GAPS: plateau.stored(per_sentence),
             }
 
         return metrics
@@ -91,6 +97,16 @@ class LanguageSetting(setting.SettingDefaults):
 
     embed = staticmethod(embedding.enlarge)  # Duplicated hidden units (Liu et al.'s `enlarge`).
     derive_row = staticmethod(probes.derive_row)
+    check_config = staticmethod(plateau.check_config)
+
+    def derive_run(
+        self,
+        rows: list[dict[str, Any]],
+        records: dict[int, dict[str, Any]],
+        config: ml_collections.ConfigDict,
+        run_dir: pathlib.Path,
+    ) -> None:
+        plateau.mark_rows(rows, records, config, run_dir)
 
 
 SETTING = LanguageSetting()

@@ -2,9 +2,10 @@
 
 `run_study(config, workdir)` (the `experiments.study` binary) spans the configurations of the
 config's `sweep` section: every `objectives` x `widths` x `depths` x `seeds` combination of the
-`model.family` is pretrained (`runs/<model>/<objective>/seed<S>/` in the workdir), and each of its
-checkpoints (the training-iterations axis: `pretrain.checkpoint_steps` and the last step) gets
-two per-checkpoint stages: the measurement stage (`experiments.measurement.stage`, densities in
+`model.family` (or of each of its `arms`, `experiments.sweep.arms`) is pretrained
+(`runs/<model>/<objective>/seed<S>/` in the workdir), and each of its checkpoints (the
+training-iterations axis: `pretrain.checkpoint_steps` and the last step) gets two per-checkpoint
+stages: the measurement stage (`experiments.measurement.stage`, densities in
 `hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and the transfer stage of the config's
 setting (`Setting.transfer`: the vision setting's linear probe and fine-tuning, the language
 setting's span-task probes).
@@ -36,6 +37,7 @@ from experiments.analysis import settings as analysis_settings
 from experiments.core import config_utils, jobs, multihost
 from experiments.core.config_utils import Field, IntTuple
 from experiments.measurement import stage as measurement
+from experiments.sweep import arms
 from experiments.training import runs, setting, train
 
 SWEEP_SCHEMA = {
@@ -46,6 +48,8 @@ SWEEP_SCHEMA = {
     "widths": Field(IntTuple),
     "depths": Field(IntTuple),
     "seeds": Field(IntTuple),
+    # Products of the axes to run instead of the whole product (`experiments.sweep.arms`).
+    "arms": Field((tuple, list), ()),
 }
 REPORT_SCHEMA = markdown.REPORT_SCHEMA  # `config.report`: see `experiments.analysis.settings`.
 RESULTS_FILE = "results.csv"
@@ -120,7 +124,8 @@ class Configuration:
 
 
 def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
-    """The configurations of `config.sweep`, each validated (`runs.build_run`).
+    """The configurations of `config.sweep` (of its arms, `experiments.sweep.arms`, when it has
+    some), each validated (`runs.build_run`).
 
     Raises:
       EmptySweepError: an axis of the sweep is empty.
@@ -136,21 +141,20 @@ def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
             "must list at least one value."
         )
     result = []
-    for objective in sweep["objectives"]:
-        for width in sweep["widths"]:
-            for depth in sweep["depths"]:
-                for seed in sweep["seeds"]:
-                    run_config = config.copy_and_resolve_references()
-                    run_config.pretrain.objective = objective
-                    run_config.model.width, run_config.model.depth = width, depth
-                    run_config.seed = seed
-                    run = runs.build_run(run_config)
-                    model = f"{run_config.model.family}_w{width}_d{depth}"
-                    result.append(
-                        Configuration(
-                            run_config, objective, model, width, depth, seed, tuple(run.saved_steps)
-                        )
-                    )
+    for arm, (objective, width, depth, seed) in arms.combinations(
+        arms.read_arms(config, sweep), sweep["seeds"]
+    ):
+        run_config = config.copy_and_resolve_references()
+        run_config.pretrain.objective = objective
+        run_config.pretrain.steps = arm.steps
+        run_config.pretrain.checkpoint_steps = arm.checkpoint_steps
+        run_config.model.width, run_config.model.depth = width, depth
+        run_config.seed = seed
+        run = runs.build_run(run_config)
+        model = f"{run_config.model.family}_w{width}_d{depth}"
+        result.append(
+            Configuration(run_config, objective, model, width, depth, seed, tuple(run.saved_steps))
+        )
     return result
 
 
@@ -255,14 +259,19 @@ def _checkpoint_column(metric: str) -> str:
     return "pretrain_loss" if metric == "test_loss" else f"pretrain_{metric}"
 
 
-def _checkpoint_cells(run_dir: pathlib.Path) -> dict[int, dict[str, float]]:
-    """The pretraining metrics of each checkpoint, as logged by pretraining, by column."""
+def _checkpoint_records(run_dir: pathlib.Path) -> dict[int, dict[str, Any]]:
+    """The metrics of each checkpoint as pretraining logged them (lists included), by step."""
     path = run_dir / train.METRICS_FILE
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {r["step"]: r for r in records if "test_loss" in r}
+
+
+def _checkpoint_cells(record: dict[str, Any]) -> dict[str, float]:
+    """The table cells of one checkpoint's logged metrics: its numbers, by column."""
     return {
-        r["step"]: {_checkpoint_column(name): value for name, value in r.items() if name != "step"}
-        for r in records
-        if "test_loss" in r
+        _checkpoint_column(name): value
+        for name, value in record.items()
+        if name != "step" and (value is None or isinstance(value, (int, float)))
     }
 
 
@@ -346,7 +355,8 @@ def result_rows(
         study_setting = setting.of_config(c.config)
         pretrained = results.get(jobs.make_job_id("pretrain", *c.parts))
         done = pretrained is not None and pretrained.status == jobs.DONE
-        checkpoint_cells = _checkpoint_cells(c.run_dir(workdir))
+        records = _checkpoint_records(c.run_dir(workdir))
+        run_rows = []
         for step in c.steps:
             row: dict[str, Any] = {
                 "setting": study_setting.name,
@@ -360,7 +370,7 @@ def result_rows(
                 "pretrain_loss": None,
                 # Logged where the exact optimum is known (the language setting).
                 "pretrain_loss_gap": None,
-                **checkpoint_cells.get(step, {}),
+                **_checkpoint_cells(records.get(step, {})),
             }
             reasons: dict[str, str] = {}
             for stage in stages_of(c.config):
@@ -372,7 +382,10 @@ def result_rows(
             row["nan_reason"] = "; ".join(
                 f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()
             )
-            rows.append(row)
+            run_rows.append(row)
+        # Rows of the whole run, e.g. which checkpoints are on the loss plateau (`on_plateau`).
+        study_setting.derive_run(run_rows, records, c.config, c.run_dir(workdir))
+        rows += run_rows
     return rows
 
 
@@ -418,7 +431,10 @@ def run_study(
 
     Raises:
       EmptySweepError: the sweep has no configuration.
-      ConfigError: an invalid field, or an unknown target task (the message names it).
+      ConfigError: an invalid field, or an unknown target task (the message names it); also,
+        after every job, a setting's `derive_run` that cannot complete the rows (the language
+        setting's `PlateauError`: `config.plateau.threshold` below the noise of the gaps; rerun
+        with another threshold, every job is done and only the results are written again).
     """
     workdir = pathlib.Path(workdir)
     configs = configurations(config)
@@ -427,6 +443,7 @@ def run_study(
         config.get("report", {}), REPORT_SCHEMA, "config.report"
     )
     _check_primary_tests(config)
+    setting.of_config(config).check_config(config)
     workdir.mkdir(parents=True, exist_ok=True)
     logging.info("Study of %d configurations, %d jobs, in %s.", len(configs), len(study), workdir)
     # A rerun retries what failed (e.g. after fixing the environment) and skips what finished.

@@ -13,11 +13,15 @@ What a setting supplies:
   * `step_extras(...)`: a term added to the training loss whose state is updated outside the
     compiled step (the language setting's adversary), or None;
   * `checkpoint_metrics(run)`: metrics logged at each checkpoint beside the source test loss
-    (e.g. the exact gap to the optimal loss, as `loss_gap` and `loss_gap_stderr`);
+    (e.g. the exact gap to the optimal loss, as `loss_gap` and `loss_gap_stderr`; numbers become
+    results columns, lists are logged only: the language setting's per-sentence gaps);
   * `read_measurement_settings(config)` and `downstream_problem(...)`: which downstream loss and
     data the measurement stage differentiates (critic 1: curvature without the pretraining data);
   * `transfer`: its per-checkpoint transfer stage (`CheckpointStage`), and `derive_row`, which
-    completes a results row from its cells.
+    completes a results row from its cells;
+  * `derive_run(...)`: completes the rows of one run from its checkpoints' logged metrics (the
+    language setting's `on_plateau`), and `check_config(config)`, which checks its settings
+    before a study runs.
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ class Setting(Protocol):
 
     def checkpoint_metrics(
         self, run: Run
-    ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+    ) -> Callable[[models.Params, models.ModelState], dict[str, Any]]:
         """Metrics of a checkpoint logged beside the source test loss (may return `{}`)."""
 
     def read_measurement_settings(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -196,6 +200,21 @@ class Setting(Protocol):
 
     def derive_row(self, row: dict[str, Any]) -> None:
         """Completes a results row in place once every stage's cells are in."""
+
+    def derive_run(
+        self,
+        rows: list[dict[str, Any]],
+        records: dict[int, dict[str, Any]],
+        config: ml_collections.ConfigDict,
+        run_dir: pathlib.Path,
+    ) -> None:
+        """Completes the rows of one run (one per checkpoint, after `derive_row`) from what
+        pretraining logged at its checkpoints (`records`: step -> metrics, arrays included), e.g.
+        which checkpoints are on the loss plateau (`on_plateau`)."""
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        """Refuses, before a study's jobs run, settings of `derive_run` that cannot work (raises
+        `ConfigError` naming the field)."""
 
 
 class SettingDefaults:
@@ -228,6 +247,18 @@ class SettingDefaults:
 
     def derive_row(self, row: dict[str, Any]) -> None:
         del row
+
+    def derive_run(
+        self,
+        rows: list[dict[str, Any]],
+        records: dict[int, dict[str, Any]],
+        config: ml_collections.ConfigDict,
+        run_dir: pathlib.Path,
+    ) -> None:
+        del rows, records, config, run_dir
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        del config
 
 
 def get(name: str) -> Setting:

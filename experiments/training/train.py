@@ -9,7 +9,7 @@ call it). It writes into `workdir`:
   * `metrics.jsonl`: one JSON object per line: the training loss (averaged since the last line),
     learning rate and speed every `log_every` steps, and at each checkpoint the source test loss
     plus the setting's checkpoint metrics (`Setting.checkpoint_metrics`, e.g. the language
-    setting's exact `loss_gap` and `loss_gap_stderr`);
+    setting's exact `loss_gap` and `loss_gap_stderr`, and the gap of each evaluation sentence);
   * `summary.json`: written when the run is complete (parameter counts, wall time).
 
 Every random choice is a function of `(config.seed, step)`: the initialization of the seed, the
@@ -194,12 +194,12 @@ def _test_loss(run: runs.Run) -> Callable[[models.Params, models.ModelState], fl
 
 def _checkpoint_metrics(
     run: runs.Run,
-) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+) -> Callable[[models.Params, models.ModelState], dict[str, Any]]:
     """The metrics of a checkpoint: the source test loss, then the setting's own."""
     test_loss = _test_loss(run)
     setting_metrics = run.setting.checkpoint_metrics(run)
 
-    def metrics(params: models.Params, model_state: models.ModelState) -> dict[str, float]:
+    def metrics(params: models.Params, model_state: models.ModelState) -> dict[str, Any]:
         return {"test_loss": test_loss(params, model_state), **setting_metrics(params, model_state)}
 
     return metrics
@@ -358,7 +358,11 @@ def pretrain(
             logging.info(
                 "Checkpoint at step %d: %s.",
                 step,
-                ", ".join(f"{name} {value:.4f}" for name, value in record.items()),
+                ", ".join(
+                    f"{name} {value:.4f}"
+                    for name, value in record.items()
+                    if isinstance(value, (int, float))
+                ),
             )
 
         if latest is None and 0 in run.saved_steps:

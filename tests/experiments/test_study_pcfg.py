@@ -1,15 +1,21 @@
 """The study on the language setting end to end: pretraining, a `measure` and a `probe` job per
-checkpoint, results.csv with the contract columns, and the report (tiny grammar, a few steps)."""
+checkpoint, results.csv with the contract columns, and the report (tiny grammar, a few steps); the
+rows' `on_plateau` from the pretraining runs' per-sentence gaps."""
 
 import csv
+import json
 
 import ml_collections
 import numpy as np
 import pytest
 
+from experiments.analysis import settings
 from experiments.configs import pcfg as pcfg_config
-from experiments.core import jobs
+from experiments.configs import pcfg_full
+from experiments.core import config_utils, jobs
+from experiments.language import plateau
 from experiments.sweep import study
+from experiments.training import train
 from tests.experiments.test_language import TINY_OVERRIDES
 
 
@@ -69,3 +75,63 @@ def test_pcfg_study_measures_every_checkpoint_and_reports(pcfg_data_dir, tmp_pat
     # The measurement stage and the setting's transfer stage, one job each per checkpoint.
     stages = {job_id.split("/")[0] for job_id in jobs.read_results(tmp_path)}
     assert stages == {"pretrain", "measure", "probe"}
+
+
+def _pretrained_configurations(config, workdir):
+    configs = study.configurations(config)
+    for configuration in configs:
+        train.pretrain(configuration.config, configuration.run_dir(workdir))
+    return configs
+
+
+def test_rows_say_which_checkpoints_are_on_the_plateau(pcfg_data_dir, tmp_path):
+    config = _tiny_study_config(pcfg_data_dir)
+    config.pretrain.checkpoint_steps = (0, 3)
+    config.sweep.objectives = ("adamw",)
+    # Far above any decrease of the tiny runs: every checkpoint is on the plateau.
+    config.plateau.threshold = 10.0
+    configs = _pretrained_configurations(config, tmp_path)
+    rows = study.result_rows(configs, tmp_path, {})
+    assert [(row["step"], row[plateau.COLUMN]) for row in rows] == [(0, 1), (3, 1), (6, 1)]
+    assert all(plateau.SENTENCE_GAPS not in row for row in rows)
+    written = json.loads((configs[0].run_dir(tmp_path) / plateau.PLATEAU_FILE).read_text())
+    assert written["start"] == 0 and len(written["pairs"]) == 2
+    for pair in written["pairs"]:
+        assert pair["num_sentences"] == 50 and pair["stderr"] > 0
+    # A threshold below the noise of the 50 evaluation sentences cannot be decided.
+    for configuration in configs:
+        configuration.config.plateau.threshold = 1e-9
+    with pytest.raises(plateau.PlateauError, match=r"config\.plateau\.threshold = 1e-09"):
+        study.result_rows(configs, tmp_path, {})
+
+
+def test_an_invalid_plateau_threshold_is_refused_before_any_job(pcfg_data_dir, tmp_path):
+    config = _tiny_study_config(pcfg_data_dir)
+    config.plateau.threshold = 0.0
+    with pytest.raises(config_utils.ConfigError, match=r"config\.plateau\.threshold must be > 0"):
+        study.run_study(config, tmp_path)
+    assert not (tmp_path / "jobs").exists()
+
+
+@pytest.mark.parametrize("options", ["", "size"])
+def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, options):
+    config = pcfg_full.get_config(options)
+    config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
+    configs = study.configurations(config)
+    study._check_primary_tests(config)
+    plateau.check_config(config)
+    assert len(study.study_jobs(configs, config, tmp_path)) == sum(1 + 2 * len(c.steps) for c in configs)
+    steps = {(c.objective, c.width): c.steps for c in configs}
+    assert steps[("adamw", 32)] == (4000, 8000, 16000)  # 4x in steps from the plateau's start.
+    assert steps[("adversarial", 32)] == (4000, 8000)
+    assert len(configs) == len(steps) * 8 and len(steps) == (4 if options else 2)
+    tests = {t.name: t for t in settings.read_settings(config.report).primary_tests}
+    assert tests["continued_training"].steps is None  # The plateau's first and last checkpoints.
+    for name in ("algorithm", "size") if options else ("algorithm",):
+        test = tests[name]
+        for level in test.levels:
+            key = (level, 32) if test.axis == "objective" else ("adamw", level)
+            assert test.step in steps[key], (name, level)
+    assert set(tests) == ({"continued_training", "algorithm"} | ({"size"} if options else set()))
+    with pytest.raises(ValueError, match="unknown options"):
+        pcfg_full.get_config("widths")
