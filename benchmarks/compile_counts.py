@@ -55,6 +55,8 @@ CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "fisher_trace": ("logits", {"num_samples": 20}, {"num_samples": 30}),
     "hessian_summary": ("dataset", {}, {"max_matvecs": 100, "lanczos_steps": 25,
                                         "block_matvecs": 30, "density_steps": 25}),
+    "hessian_summary, 57-parameter MLP": ("tiny", {}, {"max_matvecs": 100, "lanczos_steps": 25,
+                                                       "block_matvecs": 30, "density_steps": 25}),
 }
 
 
@@ -97,14 +99,14 @@ def _digits(batch_size: int) -> tuple[Any, Any]:
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def _small_mlp() -> tuple[Any, Any]:
-    """The README's model, 64-32-10 tanh (2,410 parameters), as plain functions of a dict."""
+def _small_mlp(sizes: tuple[int, ...] = (64, 32, 10)) -> tuple[Any, Any]:
+    """A tanh MLP as plain functions of a dict; by default the README's 64-32-10 (2,410 parameters)."""
     import jax
     import jax.numpy as jnp
 
     keys = jax.random.split(jax.random.key(2), 2)
     params = {f"dense{i}": {"kernel": jax.random.normal(k, (m, n)) / m ** 0.5, "bias": jnp.zeros(n)}
-              for i, (k, m, n) in enumerate(zip(keys, (64, 32), (32, 10)))}
+              for i, (k, m, n) in enumerate(zip(keys, sizes[:-1], sizes[1:]))}
 
     def logits_fn(params, x):
         hidden = jnp.tanh(x @ params["dense0"]["kernel"] + params["dense0"]["bias"])
@@ -122,8 +124,10 @@ def run_one(name: str) -> dict[str, Any]:
     import hessjax
 
     kind, first, second = CALLS[name]
-    params, logits_fn = _small_mlp()
+    params, logits_fn = _small_mlp((5, 6, 3) if kind == "tiny" else (64, 32, 10))
     x, y = _digits(1024)
+    if kind == "tiny":  # 16 examples, the first 5 features, 3 classes
+        x, y = x[:16, :5], y[:16] % 3
     loss_fn = lambda p, batch: optax.softmax_cross_entropy_with_integer_labels(
         logits_fn(p, batch[0]), batch[1]).mean()
     key = jax.random.key(0)
@@ -134,7 +138,7 @@ def run_one(name: str) -> dict[str, Any]:
     elif kind == "logits":
         call = lambda options: hessjax.fisher_trace(logits_fn, params, x, key, **options)
     else:
-        batches = (x.reshape(4, 256, 64), y.reshape(4, 256))
+        batches = (x[None], y[None]) if kind == "tiny" else (x.reshape(4, 256, 64), y.reshape(4, 256))
         call = lambda options: hessjax.hessian_summary(loss_fn, params, batches, key, **options)
     if kind == "hvp":
         jax.block_until_ready(matvec)
@@ -217,7 +221,8 @@ def main() -> None:
     after = os.getloadavg()
     header = (f"## Compile counts, {timing.now()}\n\n`python -m benchmarks.compile_counts`: "
               f"each function in a fresh process on the README's 2,410-parameter MLP (digits, batch "
-              f"1024; `hessian_summary` on 4 batches of 256). {timing.machine()}; "
+              f"1024; `hessian_summary` on 4 batches of 256; its 57-parameter row: a 5-6-3 MLP on one "
+              f"batch of 16). {timing.machine()}; "
               f"{timing.versions_line()}; load average {load[0]:.2f} before, {after[0]:.2f} after.\n")
     text = header + "\n" + table(rows, script) + "\n"
     print(text)

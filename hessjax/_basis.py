@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessjax._vectors import to_host
+
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -78,26 +80,27 @@ def _groups(basis: list[Array]) -> list[tuple[tuple[Array, ...], int]]:
     return groups
 
 
-def project_out(vectors: Array, basis: list[Array], passes: int) -> tuple[Array, list[Array]]:
+def project_out(vectors: Array, basis: list[Array], passes: int) -> tuple[Array, list[list[Array]]]:
     """``vectors`` with their components along ``basis`` removed by classical Gram-Schmidt.
 
     Two passes are as accurate as modified Gram-Schmidt ("twice is enough", Giraud et al. 2005).
-    Returns the vectors and, per group, the sum over passes of the coefficients (device arrays
-    ``(p, GROUP)``; the padding's are 0).
+    Returns the vectors and, per pass, the coefficients of each group (device arrays
+    ``(p, GROUP)``; the padding's are 0): see :func:`coefficients_on_host`.
     """
-    groups = _groups(basis)
-    totals: list[Array] = [None] * len(groups)
+    coefficients: list[list[Array]] = []
     for _ in range(passes):
-        source = vectors
-        for index, (group, valid) in enumerate(groups):
-            vectors, coefficients = _subtract_projections(group, valid, source, vectors)
-            totals[index] = coefficients if totals[index] is None else totals[index] + coefficients
-    return vectors, totals
+        source, coefficients_of_pass = vectors, []
+        for group, valid in _groups(basis):
+            vectors, group_coefficients = _subtract_projections(group, valid, source, vectors)
+            coefficients_of_pass.append(group_coefficients)
+        coefficients.append(coefficients_of_pass)
+    return vectors, coefficients
 
 
-def coefficients_on_host(totals: list[Array], size: int) -> np.ndarray:
-    """The coefficients of :func:`project_out` as one host array ``(p, size)``."""
-    return np.concatenate([np.asarray(c) for c in totals], axis=-1)[:, :size]
+def coefficients_on_host(coefficients: list[list[Array]], size: int) -> np.ndarray:
+    """The coefficients of :func:`project_out`, summed over its passes, as a host array
+    ``(p, size)``."""
+    return sum(np.concatenate(to_host(of_pass), axis=-1)[:, :size] for of_pass in coefficients)
 
 
 def orthonormalize(rows: list[Array], completion: Callable[[int], Array]
@@ -112,12 +115,12 @@ def orthonormalize(rows: list[Array], completion: Callable[[int], Array]
     basis: list[Array] = []
     r = np.zeros((len(rows), len(rows)), np.result_type(rows[0].dtype, np.float32))
     for j, row in enumerate(rows):
-        residual, totals = project_out(row, basis, passes=2)
+        residual, coefficients = project_out(row, basis, passes=2)
         unit, norm, breakdown = normalized_residual_jit(row, residual)
         if bool(np.asarray(breakdown)[0]):
             unit = restarted_jit(unit, breakdown, project_out(completion(j), basis, passes=2)[0])
         if j:
-            r[:j, j] = coefficients_on_host(totals, j)[0]
+            r[:j, j] = coefficients_on_host(coefficients, j)[0]
         r[j, j] = np.asarray(norm)[0]
         basis.append(unit)
     return basis, r
