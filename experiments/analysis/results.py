@@ -38,7 +38,8 @@ PLATEAU_COLUMN = "on_plateau"
 # Column roles, the one place that says which columns are identifiers, scores, bookkeeping or
 # predictors. Every numeric column that is none of the first three is a Hessian statistic.
 AXIS_COLUMNS = ("setting", "objective", "model", "width", "depth", "num_params", "seed", "step")
-SCORE_COLUMNS = ("linear_probe_acc", "finetune_acc")  # and every other column ending in "_acc"
+# and every other column ending in "_acc", or in "_gain" (a score minus the best baseline's)
+SCORE_COLUMNS = ("linear_probe_acc", "finetune_acc")
 BOOKKEEPING_COLUMNS = (
     "trace_stderr",
     "matvecs",
@@ -46,10 +47,12 @@ BOOKKEEPING_COLUMNS = (
     "matvecs_1pct",
     "seconds_hessian",
     "nan_reason",
-)  # and every column ending in "_stderr" or starting with "seconds_", "matvecs" or one of:
+)  # and every column ending in "_stderr" or starting with "seconds_", "matvecs", "baseline_"
+# (the transfer scores of inputs that need no pretraining, the same for every checkpoint of a run)
+# or one of:
 PROBE_BUDGET_PREFIXES = ("trace_at_", "trace_rank_agreement_")  # Critic 2's columns.
 # Not Hessian statistics, but reported beside them as the obvious rival predictors.
-BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap")
+BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap", "pretrain_loss_gap_train")
 # Statistics that are (normalised) traces; everything else is a "non-trace" statistic.
 TRACE_STATISTICS = ("trace", "trace_downstream", "fisher_trace", "trace_per_param")
 NAN_REASON_COLUMN = "nan_reason"
@@ -70,14 +73,14 @@ def column_role(name: str) -> str:
         return "axis"
     if name == PLATEAU_COLUMN:
         return "indicator"
-    if name in SCORE_COLUMNS or name.endswith("_acc"):
-        return "score"
     if (
         name in BOOKKEEPING_COLUMNS
         or name.endswith("_stderr")
-        or name.startswith(("seconds_", "matvecs", *PROBE_BUDGET_PREFIXES))
+        or name.startswith(("seconds_", "matvecs", "baseline_", *PROBE_BUDGET_PREFIXES))
     ):
         return "bookkeeping"
+    if name in SCORE_COLUMNS or name.endswith(("_acc", "_gain")):
+        return "score"
     if name in BASELINE_COLUMNS:
         return "baseline"
     return "statistic"

@@ -1,6 +1,7 @@
 r"""The adversarial algorithm. With :math:`L_{MLM}` the masked-LM loss of the batch,
 :math:`\phi_\theta(x)` the encoder's features mean-pooled over the span of a downstream task
-(task C by default: the root's left child, span = the whole sentence) and :math:`(W, b)` a ridge
+(task C by default: the root's left child over the whole sentence in the `GrammarSpec` grammars'
+tasks, the label of the first two words in the rooted grammars') and :math:`(W, b)` a ridge
 least-squares probe fitted to those features on one half of the task's training split, the
 training loss is
 

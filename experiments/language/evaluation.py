@@ -1,8 +1,9 @@
 """The exact masked-LM loss gap of a model: every evaluation position masked in turn.
 
 The grammar's true conditionals give the Bayes-optimal masked-LM loss exactly
-(`experiments.language.loss_gap`); `masked_lm_gap` compares a model's predictions with them. The
-pretraining loop logs it at every checkpoint (`LanguageSetting.checkpoint_metrics`).
+(`experiments.language.loss_gap`); `masked_lm_gap` compares a model's predictions with them, on the
+held-out evaluation split or, with `on="seen"`, on the first sentences the run trained on. The
+pretraining loop logs both at every checkpoint (`LanguageSetting.checkpoint_metrics`).
 """
 
 from __future__ import annotations
@@ -47,27 +48,38 @@ def every_position_masked(
 
 
 def masked_lm_gap(
-    model: models.EncoderHead, params: models.Params, task: data.LanguageTask
+    model: models.EncoderHead,
+    params: models.Params,
+    task: data.LanguageTask,
+    *,
+    seen: tuple[int, int] | None = None,
 ) -> loss_gap.LossEstimate:
-    """The masked-LM loss gap to the Bayes optimum on the evaluation split, exactly.
+    """The masked-LM loss gap to the Bayes optimum, exactly, on held-out or training sentences.
 
-    Every position of every evaluation sentence is masked in turn, and the model's prediction is
-    compared with the grammar's true conditional (`loss_gap.masked_lm_gap`, a KL divergence): no
-    sampling of masks or of words, so the only noise is the choice of evaluation sentences.
+    Every position of every sentence is masked in turn, and the model's prediction is compared
+    with the grammar's true conditional (`loss_gap.masked_lm_gap`, a KL divergence): no sampling
+    of masks or of words, so the only noise is the choice of sentences.
 
     Args:
       model: the masked-LM model of the run.
       params: its parameters.
-      task: the language task (its `test` split and grammar).
+      task: the language task (its splits and grammar).
+      seen: None for the `evaluation` split; `(seed, batch_size)` of the run for the first
+        training sentences it saw (`LanguageTask.seen_sentences`): a gap below the held-out one
+        there means the model memorised its training sentences.
 
     Returns:
       The gap in nats and its standard error over sentences.
     """
-    tokens, mask_id = task.test.tokens, jnp.int32(task.test.mask_id)
+    if seen is None:
+        sentences, truth = task.test, task.true_conditionals
+    else:
+        sentences, truth = task.seen_sentences(*seen), task.seen_conditionals(*seen)
+    tokens, mask_id = sentences.tokens, jnp.int32(sentences.mask_id)
     log_probs = np.concatenate(
         [
             np.asarray(every_position_masked(model, params, tokens[i : i + _GAP_CHUNK], mask_id))
             for i in range(0, len(tokens), _GAP_CHUNK)
         ]
     )
-    return loss_gap.masked_lm_gap(task.true_conditionals, log_probs, task.test.lengths)
+    return loss_gap.masked_lm_gap(truth, log_probs, sentences.lengths)

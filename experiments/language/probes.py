@@ -1,71 +1,155 @@
-"""The language setting's transfer stage: linear probes of the span tasks on frozen features.
+"""The language setting's transfer stage: probes, baselines and fine-tuning of the span tasks.
 
-For each task of `config.finetune.tasks` (A, B, C: `experiments.language.span_tasks.TASKS`), a multinomial
-logistic regression (`heads.fit_logistic`) is fitted on the frozen encoder's features averaged
-over the task's span (`features.span_features`) of `task_<task>_train`, and scored on
-`task_<task>_test`: `linear_probe_acc/<task>`, whose mean is the row's `linear_probe_acc`
-(`LanguageSetting.derive_row`).
+For each task of `config.finetune.tasks` (A, B, C of the dataset's task module), every checkpoint
+gets:
+  * linear probes (`heads.fit_logistic`) on the frozen encoder's features of `task_<task>_train`,
+    scored on `task_<task>_test`, in each view of `features.VIEWS`: `linear_probe_<task>_acc` on
+    the primary view (every position's features concatenated, as in Liu et al.'s release) and
+    `linear_probe_mean_<task>_acc` on the features averaged over the task's span;
+  * the same probe on inputs that need no pretraining, the baselines a probe score means nothing
+    without: the raw input as position-wise one-hot tokens (`baseline_onehot_<task>_acc`), a bag
+    of words (`baseline_bow_<task>_acc`) and the run's own encoder at initialisation, before any
+    training (`baseline_random_<task>_acc`, primary view). They do not depend on the checkpoint,
+    so they are computed once per run (per dataset for the first two) and reused;
+  * with `finetune_steps > 0`, full fine-tuning of encoder and head (`finetune_<task>_acc`,
+    `experiments.language.finetune`).
 
-The downstream loss of the measurement stage (`downstream_problem`, critic 1) is one task's probe
-cross-entropy on its first `downstream_examples` training sentences, differentiated over every
-parameter, encoder and probe together.
+`LanguageSetting.derive_row` adds the means over tasks (`linear_probe_acc`, `finetune_acc`) and the
+gain of the primary probe over the best baseline (`linear_probe_<task>_gain`, mean
+`linear_probe_gain`).
+
+The downstream loss of the measurement stage (`downstream_problem`, critic 1) is one task's
+primary-view probe cross-entropy on its first `downstream_examples` training sentences,
+differentiated over every parameter, encoder and probe together.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
+import time
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from experiments.core import config_utils
 from experiments.core.config_utils import Field
-from experiments.language import features
+from experiments.language import features, finetune
 from experiments.training import evaluation, heads, models, runs, setting
 
 SCHEMA = {
     "tasks": Field((tuple, list), ("a", "b", "c")),  # A list after the config's JSON round trip.
     "probe_l2": Field(float, 1e-3),
     "probe_steps": Field(int, 25),
+    "finetune_steps": Field(int, 0),  # 0: no fine-tuning (`finetune_*` cells stay empty).
+    "finetune_batch_size": Field(int, 64),
+    "finetune_learning_rate": Field(float, 1e-3),
 }
 # The measurement stage's knobs of the downstream loss (`config.hessian`).
 MEASUREMENT_SCHEMA = {
     "downstream_task": Field(str, "a"),
     "downstream_examples": Field(int, 256),
 }
+BASELINES = ("onehot", "bow", "random")
+_PRIMARY_CELL = re.compile(r"linear_probe_([^_]+)_acc")  # A task's primary probe score.
 
 
 def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The `config.finetune` knobs of the probes, with defaults."""
-    return config_utils.read_fields(
+    settings = config_utils.read_fields(
         config.get("finetune", ml_collections.ConfigDict()), SCHEMA, "config.finetune"
     )
+    for name, minimum in (("probe_steps", 1), ("finetune_steps", 0), ("finetune_batch_size", 1)):
+        if settings[name] < minimum:
+            raise config_utils.ConfigError(
+                f"config.finetune.{name} must be >= {minimum}; got {settings[name]}."
+            )
+    return settings
 
 
-def _span_encoder(run: runs.Run) -> Any:
-    """The jitted span features of the run's model, one compiled function per model."""
+def _encoder(run: runs.Run, view: str) -> Any:
+    """The jitted features of one view of the run's model, one compiled function per model."""
+    function = features.VIEWS[view]
     return evaluation.shared_function(
-        ("span_features", run.model),
-        lambda: jax.jit(
-            lambda p, tokens, spans: features.span_features(run.model, p, tokens, spans)
-        ),
+        ("probe_features", view, run.model),
+        lambda: jax.jit(lambda p, tokens, spans: function(run.model, p, tokens, spans)),
     )
+
+
+def _split(run: runs.Run, task: str, part: str) -> dict[str, np.ndarray]:
+    return run.task.splits[f"task_{task}_{part}"]
+
+
+def _fit(features_of: Any, run: runs.Run, settings: dict[str, Any], task: str) -> heads.LinearHead:
+    split = _split(run, task, "train")
+    # Classes up to the largest label of the task (a fit costs time in proportion to them).
+    labels = np.concatenate([split["label"], _split(run, task, "test")["label"]])
+    return heads.fit_logistic(
+        features_of(split),
+        split["label"],
+        int(labels.max()) + 1,
+        l2=settings["probe_l2"],
+        steps=settings["probe_steps"],
+    )
+
+
+def _probe_accuracy(features_of: Any, run: runs.Run, settings: dict[str, Any], task: str) -> float:
+    """Test accuracy of a probe fitted to `features_of(split)` of the task's train split."""
+    test = _split(run, task, "test")
+    return _fit(features_of, run, settings, task).accuracy(features_of(test), test["label"])
+
+
+def _encoded(run: runs.Run, params: models.Params, view: str) -> Any:
+    return lambda split: np.asarray(_encoder(run, view)(params, split["tokens"], split["span"]))
 
 
 def fit_probe(
     run: runs.Run, params: models.Params, settings: dict[str, Any], task: str
 ) -> heads.LinearHead:
-    """The logistic-regression probe of `task` fitted to the frozen features of its train split."""
-    split = run.task.splits[f"task_{task}_train"]
-    return heads.fit_logistic(
-        _span_encoder(run)(params, split["tokens"], split["span"]),
-        split["label"],
-        run.task.grammar.num_labels,
-        l2=settings["probe_l2"],
-        steps=settings["probe_steps"],
-    )
+    """The primary-view logistic-regression probe of `task` fitted to its train split."""
+    return _fit(_encoded(run, params, features.PRIMARY_VIEW), run, settings, task)
+
+
+def _probe_settings_key(run: runs.Run, settings: dict[str, Any]) -> str:
+    probe = {name: settings[name] for name in ("tasks", "probe_l2", "probe_steps")}
+    return json.dumps([run.task.name, run.config.data.to_json(sort_keys=True), probe])
+
+
+def baselines(run: runs.Run, settings: dict[str, Any]) -> dict[str, float]:
+    """`baseline_<kind>_<task>_acc` of every task: probes of one-hot tokens, a bag of words and
+    the run's encoder at initialisation; computed once per dataset (and run) and reused."""
+    vocab = run.task.input_vocab_size
+    inputs = {
+        "onehot": lambda split: features.one_hot_tokens(split["tokens"], vocab),
+        "bow": lambda split: features.bag_of_words(split["tokens"], vocab),
+    }
+    key = _probe_settings_key(run, settings)
+
+    def of_inputs() -> dict[str, float]:
+        return {
+            f"baseline_{kind}_{task}_acc": _probe_accuracy(inputs[kind], run, settings, task)
+            for kind in inputs
+            for task in settings["tasks"]
+        }
+
+    def of_initialisation() -> dict[str, float]:
+        initial, _ = run.init()
+        encoded = _encoded(run, initial, features.PRIMARY_VIEW)
+        return {
+            f"baseline_random_{task}_acc": _probe_accuracy(encoded, run, settings, task)
+            for task in settings["tasks"]
+        }
+
+    return {
+        **evaluation.shared_function(("language_input_baselines", key), of_inputs),
+        **evaluation.shared_function(
+            ("language_random_baseline", key, run.model, run.seed), of_initialisation
+        ),
+    }
 
 
 def score(
@@ -75,27 +159,52 @@ def score(
     settings: dict[str, Any],
     output_dir: pathlib.Path | None,
 ) -> dict[str, float]:
-    """Test accuracy of a probe of each task: `linear_probe_acc/<task>` (the transfer stage)."""
+    """Every transfer score of a checkpoint and the run's baselines (see the module docstring)."""
     del model_state, output_dir  # No normalization statistics; no files.
-    accuracies = {}
+    start = time.perf_counter()
+    result = {}
     for task in settings["tasks"]:
-        test_split = run.task.splits[f"task_{task}_test"]
-        test_features = _span_encoder(run)(params, test_split["tokens"], test_split["span"])
-        head = fit_probe(run, params, settings, task)
-        accuracies[f"linear_probe_acc/{task}"] = head.accuracy(test_features, test_split["label"])
-    return accuracies
+        for view in features.VIEWS:
+            name = "linear_probe" if view == features.PRIMARY_VIEW else f"linear_probe_{view}"
+            encoded = _encoded(run, params, view)
+            result[f"{name}_{task}_acc"] = _probe_accuracy(encoded, run, settings, task)
+        if settings["finetune_steps"]:
+            result[f"finetune_{task}_acc"] = finetune.fine_tune(run, params, settings, task)
+    result.update(baselines(run, settings))
+    result["seconds_probe"] = time.perf_counter() - start
+    return result
+
+
+def derive_row(row: dict[str, Any]) -> None:
+    """Adds the means over tasks and the primary probe's gain over the best baseline of each task
+    (`linear_probe_<task>_gain`, mean `linear_probe_gain`) to a results row."""
+    tasks = sorted(match[1] for name in row if (match := _PRIMARY_CELL.fullmatch(name)))
+    gains = []
+    for task in tasks:
+        others = [row.get(f"baseline_{kind}_{task}_acc") for kind in BASELINES]
+        score_cell = row[f"linear_probe_{task}_acc"]
+        if score_cell is not None and all(other is not None for other in others):
+            gains.append(score_cell - max(others))
+            row[f"linear_probe_{task}_gain"] = gains[-1]
+    for prefix in ("linear_probe", "finetune"):
+        cells = [row.get(f"{prefix}_{task}_acc") for task in tasks]
+        if tasks and all(cell is not None for cell in cells):
+            row[f"{prefix}_acc"] = sum(cells) / len(cells)
+    if tasks and len(gains) == len(tasks):
+        row["linear_probe_gain"] = sum(gains) / len(gains)
 
 
 STAGE = setting.CheckpointStage("probe", read_settings, score, ("linear_probe_acc",))
 
 
 def _probe_loss(run: runs.Run) -> Any:
-    """`loss(params, batch)`: the probe's mean cross-entropy on span features, one per model."""
+    """`loss(params, batch)`: the probe's mean cross-entropy on primary-view features."""
+    view = features.VIEWS[features.PRIMARY_VIEW]
 
     def build() -> Any:
         def loss(params: dict[str, Any], batch: dict[str, jax.Array]) -> jax.Array:
-            span = features.span_features(run.model, params["model"], batch["tokens"], batch["span"])
-            logits = params["head"].apply(span)
+            encoded = view(run.model, params["model"], batch["tokens"], batch["span"])
+            logits = params["head"].apply(encoded)
             return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
         return loss
@@ -129,7 +238,7 @@ def downstream_problem(
     """The probe loss of `downstream_task` on its first `downstream_examples` train sentences."""
     del model_state
     task = settings["downstream_task"]
-    split = run.task.splits[f"task_{task}_train"]
+    split = _split(run, task, "train")
     count = min(settings["downstream_examples"], len(split["label"]))
     batch = {name: split[name][None, :count] for name in ("tokens", "span", "label")}
     head = fit_probe(run, params, settings, task)

@@ -7,10 +7,15 @@ the generic code:
     (`experiments.language.objectives`); the adversarial one's per-step extra term is the
     `Adversary` (`experiments.language.adversary`);
   * checkpoint metrics: the exact gap to the Bayes-optimal masked-LM loss on the evaluation split
-    (`loss_gap`, `loss_gap_stderr`; `experiments.language.evaluation`), logged by pretraining at
-    every checkpoint and reported as `pretrain_loss_gap`;
+    (`loss_gap`, `loss_gap_stderr`; `experiments.language.evaluation`) and on the first training
+    sentences of the run (`loss_gap_train`: below `loss_gap`, the model memorised them), logged by
+    pretraining at every checkpoint and reported as `pretrain_loss_gap` and
+    `pretrain_loss_gap_train`;
   * measurement: the downstream loss is a span task's probe loss (`experiments.language.probes`);
-  * transfer: linear probes of every span task; `linear_probe_acc` is their mean.
+  * transfer: linear probes of every span task in two views, beside the baselines a probe score
+    needs (one-hot tokens, bag of words, the encoder at initialisation), and full fine-tuning
+    (`experiments.language.probes`); `linear_probe_acc` is the mean of the primary probes and
+    `linear_probe_gain` their mean gain over the best baseline.
 
 References:
   H. Liu, S. M. Xie, Z. Li and T. Ma, "Same Pre-training Loss, Better Downstream: Implicit Bias
@@ -22,7 +27,6 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import ml_collections
 
@@ -56,25 +60,22 @@ class LanguageSetting(setting.SettingDefaults):
     def checkpoint_metrics(
         self, run: runs.Run
     ) -> Callable[[models.Params, models.ModelState], dict[str, float]]:
+        seen = (run.seed, run.settings["batch_size"])
+
         def metrics(params: models.Params, model_state: models.ModelState) -> dict[str, float]:
             del model_state
             gap = evaluation.masked_lm_gap(run.model, params, run.task)
-            return {"loss_gap": gap.value, "loss_gap_stderr": gap.stderr}
+            train = evaluation.masked_lm_gap(run.model, params, run.task, seen=seen)
+            return {
+                "loss_gap": gap.value,
+                "loss_gap_stderr": gap.stderr,
+                "loss_gap_train": train.value,
+                "loss_gap_train_stderr": train.stderr,
+            }
 
         return metrics
 
-    def derive_row(self, row: dict[str, Any]) -> None:
-        """`linear_probe_acc` is the mean of the per-task probes, `linear_probe_<task>_acc`.
-
-        The per-task cells arrive as `linear_probe_acc/<task>` and are renamed to end in `_acc`, so
-        that the report treats each as a transfer score.
-        """
-        tasks = sorted(name for name in row if name.startswith("linear_probe_acc/"))
-        for name in tasks:
-            row[f"linear_probe_{name.split('/', 1)[1]}_acc"] = row.pop(name)
-        if tasks:
-            accuracies = [row[f"linear_probe_{name.split('/', 1)[1]}_acc"] for name in tasks]
-            row["linear_probe_acc"] = sum(accuracies) / len(accuracies)
+    derive_row = staticmethod(probes.derive_row)
 
 
 SETTING = LanguageSetting()

@@ -245,8 +245,9 @@ def _fresh_batch_trace(
 
     Probe `i` is a Rademacher vector from `fold_in(key, i)` applied to the Hessian of the batch
     of training step `num_batches + i` of the subset's data order (fresh examples, and fresh masks
-    in the language setting). The per-probe samples are saved (`FRESH_SAMPLES_FILE`) so that the
-    report can ask how many probes rank the checkpoints stably (critic 2).
+    in the language setting). The per-probe samples are saved (`FRESH_SAMPLES_FILE`), and the
+    estimates after the first 2, 4, 8, ... probes are `trace_at_<N>`: how many probes (each with
+    `batch_size` examples) rank the checkpoints as the full budget does (critic 2).
     """
     if not settings["fresh_probes"]:
         return {}
@@ -266,9 +267,13 @@ def _fresh_batch_trace(
     if output_dir is not None and multihost.is_primary():
         output_dir.mkdir(parents=True, exist_ok=True)
         np.savez(output_dir / FRESH_SAMPLES_FILE, samples=samples)
+    # The estimate after the first N probes (N probes x batch_size examples): critic 2's rank
+    # stability, `trace_at_<N>` against the full-budget trace.
+    budgets = [2**k for k in range(1, len(samples).bit_length()) if 2**k < len(samples)]
     return {
         "trace_fresh": float(samples.mean()),
         "trace_fresh_stderr": float(samples.std(ddof=1) / np.sqrt(len(samples))),
+        **{f"trace_at_{n}": float(samples[:n].mean()) for n in budgets},
     }
 
 

@@ -248,12 +248,11 @@ def study_jobs(
     return result
 
 
-# Checkpoint metrics logged by pretraining (`train.pretrain`) -> their results columns.
-_CHECKPOINT_COLUMNS = {
-    "test_loss": "pretrain_loss",
-    "loss_gap": "pretrain_loss_gap",
-    "loss_gap_stderr": "pretrain_loss_gap_stderr",
-}
+def _checkpoint_column(metric: str) -> str:
+    """The results column of a checkpoint metric logged by pretraining (`train.pretrain`):
+    `test_loss` is `pretrain_loss`, and a setting's own metric `m` is `pretrain_m` (e.g.
+    `loss_gap` -> `pretrain_loss_gap`)."""
+    return "pretrain_loss" if metric == "test_loss" else f"pretrain_{metric}"
 
 
 def _checkpoint_cells(run_dir: pathlib.Path) -> dict[int, dict[str, float]]:
@@ -261,7 +260,7 @@ def _checkpoint_cells(run_dir: pathlib.Path) -> dict[int, dict[str, float]]:
     path = run_dir / train.METRICS_FILE
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return {
-        r["step"]: {column: r[name] for name, column in _CHECKPOINT_COLUMNS.items() if name in r}
+        r["step"]: {_checkpoint_column(name): value for name, value in r.items() if name != "step"}
         for r in records
         if "test_loss" in r
     }

@@ -37,6 +37,8 @@ TINY_OVERRIDES = {
     "hessian.max_matvecs": 8,
     "hessian.fisher_samples": 4,
     "finetune.probe_steps": 10,
+    "finetune.finetune_steps": 3,
+    "finetune.finetune_batch_size": 8,
 }
 
 
@@ -97,6 +99,27 @@ def test_gap_uses_the_true_conditionals_and_is_nonnegative(tiny_config):
     assert abs(loss_gap.masked_lm_gap(task.true_conditionals, oracle, lengths).value) < 1e-9
 
 
+def test_streamed_batches_are_fresh_and_a_function_of_seed_and_step(tiny_config):
+    tiny_config.data.stream = True
+    run = runs.build_run(tiny_config)
+    stream, grammar = run.task.train, run.task.grammar
+    first = stream.batch_at(32, seed=0, step=5)
+    np.testing.assert_array_equal(first["tokens"], stream.batch_at(32, seed=0, step=5)["tokens"])
+    later, other_seed = stream.batch_at(32, 0, 6), stream.batch_at(32, 1, 5)
+    assert not np.array_equal(first["tokens"], later["tokens"])
+    assert not np.array_equal(first["tokens"], other_seed["tokens"])
+    assert 4 <= first["lengths"].min() and first["lengths"].max() <= 8
+    inside = np.arange(8) < first["lengths"][:, None]
+    assert np.all(first["tokens"][inside] < grammar.vocab_size)
+    assert np.all(first["tokens"][~inside] == grammar.pad_id)
+    # Over the steps of a run, sentences are not the pool's 200 over and over.
+    drawn = {tuple(row) for step in range(40) for row in stream.batch_at(16, 0, step)["tokens"]}
+    assert len(drawn) > run.task.splits["pretrain"]["tokens"].shape[0]
+    seen = run.task.seen_sentences(0, 16)
+    np.testing.assert_array_equal(seen.tokens[:16], stream.batch_at(16, 0, 0)["tokens"])
+    assert seen.num_examples == run.task.test.num_examples
+
+
 def test_adversary_refits_on_schedule_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):
     tiny_config.pretrain.objective = "adversarial"
     refits = []
@@ -153,8 +176,9 @@ def test_binary_pretrains_the_pcfg_config_with_overrides(pcfg_data_dir, tmp_path
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoints.steps(tmp_path) == [0, 3, 6]
-    gaps = [json.loads(line).get("loss_gap") for line in (tmp_path / train.METRICS_FILE).open()]
-    assert len([gap for gap in gaps if gap is not None]) == 3
+    records = [json.loads(line) for line in (tmp_path / train.METRICS_FILE).open()]
+    for name in ("loss_gap", "loss_gap_train"):
+        assert len([r[name] for r in records if name in r]) == 3
 
 
 def test_curvature_gap_and_probes_are_finite_with_stderr(tiny_config):
@@ -167,9 +191,33 @@ def test_curvature_gap_and_probes_are_finite_with_stderr(tiny_config):
     assert result["nan_reason"] == {}
     gap = run.setting.checkpoint_metrics(run)(params, model_state)
     assert gap["loss_gap"] > 0 and gap["loss_gap_stderr"] > 0
+    assert gap["loss_gap_train"] > 0 and gap["loss_gap_train_stderr"] > 0
     scores = probes.score(run, params, model_state, probes.read_settings(tiny_config), None)
-    assert sorted(scores) == [f"linear_probe_acc/{task}" for task in ("a", "b", "c")]
-    assert all(0 <= accuracy <= 1 for accuracy in scores.values())
+    kinds = ("linear_probe", "linear_probe_mean", "finetune") + tuple(
+        f"baseline_{kind}" for kind in probes.BASELINES
+    )
+    expected = sorted(f"{kind}_{task}_acc" for kind in kinds for task in ("a", "b", "c"))
+    assert sorted(scores) == sorted([*expected, "seconds_probe"])
+    assert all(0 <= scores[name] <= 1 for name in expected)
+    # The baselines do not depend on the checkpoint: computed once, then reused.
+    moved = jax.tree.map(lambda leaf: leaf + 0.1, params)
+    again = probes.score(run, moved, model_state, probes.read_settings(tiny_config), None)
+    assert {k: again[k] for k in again if k.startswith("baseline_")} == {
+        k: scores[k] for k in scores if k.startswith("baseline_")
+    }
+    row = dict(scores)
+    run.setting.derive_row(row)
+    for task in ("a", "b", "c"):
+        best = max(scores[f"baseline_{kind}_{task}_acc"] for kind in probes.BASELINES)
+        assert row[f"linear_probe_{task}_gain"] == pytest.approx(
+            scores[f"linear_probe_{task}_acc"] - best
+        )
+    assert row["linear_probe_gain"] == pytest.approx(
+        np.mean([row[f"linear_probe_{task}_gain"] for task in ("a", "b", "c")])
+    )
+    assert row["finetune_acc"] == pytest.approx(
+        np.mean([scores[f"finetune_{task}_acc"] for task in ("a", "b", "c")])
+    )
 
 
 def test_downstream_loss_is_the_fitted_probe_on_the_task_sentences(tiny_config):

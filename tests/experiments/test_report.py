@@ -54,6 +54,10 @@ def test_column_roles_and_default_predictors():
     assert results.column_role("on_plateau") == "indicator"
     assert results.column_role("trace_at_8") == results.column_role("trace_rank_agreement_8")
     assert results.column_role("trace_at_8") == "bookkeeping"
+    assert results.column_role("linear_probe_a_gain") == "score"
+    # A probe of inputs that need no pretraining is context, the same at every checkpoint of a run.
+    assert results.column_role("baseline_onehot_a_acc") == "bookkeeping"
+    assert results.column_role("pretrain_loss_gap_train") == "baseline"
     assert results.predictor_columns(table) == ["trace", "pretrain_loss"]
     assert results.loss_column(table) == "pretrain_loss"
 
@@ -230,11 +234,15 @@ def test_critics_use_pretraining_free_and_budget_columns(tmp_path):
 
 def test_configs_declare_their_report():
     image, language, tiny = (m.get_config() for m in (digits, pcfg, smoke))
-    assert len(image.sweep.seeds) >= 3 and len(tiny.sweep.seeds) == 1
-    for config in (image, language):
-        parsed = settings.read_settings(config.report)
-        assert parsed.equivalence_margin > 0 and len(parsed.primary_tests) == 3
-        assert {t.name for t in parsed.primary_tests} >= {"continued_training", "size"}
+    assert len(image.sweep.seeds) >= 3 and len(language.sweep.seeds) >= 3
+    assert len(tiny.sweep.seeds) == 1
+    parsed = settings.read_settings(image.report)
+    assert parsed.equivalence_margin > 0 and len(parsed.primary_tests) == 3
+    assert {t.name for t in parsed.primary_tests} >= {"continued_training", "size"}
+    # The default language study is its continued-training arm.
+    parsed = settings.read_settings(language.report)
+    assert parsed.equivalence_margin > 0
+    assert [t.name for t in parsed.primary_tests] == ["continued_training"]
     assert settings.read_settings(tiny.report).primary_tests == ()
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from experiments.configs import smoke
 from experiments.core import jobs
+from experiments.core.config_utils import ConfigError
 from experiments.sweep import study
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -95,9 +96,10 @@ def test_smoke_study_reproduces_its_stored_results(smoke_study):
     Every cell the study wrote before the experiments were reorganised around the `Setting`
     interface is reproduced bit for bit on this project's CPU (only the `setting` label changed,
     `digits` -> `vision`); the columns added since (adaptive sharpness, effective rank, the
-    fresh-minibatch trace, eigenvalue residuals, weight norm) are stored as first measured. Floats are compared to a relative 1e-5 (as the resume test
-    below) so that another CPU or XLA version, which may round differently, still passes; any
-    change of the computation moves these numbers far more.
+    fresh-minibatch trace, eigenvalue residuals, weight norm) are stored as first measured.
+    Floats are compared to a relative 1e-5 (as the resume test below) so that another CPU or XLA
+    version, which may round differently, still passes; any change of the computation moves these
+    numbers far more.
     """
     workdir, _ = smoke_study
     stored = _read_csv(pathlib.Path(__file__).parent / "reference" / "smoke_results.csv")
@@ -194,3 +196,16 @@ def test_binary_reports_bad_input_in_one_line(tmp_path):
     assert completed.returncode != 0
     assert "EmptySweepError: The sweep is empty: config.sweep.objectives" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_primary_tests_that_one_seed_cannot_answer_are_refused_before_any_job(
+    digits_data_dir, tmp_path
+):
+    config = _config(digits_data_dir)
+    config.report.primary_tests = (
+        dict(name="size", kind="paired_difference", statistic="trace", score="linear_probe_acc",
+             axis="width", levels=(8, 16)),
+    )
+    with pytest.raises(ConfigError, match=r"primary_tests \(size\).*at least 2.*\(0,\)"):
+        study.run_study(config, tmp_path / "study")
+    assert not (tmp_path / "study").exists()

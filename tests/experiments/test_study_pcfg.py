@@ -20,6 +20,8 @@ def _tiny_study_config(data_dir: str) -> ml_collections.ConfigDict:
         section, name = path.split(".")
         config[section][name] = value
     config.sweep.widths, config.sweep.depths = (16,), (1,)
+    # Both training algorithms, one seed: no pre-registered test (they need 2 seeds or more).
+    config.sweep.objectives, config.sweep.seeds = ("adamw", "adversarial"), (0,)
     config.report = ml_collections.ConfigDict({"num_resamples": 50})
     return config
 
@@ -49,8 +51,14 @@ def test_pcfg_study_measures_every_checkpoint_and_reports(pcfg_data_dir, tmp_pat
         assert float(row["top_eigenvalue"]) > 0
         assert float(row["trace_downstream_stderr"]) > 0 and 2 <= int(row["matvecs_downstream"]) <= 8
         assert np.isfinite(float(row["trace_downstream"]))
-        # Not computed in the language setting: empty, not invented.
-        assert row["finetune_acc"] == ""
+        assert float(row["pretrain_loss_gap_train"]) >= 0
+        finetuned = [float(row[f"finetune_{task}_acc"]) for task in ("a", "b", "c")]
+        assert float(row["finetune_acc"]) == pytest.approx(sum(finetuned) / 3)
+        for task in ("a", "b", "c"):
+            baselines = [float(row[f"baseline_{kind}_{task}_acc"]) for kind in ("onehot", "bow", "random")]
+            assert float(row[f"linear_probe_{task}_gain"]) == pytest.approx(
+                float(row[f"linear_probe_{task}_acc"]) - max(baselines)
+            )
         assert row["nan_reason"] == ""
         assert "fisher_samples" not in row and "linear_probe_acc/a" not in row
     # The measurement stage and the setting's transfer stage, one job each per checkpoint.

@@ -5,9 +5,12 @@ import pathlib
 import numpy as np
 import pytest
 
+from experiments.language import paper_tasks
 from experiments.language.grammar import random_grammar
+from experiments.language.rooted_grammar import RootedGrammarSpec, root_pairs, rooted_grammar
 from experiments.language.span_tasks import TASKS, downstream_task, span_labels
 from experiments.language.tfds_builder import Pcfg, PcfgConfig, load_pcfg
+from tests.experiments.language.test_rooted_grammar import SMALL
 
 
 def test_tfds_builder_serves_the_splits(pcfg_data_dir):
@@ -58,3 +61,34 @@ def test_tfds_custom_configs_are_keyed_by_their_parameters(tmp_path):
         load_pcfg(str(tmp_path), "no_such_config")
     with pytest.raises(ValueError, match="num_pretrain: expected a positive integer"):
         PcfgConfig(num_pretrain=0)
+
+
+def test_rooted_configs_serve_the_paper_tasks(tmp_path):
+    config = PcfgConfig(
+        grammar=SMALL, min_len=5, max_len=8, num_pretrain=20, num_evaluation=10,
+        num_task_train=30, num_task_test=20,
+    )
+    data = load_pcfg(tmp_path, config)
+    assert data.config is config and data.grammar.num_nonterminals == SMALL.num_nonterminals
+    for task in paper_tasks.TASKS:
+        split = data.splits[f"task_{task}_test"]
+        np.testing.assert_array_equal(
+            split["span"], paper_tasks.task_spans(task, split["length"])
+        )
+        if task == "a":
+            expected = paper_tasks.root_labels(data.grammar, split["tokens"], split["length"])
+        else:
+            prefix = paper_tasks.PREFIX_LENGTHS[task]
+            expected = paper_tasks.prefix_labels(
+                data.grammar, split["tokens"], split["length"], prefix
+            )
+        np.testing.assert_array_equal(split["label"], expected)
+
+
+def test_rooted_config_is_the_paper_shaped_default():
+    # The default study's grammar (configs/pcfg.py); built lazily, so only its parameters.
+    rooted = {c.name: c for c in Pcfg.BUILDER_CONFIGS}["rooted"]
+    assert isinstance(rooted.grammar, RootedGrammarSpec)
+    assert (rooted.min_len, rooted.max_len) == (8, 8)
+    grammar = rooted_grammar(rooted.grammar)
+    assert grammar.emit.shape == (31, 50) and len(root_pairs(grammar)) == 9
