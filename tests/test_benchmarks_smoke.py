@@ -15,7 +15,7 @@ import hessjax
 from benchmarks import workloads
 
 BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "first_call", "fresh", "gpu", "gpu_scale",
-                     "peers", "timing", "workloads")
+                     "overhead", "peers", "timing", "workloads")
 
 
 def _tiny_workloads():
@@ -94,3 +94,13 @@ def test_first_call_reads_the_readme_example_the_readme_test_runs():
     from tests import test_readme
 
     assert first_call.readme_example() == test_readme._library_example()
+
+
+def test_overhead_quick_run(capsys):
+    from benchmarks import overhead
+
+    overhead.main(["--quick", "--no-record"])
+    out = capsys.readouterr().out
+    for call in ("bare jit(vmap(hvp_fn)) product", "trace (hutchinson)", "diagonal", "block_traces",
+                 "lanczos"):
+        assert call in out, call
