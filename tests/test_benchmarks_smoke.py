@@ -15,7 +15,7 @@ import hessjax
 from benchmarks import workloads
 
 BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "first_call", "fresh", "gpu", "gpu_scale",
-                     "overhead", "peers", "timing", "workloads")
+                     "jax_peers", "overhead", "peers", "timing", "workloads")
 
 
 def _tiny_workloads():
@@ -104,3 +104,18 @@ def test_overhead_quick_run(capsys):
     for call in ("bare jit(vmap(hvp_fn)) product", "trace (hutchinson)", "diagonal", "block_traces",
                  "lanczos"):
         assert call in out, call
+
+
+def test_jax_peers_quick_run(capsys):
+    from benchmarks import jax_peers
+
+    jax_peers.main(["--quick", "--no-record"])
+    out = capsys.readouterr().out
+    assert "failed" not in out, out
+    assert "hessjax xtrace" in out and "Gauss-Newton" in out and "control" in out
+    missing = [peer for peer in ("traceax", "matfree") if importlib.util.find_spec(peer) is None]
+    for peer in missing:
+        assert f"skipped: {peer} is not installed" in out
+    if missing:
+        pytest.skip(f"hessjax's rows ran; {', '.join(missing)} not installed, their rows skipped "
+                    "(pip install traceax==1.0.2 matfree==0.6.3)")
