@@ -115,17 +115,26 @@ def hessjax_estimator(method: str) -> Estimator:
         matvec, like, key, num_matvecs=num_matvecs, method=method).value
 
 
-def relative_rmse(matrix: np.ndarray, estimator: Estimator, num_matvecs: int,
-                  num_seeds: int) -> float:
-    """Relative root-mean-square error of ``estimator`` on the dense ``matrix`` over seeds."""
+def relative_rmse(matrix: np.ndarray, estimator: Estimator, num_matvecs: int, num_seeds: int,
+                  vmap_seeds: bool = True) -> float:
+    """Relative root-mean-square error of ``estimator`` on the dense ``matrix`` over seeds.
+
+    ``vmap_seeds=False`` runs the seeds one compiled call at a time instead of in one ``vmap``:
+    XLA:CPU (jaxlib 0.10.2) hangs, every thread idle, running a float64 program that holds a
+    batched ``jnp.linalg.inv`` beside a batched QR and matrix products (traceax's XTrace and
+    XNysTrace vmapped over 2 or more keys; ``benchmarks/NOTES.md``).
+    """
     like = jnp.zeros(matrix.shape[0], matrix.dtype)
+    operator, keys = jnp.asarray(matrix), jax.random.split(jax.random.key(0), num_seeds)
 
-    @jax.jit
-    def estimates(operator, keys):
-        return jax.vmap(lambda key: estimator(lambda v: operator @ v, like, key, num_matvecs))(keys)
+    def estimate(operator, key):
+        return estimator(lambda v: operator @ v, like, key, num_matvecs)
 
-    values = np.asarray(estimates(jnp.asarray(matrix),
-                                  jax.random.split(jax.random.key(0), num_seeds)))
+    if vmap_seeds:
+        values = np.asarray(jax.jit(jax.vmap(estimate, (None, 0)))(operator, keys))
+    else:
+        one = jax.jit(estimate)
+        values = np.asarray([one(operator, key) for key in keys])
     exact = float(np.trace(matrix))
     return float(np.sqrt(np.mean((values - exact) ** 2)) / abs(exact))
 
@@ -144,7 +153,8 @@ def decaying_spectrum_matrix(n: int = CONTROL_DIMENSION, power: float = 1.0, see
 
 def estimator_efficiency(matrix: np.ndarray, target: float = 0.01, num_seeds: int = 50,
                          grid: tuple[int, ...] = EFFICIENCY_GRID,
-                         estimators: Mapping[str, Estimator] | None = None) -> dict[str, dict]:
+                         estimators: Mapping[str, Estimator] | None = None,
+                         vmap_seeds: bool = True) -> dict[str, dict]:
     """For each estimator, its relative RMSE along ``grid`` and the first budget reaching ``target``.
 
     The budgets stop at half the dimension: beyond it a sketch of that size can recover the whole
@@ -157,6 +167,7 @@ def estimator_efficiency(matrix: np.ndarray, target: float = 0.01, num_seeds: in
         grid: the budgets tried, in increasing order (products; each method rounds down to its
             multiple, and every budget here is a multiple of 6).
         estimators: name -> :data:`Estimator`; default hessjax's methods (``EFFICIENCY_METHODS``).
+        vmap_seeds: see :func:`relative_rmse`.
 
     Returns:
         ``{name: {"rmse": {num_matvecs: error}, "reached": num_matvecs or None}}``.
@@ -168,7 +179,8 @@ def estimator_efficiency(matrix: np.ndarray, target: float = 0.01, num_seeds: in
     for name, estimator in estimators.items():
         rmse, reached = {}, None
         for num_matvecs in grid:
-            rmse[num_matvecs] = relative_rmse(matrix, estimator, num_matvecs, num_seeds)
+            rmse[num_matvecs] = relative_rmse(matrix, estimator, num_matvecs, num_seeds,
+                                              vmap_seeds)
             if rmse[num_matvecs] <= target:
                 reached = num_matvecs
                 break
