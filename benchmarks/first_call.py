@@ -1,8 +1,9 @@
 """First-call and steady-call time of every public estimator, and the XLA programs each compiles.
 
-Run ``python -m benchmarks.first_call`` (about 8 minutes on the loaded 2-core CPU; ``--quick``
-checks the script in well under a minute, its figures meaningless). Each estimator runs in a fresh
-process (``benchmarks.fresh``), so no compiled program leaks from one measurement into the next:
+Run ``python -m benchmarks.first_call`` (14 minutes on the 2-core CPU at load 8-12, the README
+part 1 more; ``--part estimators|readme`` runs one; ``--quick`` checks the script in under a
+minute, its figures meaningless). Each estimator runs in a fresh process (``benchmarks.fresh``),
+so no compiled program leaks from one measurement into the next:
 
 * its first call, compilation included, after the operator (``hvp_fn``) is built, and the median
   of a few steady calls after it;
@@ -14,7 +15,8 @@ process (``benchmarks.fresh``), so no compiled program leaks from one measuremen
 Workloads: the digits MLP 64-256-256-10 (batch 1024) and the language setting's masked-LM
 transformer (``experiments/configs/pcfg.py``: width 32, depth 2, 256 sentences of the ``small``
 grammar). Last, the README's library example as a whole script in a fresh process (imports
-included). Tables are appended to ``benchmarks/RESULTS.md`` row by row as they are measured.
+included), and twice more with JAX's persistent compilation cache (filling it, then reading it).
+Tables are appended to ``benchmarks/RESULTS.md`` row by row as they are measured.
 
 Only the estimators' public calls are made and their results are only waited for, never read,
 so the script works whatever result types the estimators return.
@@ -157,17 +159,80 @@ def _compiled(result: dict[str, Any]) -> str:
             f"{result['trace_s']:.2f} s")
 
 
+def _script_row(section: timing.Section, label: str, result: dict[str, Any]) -> None:
+    if "error" in result:
+        section.row(label, result["error"], "", "")
+    else:
+        section.row(label, timing.seconds(result["process_s"]), _compiled(result),
+                    _costliest(result))
+
+
+def estimator_rows(section: timing.Section, quick: bool, scratch: pathlib.Path
+                   ) -> dict[tuple[str, str], dict[str, Any]]:
+    """The estimators' table and the second-budget table; returns each row's figures."""
+    from benchmarks import workloads
+
+    cache = scratch / "masked_lm.pkl"
+    workloads.masked_lm(workloads.TINY_MASKED_LM if quick else workloads.MASKED_LM,
+                        data_dir=str(scratch) if quick else None, save=cache)
+    section.table(("workload", "call", "first call", "steady call", "first / steady",
+                   "programs / lower+compile / tracing", "costliest programs (s)",
+                   "hvp_fn first call"))
+    figures, budgets = {}, []
+    for workload in ("mlp", "masked_lm"):
+        for cases in [list(QUICK_CASES[workload])] if quick else [[case] for case in CASES]:
+            result = fresh.run_child(MODULE, {"workload": workload, "cases": cases,
+                                              "quick": quick, "cache": str(cache)},
+                                     120 if quick else 600)
+            if "error" in result:
+                section.row(workload, ", ".join(cases), "failed", "", "", "", result["error"], "")
+                continue
+            for row in result["rows"]:
+                figures[(workload, row["case"])] = row
+                operator = (f"{timing.seconds(row['operator_s'])} "
+                            f"({row['operator_programs']} programs)"
+                            if "operator_s" in row else "—")
+                section.row(result["name"], row["case"], timing.seconds(row["first"]),
+                            timing.seconds(row["steady"]), f"{row['first'] / row['steady']:.0f}x",
+                            _compiled(row), _costliest(row), operator)
+                if "new_budget_programs" in row:
+                    budgets.append((result["name"], row["case"], row["new_budget_programs"]))
+    sizes = QUICK if quick else Sizes()
+    section.table(("workload", "call", f"programs a second call with num_matvecs="
+                   f"{sizes.second_num_matvecs} (first: {sizes.num_matvecs}) compiles"))
+    for name, case, programs in budgets:
+        section.row(name, case, f"{len(programs)}: {', '.join(programs) or '—'}")
+    return figures
+
+
+def readme_rows(section: timing.Section, scratch: pathlib.Path) -> dict[str, Any]:
+    """The README example as a whole script, then twice with a persistent compilation cache."""
+    section.table(("script", "wall time (fresh process, imports included)",
+                   "programs / lower+compile / tracing", "costliest programs (s)"))
+    script = scratch / "readme_example.py"
+    script.write_text(readme_example())
+    readme = fresh.run_script(script, 600)
+    _script_row(section, "README library example", readme)
+    # What JAX's persistent compilation cache would save a user's second run.
+    cache_dir = {"JAX_COMPILATION_CACHE_DIR": str(scratch / "jax_cache"),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    for label in ("first run filling", "second run reading"):
+        _script_row(section, f"README library example, {label} a persistent compilation cache",
+                    fresh.run_script(script, 600, **cache_dir))
+    return readme
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny models, one process per workload: checks the script only")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--part", choices=("estimators", "readme", "both"), default="both")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(json.loads(args.child))
         return
-    timeout = 120 if args.quick else 600
     section = timing.Section(None if args.no_record else RESULTS, [
         f"## First calls and compiled programs, {timing.now()}"
         f"{' (--quick)' if args.quick else ''}", "",
@@ -177,57 +242,14 @@ def main(argv: list[str] | None = None) -> None:
         f"- machine: {timing.machine()}", f"- at start: {timing.load()}",
         f"- versions: {timing.versions_line()}",
         f"- XLA_FLAGS: {os.environ.get('XLA_FLAGS', '(unset)')}"])
-    figures: dict[str, Any] = {}
+    figures: dict[tuple[str, str], dict[str, Any]] = {}
+    readme: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        cache = pathlib.Path(scratch) / "masked_lm.pkl"
-        from benchmarks import workloads
-
-        workloads.masked_lm(workloads.TINY_MASKED_LM if args.quick else workloads.MASKED_LM,
-                            data_dir=scratch if args.quick else None, save=cache)
-        section.table(("workload", "call", "first call", "steady call", "first / steady",
-                       "programs / lower+compile / tracing", "costliest programs (s)",
-                       "hvp_fn first call"))
-        budgets = []
-        for workload in ("mlp", "masked_lm"):
-            groups = ([list(QUICK_CASES[workload])] if args.quick
-                      else [[case] for case in CASES])
-            for cases in groups:
-                result = fresh.run_child(MODULE, {"workload": workload, "cases": cases,
-                                                    "quick": args.quick, "cache": str(cache)},
-                                         timeout)
-                if "error" in result:
-                    section.row(workload, ", ".join(cases), "failed", "", "", "", result["error"],
-                                "")
-                    continue
-                for row in result["rows"]:
-                    figures[(workload, row["case"])] = row
-                    operator = (f"{timing.seconds(row['operator_s'])} "
-                                f"({row['operator_programs']} program)"
-                                if "operator_s" in row else "—")
-                    section.row(result["name"], row["case"], timing.seconds(row["first"]),
-                                timing.seconds(row["steady"]),
-                                f"{row['first'] / row['steady']:.0f}x", _compiled(row),
-                                _costliest(row), operator)
-                    if "new_budget_programs" in row:
-                        budgets.append((result["name"], row["case"], row["new_budget_programs"]))
-        sizes = QUICK if args.quick else Sizes()
-        section.table(("workload", "call", f"programs a second call with num_matvecs="
-                       f"{sizes.second_num_matvecs} (first: {sizes.num_matvecs}) compiles"))
-        for name, case, programs in budgets:
-            section.row(name, case, f"{len(programs)}: {', '.join(programs) or '—'}")
-        if args.quick:
-            readme = {"error": "not run with --quick"}
-        else:
-            script = pathlib.Path(scratch) / "readme_example.py"
-            script.write_text(readme_example())
-            readme = fresh.run_script(script, timeout)
-        section.table(("script", "wall time (fresh process, imports included)",
-                       "programs / lower+compile / tracing", "costliest programs (s)"))
-        if "error" in readme:
-            section.row("README library example", readme["error"], "", "")
-        else:
-            section.row("README library example", timing.seconds(readme["process_s"]),
-                        _compiled(readme), _costliest(readme))
+        if args.part in ("estimators", "both"):
+            figures = estimator_rows(section, args.quick, pathlib.Path(scratch))
+        # The README example takes 15-30 s of compiling: not in the quick check.
+        if args.part in ("readme", "both") and not args.quick:
+            readme = readme_rows(section, pathlib.Path(scratch))
     summary = figures.get(("mlp", "hessian_summary"))
     verdicts = [("README library example as a whole script <= 8 s", readme.get("process_s")),
                 ("first hessian_summary on the digits MLP <= 3 s",

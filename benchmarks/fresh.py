@@ -147,11 +147,11 @@ def run_child(module: str, spec: dict[str, Any], timeout: float) -> dict[str, An
     return {**json.loads(lines[-1][len(RESULT_PREFIX):]), "process_s": elapsed}
 
 
-def run_script(path: pathlib.Path, timeout: float) -> dict[str, Any]:
+def run_script(path: pathlib.Path, timeout: float, **variables: str) -> dict[str, Any]:
     """Runs a Python script as a user would (``python path``) and times the whole process.
 
     JAX's own compile log (``JAX_LOG_COMPILES=1``, on stderr) gives the programs the script
-    compiled without changing a line of it.
+    compiled without changing a line of it. ``variables`` are added to its environment.
 
     Returns:
         ``process_s`` (wall time from start to exit), ``programs``, ``compile_s``, ``lower_s``,
@@ -161,7 +161,8 @@ def run_script(path: pathlib.Path, timeout: float) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, str(path)], cwd=path.parent,
-                              env=environment(JAX_LOG_COMPILES="1"), capture_output=True,
+                              env=environment(JAX_LOG_COMPILES="1", **variables),
+                              capture_output=True,
                               text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
