@@ -189,9 +189,9 @@ def estimator_rows(section: timing.Section, quick: bool, scratch: pathlib.Path
                 continue
             for row in result["rows"]:
                 figures[(workload, row["case"])] = row
-                operator = (f"{timing.seconds(row['operator_s'])} "
-                            f"({row['operator_programs']} programs)"
-                            if "operator_s" in row else "—")
+                count = row.get("operator_programs")
+                operator = (f"{timing.seconds(row['operator_s'])} ({count} "
+                            f"program{'' if count == 1 else 's'})" if count is not None else "—")
                 section.row(result["name"], row["case"], timing.seconds(row["first"]),
                             timing.seconds(row["steady"]), f"{row['first'] / row['steady']:.0f}x",
                             _compiled(row), _costliest(row), operator)

@@ -1,8 +1,9 @@
 """Per-probe overhead of the estimators over a bare vmapped product: ``python -m benchmarks.overhead``.
 
-What a probe costs inside ``trace`` (Hutchinson), ``diagonal`` and ``block_traces``, and what one
-Lanczos step costs inside ``lanczos``, against one bare ``jax.jit(jax.vmap(matvec))`` product of
-the same chunk size (the CPU default, 1), in steady state. Each round times every call once, in
+What a probe costs inside ``trace`` (Hutchinson), ``diagonal`` and ``block_traces``, what one
+Lanczos step costs inside ``lanczos``, and what a product costs inside Hutch++ and XTrace, against
+one bare ``jax.jit(jax.vmap(matvec))`` product of the same chunk size (the CPU default, 1), in
+steady state. Each round times every call once, in
 turn, and the ratio is taken within the round: on the shared machine the load moves between rounds,
 and a ratio of neighbours is steadier than either figure. The table gives the median ratio over the
 rounds and its range. About 4 minutes on the loaded 2-core CPU; ``--quick`` checks the script.
@@ -23,7 +24,7 @@ from typing import Any
 import jax
 
 import hessjax
-from benchmarks import timing, workloads
+from benchmarks import peers, timing, workloads
 from benchmarks.figures import rademacher
 
 RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
@@ -44,6 +45,9 @@ def calls(problem: workloads.Problem, num_probes: int, num_steps: int, chunk: in
         return [product(matvec, probes) for _ in range(num_probes // chunk)]
 
     budget = dict(num_matvecs=num_probes, chunk_size=chunk)
+    sketched = {f"trace ({method}), per product": (
+        lambda method=method: hessjax.trace(matvec, params, key, method=method, **budget),
+        peers.products_spent(method, num_probes)) for method in ("hutch++", "xtrace")}
     return {
         BARE: (bare, num_probes),
         "trace (hutchinson), per probe": (
@@ -54,6 +58,7 @@ def calls(problem: workloads.Problem, num_probes: int, num_steps: int, chunk: in
                                     num_probes),
         f"lanczos (num_steps={num_steps}), per step": (
             lambda: hessjax.lanczos(matvec, params, key, num_steps=num_steps), num_steps),
+        **sketched,
     }
 
 
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--chunk", type=int, default=1, help="probes per chunk (CPU default 1)")
     args = parser.parse_args(argv)
-    num_probes, num_steps, rounds = (4, 4, 2) if args.quick else (16, 20, 5)
+    num_probes, num_steps, rounds = (6, 4, 2) if args.quick else (18, 20, 5)
     section = timing.Section(None if args.no_record else RESULTS, [
         f"## Per-probe overhead, {timing.now()}{' (--quick)' if args.quick else ''}", "",
         f"`python -m benchmarks.overhead`: {num_probes} probes per call ({num_steps} Lanczos "
