@@ -9,6 +9,7 @@ float64 Hessian-vector product instead. Call these functions inside ``jax.enable
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.flatten_util
@@ -19,7 +20,7 @@ import scipy.sparse.linalg
 import scipy.stats
 
 import hessjax
-from benchmarks.workloads import Workload, digits_mlp
+from benchmarks.workloads import JaxOps, Workload, digits_mlp
 
 SMALL_MLP_SIZES = (64, 32, 10)
 # Matvec budgets (multiples of 6, so that every method spends them exactly), up to n / 2.
@@ -28,9 +29,10 @@ EFFICIENCY_METHODS = ("hutchinson", "hutch++", "xtrace")
 CONTROL_DIMENSION = 2000
 
 
-def trained_small_mlp(steps: int = 100, batch_size: int = 1024, seed: int = 0) -> Workload:
+def trained_small_mlp(steps: int = 100, batch_size: int = 1024, seed: int = 0,
+                      sizes: tuple[int, ...] = SMALL_MLP_SIZES) -> Workload:
     """The small MLP after ``steps`` full-batch Adam steps (learning rate 1e-2) on its batch."""
-    workload = digits_mlp(SMALL_MLP_SIZES, batch_size, seed)
+    workload = digits_mlp(sizes, batch_size, seed)
     loss_fn, batch = workload.jax_loss(), workload.jax_batch()
     optimizer = optax.adam(1e-2)
 
@@ -53,6 +55,25 @@ def exact_hessian(workload: Workload) -> np.ndarray:
     flat, unravel = jax.flatten_util.ravel_pytree(workload.jax_params(jnp.float64))
     hessian = jax.jit(jax.hessian(lambda x: loss_fn(unravel(x), batch)))(flat)
     return np.asarray(hessian)
+
+
+def exact_ggn(workload: Workload, chunk: int = 128) -> np.ndarray:
+    """The dense float64 generalized Gauss-Newton matrix of the workload (``hessjax.ggn_fn``).
+
+    Positive semi-definite (cross-entropy is convex in the logits): the operator on which
+    estimators that assume it (XNysTrace) may be compared with the others.
+    """
+    params, batch = workload.jax_params(jnp.float64), workload.jax_batch(jnp.float64)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    forward = workload.forward
+    matvec = hessjax.ggn_fn(
+        lambda p, b: forward(JaxOps, p, b[0]),
+        lambda logits, b: optax.softmax_cross_entropy_with_integer_labels(logits, b[1]).mean(),
+        params, batch)
+    columns = jax.jit(lambda m, basis: jax.lax.map(
+        lambda e: jax.flatten_util.ravel_pytree(m(unravel(e)))[0], basis, batch_size=chunk))
+    ggn = np.asarray(columns(matvec, jnp.eye(flat.size, dtype=flat.dtype)))
+    return (ggn + ggn.T) / 2
 
 
 def exact_top_eigenvalue(workload: Workload, tol: float = 1e-8) -> float:
@@ -84,21 +105,37 @@ def density_errors(eigenvalues: np.ndarray, nodes: np.ndarray, weights: np.ndarr
     return errors
 
 
-def relative_rmse(hessian: np.ndarray, method: str, num_matvecs: int, num_seeds: int) -> float:
-    """Relative root-mean-square error of ``hessjax.trace`` on ``hessian`` over seeds."""
-    operator = jnp.asarray(hessian)
-    like = jnp.zeros(operator.shape[0], operator.dtype)
+# An estimator as the efficiency sweep sees it: ``(matvec, like, key, num_matvecs) -> estimate``.
+Estimator = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array, int], jax.Array]
 
-    @jax.jit
-    def estimates(operator, keys):
-        def estimate(key):
-            return hessjax.trace(lambda v: operator @ v, like, key, num_matvecs=num_matvecs,
-                                 method=method).value
 
-        return jax.vmap(estimate)(keys)
+def hessjax_estimator(method: str) -> Estimator:
+    """``hessjax.trace`` with ``method`` as an :data:`Estimator`."""
+    return lambda matvec, like, key, num_matvecs: hessjax.trace(
+        matvec, like, key, num_matvecs=num_matvecs, method=method).value
 
-    values = np.asarray(estimates(operator, jax.random.split(jax.random.key(0), num_seeds)))
-    exact = float(np.trace(hessian))
+
+def relative_rmse(matrix: np.ndarray, estimator: Estimator, num_matvecs: int, num_seeds: int,
+                  vmap_seeds: bool = True) -> float:
+    """Relative root-mean-square error of ``estimator`` on the dense ``matrix`` over seeds.
+
+    ``vmap_seeds=False`` runs the seeds one compiled call at a time instead of in one ``vmap``:
+    XLA:CPU (jaxlib 0.10.2) hangs, every thread idle, running a float64 program that holds a
+    batched ``jnp.linalg.inv`` beside a batched QR and matrix products (traceax's XTrace and
+    XNysTrace vmapped over 2 or more keys; ``benchmarks/NOTES.md``).
+    """
+    like = jnp.zeros(matrix.shape[0], matrix.dtype)
+    operator, keys = jnp.asarray(matrix), jax.random.split(jax.random.key(0), num_seeds)
+
+    def estimate(operator, key):
+        return estimator(lambda v: operator @ v, like, key, num_matvecs)
+
+    if vmap_seeds:
+        values = np.asarray(jax.jit(jax.vmap(estimate, (None, 0)))(operator, keys))
+    else:
+        one = jax.jit(estimate)
+        values = np.asarray([one(operator, key) for key in keys])
+    exact = float(np.trace(matrix))
     return float(np.sqrt(np.mean((values - exact) ** 2)) / abs(exact))
 
 
@@ -114,24 +151,38 @@ def decaying_spectrum_matrix(n: int = CONTROL_DIMENSION, power: float = 1.0, see
     return (q * np.arange(1, n + 1, dtype=np.float64) ** -power) @ q.T
 
 
-def estimator_efficiency(hessian: np.ndarray, target: float = 0.01, num_seeds: int = 50,
-                         grid: tuple[int, ...] = EFFICIENCY_GRID) -> dict[str, dict]:
-    """For each method, its relative RMSE along ``grid`` and the first budget reaching ``target``.
+def estimator_efficiency(matrix: np.ndarray, target: float = 0.01, num_seeds: int = 50,
+                         grid: tuple[int, ...] = EFFICIENCY_GRID,
+                         estimators: Mapping[str, Estimator] | None = None,
+                         vmap_seeds: bool = True) -> dict[str, dict]:
+    """For each estimator, its relative RMSE along ``grid`` and the first budget reaching ``target``.
 
     The budgets stop at half the dimension: beyond it a sketch of that size can recover the whole
     operator, and the comparison stops being about estimators.
 
+    Args:
+        matrix: the dense symmetric operator.
+        target: the relative RMSE to reach.
+        num_seeds: keys the RMSE is taken over.
+        grid: the budgets tried, in increasing order (products; each method rounds down to its
+            multiple, and every budget here is a multiple of 6).
+        estimators: name -> :data:`Estimator`; default hessjax's methods (``EFFICIENCY_METHODS``).
+        vmap_seeds: see :func:`relative_rmse`.
+
     Returns:
-        ``{method: {"rmse": {num_matvecs: error}, "reached": num_matvecs or None}}``.
+        ``{name: {"rmse": {num_matvecs: error}, "reached": num_matvecs or None}}``.
     """
-    grid = tuple(m for m in grid if 2 * m <= hessian.shape[0])
+    if estimators is None:
+        estimators = {method: hessjax_estimator(method) for method in EFFICIENCY_METHODS}
+    grid = tuple(m for m in grid if 2 * m <= matrix.shape[0])
     results = {}
-    for method in EFFICIENCY_METHODS:
+    for name, estimator in estimators.items():
         rmse, reached = {}, None
         for num_matvecs in grid:
-            rmse[num_matvecs] = relative_rmse(hessian, method, num_matvecs, num_seeds)
+            rmse[num_matvecs] = relative_rmse(matrix, estimator, num_matvecs, num_seeds,
+                                              vmap_seeds)
             if rmse[num_matvecs] <= target:
                 reached = num_matvecs
                 break
-        results[method] = {"rmse": rmse, "reached": reached}
+        results[name] = {"rmse": rmse, "reached": reached}
     return results

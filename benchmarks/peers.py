@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 import jax
+import jax.flatten_util
 import numpy as np
 
 from benchmarks.workloads import Workload, from_torch_layout
@@ -169,3 +170,61 @@ def matfree_trace(matvec, like: Any, key: jax.Array, num_probes: int, *parameter
     sampler = stochtrace.sampler_signs(like, num=num_probes)
     estimate = stochtrace.estimator_monte_carlo(stochtrace.monte_carlo_trace(), sampler)
     return estimate(matvec, key, *parameters)
+
+
+# ----------------------------------------------------------------------------- JAX trace peers
+
+# The trace estimators of the JAX peers, by the names hessjax uses for the same algorithms.
+# XNysTrace (Nyström sketch, XTrace's exchangeable estimate) assumes a positive semi-definite operator.
+JAX_PEER_METHODS = {"traceax": ("hutchinson", "hutch++", "xtrace", "xnystrace"),
+                    "matfree": ("hutchinson", "xtrace", "xnystrace")}
+PSD_ONLY = ("xnystrace",)
+
+
+def products_spent(method: str, num_matvecs: int) -> int:
+    """The products each library's ``method`` spends for a budget (the same rule for all three)."""
+    multiple = {"hutch++": 3, "xtrace": 2}.get(method, 1)
+    return num_matvecs - num_matvecs % multiple
+
+
+def traceax_trace(method: str, matvec, like: Any, key: jax.Array, num_matvecs: int) -> jax.Array:
+    """traceax's estimator ``method`` on ``matvec`` as a lineax ``FunctionLinearOperator``.
+
+    traceax works on flat vectors: the operator is ``x -> ravel(matvec(unravel(x)))``, tagged
+    symmetric (and positive semi-definite for XNysTrace, which refuses any other operator). Its
+    Rademacher sampler draws integers by default, which a floating-point product cannot take; it
+    draws in the operator's dtype here. Hutch++ and XTrace use the documented default samplers
+    (Rademacher; the sphere, for the "improved" XTrace and XNysTrace).
+    """
+    import lineax as lx
+    import traceax as tx
+
+    flat, unravel = jax.flatten_util.ravel_pytree(like)
+    tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if method in PSD_ONLY else (
+        lx.symmetric_tag)
+    operator = lx.FunctionLinearOperator(
+        lambda x: jax.flatten_util.ravel_pytree(matvec(unravel(x)))[0],
+        jax.ShapeDtypeStruct(flat.shape, flat.dtype), tags)
+    estimator = {"hutchinson": lambda: tx.HutchinsonEstimator(tx.RademacherSampler(flat.dtype)),
+                 "hutch++": lambda: tx.HutchPlusPlusEstimator(tx.RademacherSampler(flat.dtype)),
+                 "xtrace": tx.XTraceEstimator, "xnystrace": tx.XNysTraceEstimator}[method]()
+    return estimator.estimate(key, operator, num_matvecs)[0]
+
+
+def matfree_estimate(method: str, matvec, like: Any, key: jax.Array, num_matvecs: int
+                     ) -> jax.Array:
+    """matfree's ``stochtrace`` estimator ``method`` spending ``num_matvecs`` products.
+
+    Hutchinson: ``estimator_monte_carlo`` with Rademacher probes (one ``vmap`` over all of them);
+    XTrace (``num_matvecs / 2`` samples, two products each) and XNysTrace (one product per sample):
+    ``estimator_leave_one_out`` with sphere samples, which their resphering step asks for.
+    """
+    from matfree import stochtrace
+
+    apply = lambda v, operator: operator(v)
+    if method == "hutchinson":
+        return matfree_trace(apply, like, key, num_matvecs, matvec)
+    integrand, num = {"xtrace": (stochtrace.leave_one_out_xtrace, num_matvecs // 2),
+                      "xnystrace": (stochtrace.leave_one_out_xnystrace, num_matvecs)}[method]
+    estimate = stochtrace.estimator_leave_one_out(integrand(), stochtrace.sampler_sphere(like, num=num))
+    return estimate(apply, key, matvec)

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "torch", "PyHessian", "matfree",
-            "curvlinops-for-pytorch")
+            "curvlinops-for-pytorch", "traceax", "lineax", "equinox")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +136,34 @@ class RecordingTable(Table):
         print(f"    (+{time.perf_counter() - self.start:.0f} s)", flush=True)
         if self.path is not None:
             self.path.write_text(f"{self.header}\n\n{self.markdown()}\n")
+
+
+class Section:
+    """A results section appended to a markdown file piece by piece as it is measured.
+
+    The header goes in when the section starts and every row the moment it exists, so a run cut
+    short (a time limit, a crash) leaves what it measured. ``path=None`` only prints.
+    """
+
+    def __init__(self, path: pathlib.Path | None, header: Sequence[str]):
+        self.path = path
+        self.write("\n" + "\n".join(header) + "\n")
+
+    def write(self, text: str) -> None:
+        print(text, end="", flush=True)
+        if self.path is not None:
+            with self.path.open("a") as stream:
+                stream.write(text)
+
+    def table(self, columns: Sequence[str]) -> None:
+        """Starts a table: the rows that follow belong to it."""
+        self.write("\n" + "\n".join(markdown_table(columns, []).splitlines()) + "\n")
+
+    def row(self, *cells: Any) -> None:
+        self.write(markdown_table([""] * len(cells), [cells]).splitlines()[-1] + "\n")
+
+    def text(self, *lines: str) -> None:
+        self.write("\n" + "\n".join(lines) + "\n")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

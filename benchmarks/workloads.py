@@ -17,6 +17,8 @@ import dataclasses
 import functools
 import itertools
 import math
+import pathlib
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -548,3 +550,119 @@ def _float64_reference(workload: Workload, v: Params):
         hv = jax.jit(jax.grad(directional))(params, batch, tangent)
         return float(loss), jax.tree_util.tree_map(np.asarray, grads), jax.tree_util.tree_map(
             np.asarray, hv)
+
+
+# ----------------------------------------------------------------------------- JAX-only problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A loss at one point, in the form hessjax's estimators take it (JAX only).
+
+    Attributes:
+        name: a short label for tables.
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        params: the point (a pytree of JAX arrays).
+        batch: the batch ``loss_fn`` takes.
+        logits_fn: ``logits_fn(params, inputs) -> logits`` (for ``hessjax.fisher_trace``).
+        inputs: the inputs ``logits_fn`` takes.
+    """
+
+    name: str
+    loss_fn: Callable[[Any, Any], jax.Array]
+    params: Any
+    batch: Any
+    logits_fn: Callable[[Any, Any], Any]
+    inputs: Any
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(self.params))
+
+
+def problem(workload: Workload) -> Problem:
+    """The JAX side of a :class:`Workload` as a :class:`Problem`."""
+    batch = workload.jax_batch()
+    return Problem(workload.name, workload.jax_loss(), workload.jax_params(), batch,
+                   functools.partial(workload.forward, JaxOps), batch[0])
+
+
+# The language setting's default model (experiments/configs/pcfg.py) on one pretraining batch, and
+# a tiny variant on the `tiny` data for smoke runs.
+MASKED_LM = {"pcfg_config": "small", "width": 32, "depth": 2, "batch_size": 256}
+TINY_MASKED_LM = {"pcfg_config": "tiny", "width": 8, "depth": 1, "batch_size": 16}
+
+
+def _masked_lm_config(options: dict[str, Any], data_dir: str | None = None):
+    from experiments.configs import pcfg
+
+    config = pcfg.get_config()
+    config.data.pcfg_config = options["pcfg_config"]
+    config.data.data_dir = data_dir
+    config.model.width, config.model.depth = options["width"], options["depth"]
+    config.pretrain.batch_size = options["batch_size"]
+    return config
+
+
+def _masked_lm_problem(options: dict[str, Any], model, loss_fn, params, batch) -> Problem:
+    from experiments.training import evaluation
+
+    batch = jax.tree_util.tree_map(jnp.asarray, batch)
+    name = (f"masked-LM transformer w{options['width']} d{options['depth']} "
+            f"({options['pcfg_config']} PCFG, batch {options['batch_size']})")
+    return Problem(name, loss_fn, jax.tree_util.tree_map(jnp.asarray, params), batch,
+                   evaluation.eval_logits(model, {}), batch["inputs"])
+
+
+def masked_lm(options: dict[str, Any] = MASKED_LM, data_dir: str | None = None,
+              save: pathlib.Path | None = None) -> Problem:
+    """The language setting's masked-LM transformer at its initialization, on one training batch.
+
+    Built the way the study builds it: ``experiments.training.runs.build_run`` on
+    ``experiments/configs/pcfg.py`` (with ``options``' grammar and model size), ``run.eval_loss({})``
+    and the batch of training step 0 (``objectives.training_batch``). Loading the 100,000 sentences
+    of the ``small`` grammar takes 20-30 s on the 2-core CPU, so ``save`` writes what
+    :func:`load_masked_lm` needs to rebuild the same problem without the data (for fresh processes).
+    """
+    import tensorflow_datasets as tfds
+
+    from experiments.training import objectives, runs
+
+    tfds.disable_progress_bar()
+    run = runs.build_run(_masked_lm_config(options, data_dir))
+    params, _ = run.init()
+    batch = objectives.training_batch(run.objective, run.task.train, run.settings["batch_size"],
+                                      run.seed, 0)
+    loss_fn = run.eval_loss({})
+    if save is not None:
+        sizes = (run.task.num_classes, tuple(run.task.input_shape), run.task.input_vocab_size)
+        with save.open("wb") as stream:
+            pickle.dump({"options": dict(options), "sizes": sizes,
+                         "params": jax.tree_util.tree_map(np.asarray, params), "batch": batch,
+                         "loss": float(loss_fn(params, batch))}, stream)
+    return _masked_lm_problem(options, run.model, loss_fn, params, batch)
+
+
+def load_masked_lm(path: pathlib.Path) -> Problem:
+    """The problem :func:`masked_lm` saved: the same model and loss, built without the data.
+
+    The model comes from ``objectives.build_model_for`` and the loss from
+    ``objectives.make_eval_loss`` (what ``build_run`` and ``Run.eval_loss`` call) with the task's
+    sizes saved; the loss at the saved point is checked against the saved value.
+    """
+    from experiments.training import objectives, setting
+
+    with path.open("rb") as stream:
+        saved = pickle.load(stream)
+    options = saved["options"]
+    config = _masked_lm_config(options)
+    objective = objectives.get_objective(config.pretrain, setting.of_config(config).objectives)
+    num_classes, input_shape, vocab_size = saved["sizes"]
+    model = objectives.build_model_for(objective, config.model, num_classes, input_shape,
+                                       input_vocab_size=vocab_size)
+    result = _masked_lm_problem(options, model, objectives.make_eval_loss(model, objective, {}),
+                                saved["params"], saved["batch"])
+    loss = float(result.loss_fn(result.params, result.batch))
+    if not math.isclose(loss, saved["loss"], rel_tol=1e-5):
+        raise AssertionError(f"The rebuilt masked-LM loss is {loss}; it was {saved['loss']}.")
+    return result

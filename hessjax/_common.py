@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax import _checks
-from hessjax._vectors import Layout, draw_probes
+from hessjax._vectors import Layout
 
 Array = jax.Array
 Matvec = Callable[[Any], Any]
@@ -67,10 +67,17 @@ def resolve_chunk_size(chunk_size: Any, budget: int) -> int:
     return max(1, min(_checks.check_int(chunk_size, "chunk_size", minimum=1), budget))
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "count", "probe"))
-def draw(key: Array, layout: Layout, count: int, probe: str) -> Array:
-    """Probes ``0 .. count - 1`` of ``key`` as rows, in one compiled call."""
-    return draw_probes(key, 0, count, layout, probe)
+@functools.partial(jax.jit, static_argnames=("num",))
+def split_key(key: Array, num: int) -> tuple[Array, ...]:
+    """``jax.random.split(key, num)`` as a tuple, in one compiled call (eagerly, splitting and
+    unpacking would be two programs)."""
+    return tuple(jax.random.split(key, num))
+
+
+@jax.jit
+def fold_key(key: Array, data: Any) -> Array:
+    """``jax.random.fold_in(key, data)``; ``data`` is traced, so every index shares one program."""
+    return jax.random.fold_in(key, data)
 
 
 class ByIdentity:

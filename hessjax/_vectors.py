@@ -1,9 +1,15 @@
 """Flat views of parameter-shaped vectors, random probes, running moments and probe loops.
 
 Estimators see a vector (a pytree shaped like the parameters) as one flat array, so the linear algebra
-they need (QR, Gram-Schmidt, sketches) is plain ``jnp`` code. :class:`Layout` is the hashable description
+they need (QR, Gram-Schmidt, sketches) is plain array code. :class:`Layout` is the hashable description
 of that correspondence; it is a static argument of the jitted kernels, so a new layout compiles once and
 every later call with the same shapes reuses the compiled code.
+
+Called eagerly, the estimators compile only kernels whose shapes do not depend on the budget (a chunk
+of probes, a chunk of products) and do the small algebra between them on the host, in numpy: a sketch
+of ``s`` vectors, its ``s x s`` algebra and a tridiagonal eigenproblem would each be a new XLA program
+for every new ``s``, which costs far more to compile than to run. Under a trace the same functions run
+in ``jax.numpy``; :func:`array_ops` picks the namespace from the arrays they are given.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 from hessjax import _checks
 
 Array = jax.Array
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def at_least_float32(dtype: Any) -> np.dtype:
@@ -85,6 +92,13 @@ class Layout:
                   for (start, stop), shape, dtype in zip(self.bounds, self.shapes, self.dtypes)]
         return self.treedef.unflatten(leaves)
 
+    def unravel_rows(self, rows: Array) -> Any:
+        """:meth:`unravel` of each row of ``rows``: a pytree whose leaves have a leading axis (numpy
+        rows give numpy leaves)."""
+        leaves = [rows[..., start:stop].reshape(rows.shape[:-1] + shape).astype(dtype)
+                  for (start, stop), shape, dtype in zip(self.bounds, self.shapes, self.dtypes)]
+        return self.treedef.unflatten(leaves)
+
     def cast(self, tree: Any) -> Any:
         """``tree`` (with this layout's structure) with each leaf cast to this layout's dtype."""
         leaves = self.treedef.flatten_up_to(tree)
@@ -105,6 +119,51 @@ class Layout:
                 raise ValueError(
                     f"Leaf {index} of `{name}` has shape {tuple(jnp.shape(leaf))}; expected {shape} "
                     f"(the shape of the same leaf of {reference}).")
+
+
+def _solve_lower_host(lower: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``lower^{-1} rhs`` by forward substitution, in float64 (numpy has no triangular solver)."""
+    lower64, solution = lower.astype(np.float64), rhs.astype(np.float64)
+    for i in range(lower.shape[0]):
+        solution[i] = (solution[i] - lower64[i, :i] @ solution[:i]) / lower64[i, i]
+    return solution.astype(np.result_type(lower, rhs))
+
+
+class ArrayOps(NamedTuple):
+    """The array namespace of the estimators' small linear algebra: numpy on the host, or XLA.
+
+    Attributes:
+        xp: ``numpy`` or ``jax.numpy``.
+        matmul: the matrix product, in full precision (``Precision.HIGHEST`` in XLA).
+        solve_lower: ``(L, B) -> L^{-1} B`` for a lower-triangular ``L``.
+    """
+
+    xp: Any
+    matmul: Callable[[Any, Any], Any]
+    solve_lower: Callable[[Any, Any], Any]
+
+
+# numpy's linear algebra (QR, eigh) computes in float64 and rounds the result to the input's dtype.
+HOST = ArrayOps(np, np.matmul, _solve_lower_host)
+TRACED = ArrayOps(jnp, functools.partial(jnp.matmul, precision=_HIGHEST),
+                  functools.partial(jax.scipy.linalg.solve_triangular, lower=True))
+
+
+def array_ops(*trees: Any) -> ArrayOps:
+    """:data:`TRACED` if any leaf of ``trees`` is a JAX array (or tracer), else :data:`HOST`."""
+    return TRACED if any(isinstance(leaf, jax.Array)
+                         for leaf in jax.tree_util.tree_leaves(trees)) else HOST
+
+
+def to_host(tree: Any) -> Any:
+    """Every leaf of ``tree`` as a numpy array (waits for the device)."""
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def to_device(tree: Any) -> Any:
+    """Every numpy leaf of ``tree`` as a JAX array (a transfer: nothing is compiled)."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(x) if isinstance(x, (np.ndarray, np.generic)) else x, tree)
 
 
 # Probes longer than this are drawn block by block: JAX's counter-based generator holds about three
@@ -177,21 +236,49 @@ def apply_tree(matvec: Callable[[Any], Any], layout: Layout, v: Any) -> Any:
 
 
 @functools.partial(jax.jit, static_argnames=("layout",))
-def _apply_rows_jit(matvec: Any, layout: Layout, rows: Array) -> Array:
+def apply_chunk(matvec: Any, layout: Layout, rows: Array) -> Array:
+    """:func:`apply_rows` compiled: the chunk kernel of products every estimator shares eagerly."""
     return apply_rows(matvec, layout, rows)
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "count", "probe"))
+def draw_chunk(key: Array, start: Any, layout: Layout, count: int, probe: str) -> Array:
+    """:func:`draw_probes` compiled; ``start`` is traced, so every chunk shares one program."""
+    return draw_probes(key, start, count, layout, probe)
+
+
+def chunk_bounds(total: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of each chunk of ``total`` items, ``chunk_size`` at a time."""
+    return [(start, min(chunk_size, total - start)) for start in range(0, total, chunk_size)]
+
+
+def draw_rows(key: Array, layout: Layout, count: int, probe: str, chunk_size: int,
+              eager: bool) -> Array:
+    """Probes ``0 .. count - 1`` of ``key`` as the rows of a ``(count, n)`` array.
+
+    Eagerly they are drawn ``chunk_size`` at a time by one compiled kernel, whatever ``count`` (the
+    budget), and returned on the host as numpy; under a trace, in one draw.
+    """
+    if not eager:
+        return draw_probes(key, 0, count, layout, probe)
+    drawn = [draw_chunk(key, start, layout, size, probe)
+             for start, size in chunk_bounds(count, chunk_size)]
+    return np.concatenate(to_host(drawn))
 
 
 def apply_block(matvec: Any, layout: Layout, rows: Array, chunk_size: int, eager: bool) -> Array:
     """``A`` applied to every row of ``rows``, ``chunk_size`` rows at a time (the memory knob).
 
-    Eagerly, chunks run as a Python loop of one compiled kernel: dispatch is asynchronous and XLA:CPU
-    runs convolutions inside loop bodies many times slower than at top level. Under a trace, the
-    chunks run through ``lax.map``.
+    Eagerly, chunks run as a Python loop of one compiled kernel whose shape is the chunk's, not the
+    budget's: dispatch is asynchronous and XLA:CPU runs convolutions inside loop bodies many times
+    slower than at top level. The images come back on the host, as numpy, where the estimators do
+    their small algebra. Under a trace, the chunks run through ``lax.map``.
     """
     if eager:
-        chunks = [_apply_rows_jit(matvec, layout, rows[start:start + chunk_size])
-                  for start in range(0, rows.shape[0], chunk_size)]
-        return jnp.concatenate(chunks)
+        rows = np.asarray(rows)
+        images = [apply_chunk(matvec, layout, rows[start:start + size])
+                  for start, size in chunk_bounds(rows.shape[0], chunk_size)]
+        return np.concatenate(to_host(images))
     return jax.lax.map(lambda row: apply_one(matvec, layout, row), rows, batch_size=chunk_size)
 
 
@@ -210,11 +297,12 @@ class Moments(NamedTuple):
 
     @classmethod
     def of(cls, samples: Array) -> Moments:
-        """Moments of ``samples`` along axis 0, in at least float32."""
+        """Moments of ``samples`` along axis 0, in at least float32 (numpy samples: on the host)."""
+        xp = array_ops(samples).xp
         samples = samples.astype(at_least_float32(samples.dtype))
-        mean = jnp.mean(samples, axis=0)
-        m2 = jnp.sum(jnp.square(samples - mean), axis=0)
-        return cls(jnp.asarray(samples.shape[0], samples.dtype), mean, m2)
+        mean = xp.mean(samples, axis=0)
+        m2 = xp.sum(xp.square(samples - mean), axis=0)
+        return cls(xp.asarray(samples.shape[0], samples.dtype), mean, m2)
 
     @jax.jit
     def merge(self, other: Moments) -> Moments:
@@ -227,14 +315,18 @@ class Moments(NamedTuple):
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], dtype: Any) -> Moments:
-        """The moments of no samples (in at least float32): merging them into others changes nothing."""
+        """The moments of no samples (in at least float32): merging them into others changes nothing.
+
+        numpy arrays: they become arguments of the first compiled merge, with nothing to compile.
+        """
         dtype = at_least_float32(dtype)
-        return cls(jnp.zeros((), dtype), jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return cls(np.zeros((), dtype), np.zeros(shape, dtype), np.zeros(shape, dtype))
 
     def stderr(self) -> Array:
-        """Standard error of the mean, from the unbiased sample variance."""
-        variance = self.m2 / jnp.maximum(self.count - 1, 1)
-        return jnp.sqrt(variance / self.count)
+        """Standard error of the mean, from the unbiased sample variance (host moments: numpy)."""
+        xp = array_ops(self).xp
+        variance = self.m2 / xp.maximum(self.count - 1, 1)
+        return xp.sqrt(variance / self.count)
 
 
 def accumulate(chunk_moments: Callable[[Any, int, Moments], Moments], total: int, chunk_size: int,
@@ -243,13 +335,14 @@ def accumulate(chunk_moments: Callable[[Any, int, Moments], Moments], total: int
 
     ``chunk_moments(start, count, previous)`` merges the moments of samples ``start .. start + count - 1``
     into ``previous``, so that each chunk is one compiled call (one dispatch). Eagerly the chunks run as a
-    Python loop; under a trace, full chunks run through ``lax.scan`` and the remainder once more.
+    Python loop and the moments come back on the host (numpy: what is computed from them costs no
+    compilation); under a trace, full chunks run through ``lax.scan`` and the remainder once more.
     """
     if eager:
         result = initial
-        for start in range(0, total, chunk_size):
-            result = chunk_moments(start, min(chunk_size, total - start), result)
-        return result
+        for start, count in chunk_bounds(total, chunk_size):
+            result = chunk_moments(start, count, result)
+        return to_host(result)
     full, remainder = divmod(total, chunk_size)
     result = initial
     if full:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from hessjax import _checks
 from hessjax._common import as_function_tree, check_key, resolve_chunk_size
-from hessjax._vectors import Moments, accumulate
+from hessjax._vectors import Moments, accumulate, array_ops, to_device
 from hessjax.trace import TraceEstimate
 
 Array = jax.Array
@@ -130,8 +130,9 @@ def fisher_trace(logits_fn: Callable[[Any, Any], Any], params: Any, inputs: Any,
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
     moments = accumulate(kernel, num, resolve_chunk_size(chunk_size, num), eager,
                          Moments.zeros((), dtype))
-    estimate = TraceEstimate(moments.mean, moments.stderr(), jnp.asarray(num), moments.count - 1)
+    estimate = TraceEstimate(moments.mean, moments.stderr(), array_ops(moments).xp.asarray(num),
+                             moments.count - 1)
     if eager:
         _checks.check_finite("the Fisher trace", estimate.value, estimate.stderr,
                              source="The sampled score gradients", culprit="`logits_fn` at these parameters")
-    return estimate
+    return to_device(estimate)

@@ -262,7 +262,8 @@ def dataset_hvp_fn(loss_fn: LossFn, params: Any, batches: Any, *,
             raise ValueError("`batches` has a leading axis of size 0; expected at least one batch.")
         stacked, counts = [batches], [[1] * count]
     total = float(sum(sum(c) for c in counts))
-    weights = [jnp.asarray(np.asarray(c, np.float64) / total) for c in counts]
+    # device_put, not jnp.asarray: a transfer, where jnp.asarray compiles a program per shape.
+    weights = [jax.device_put(np.asarray(c, np.float64) / total) for c in counts]
     if unroll is None:
         unroll = True if jax.default_backend() == "cpu" and sum(map(len, counts)) <= 16 else 1
     function = as_function_tree(loss_fn)

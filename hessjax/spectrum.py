@@ -7,10 +7,24 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hessjax import _checks
-from hessjax._common import Matvec, Probe, check_probe, draw, prepare
-from hessjax._vectors import Layout, apply_block, apply_rows, draw_probes
+from hessjax._basis import dots, normalized_residual, project_out, restarted, restarted_jit
+from hessjax._common import Matvec, Probe, check_probe, fold_key, prepare, resolve_chunk_size
+from hessjax._vectors import (
+    Layout,
+    apply_block,
+    apply_chunk,
+    apply_rows,
+    array_ops,
+    chunk_bounds,
+    draw_chunk,
+    draw_probes,
+    draw_rows,
+    to_device,
+    to_host,
+)
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -51,22 +65,15 @@ def _image(matvec: Any, layout: Layout, current: Array) -> tuple[Array, Array]:
 def _extend(state: LanczosState, image: Array, alpha: Array, step: Array) -> tuple[LanczosState, Array]:
     """Orthogonalizes ``image`` against the basis and writes it as the next Lanczos vector.
 
-    Returns the new state and, per row, whether the recurrence broke down (``beta ~ 0``: an invariant
-    subspace was found). Rows that broke down get ``beta = 0`` and a meaningless next vector, which
-    `_restart` replaces. No branch here touches the basis, so XLA updates it in place when the
-    caller donates the state (a ``lax.cond`` that captures the basis made it copy the whole basis,
-    twice per step: 15x the cost of the step on an 85k-parameter MLP).
+    Returns the new state and, per row, whether the recurrence broke down (see
+    :func:`hessjax._basis.normalized_residual`). No branch here touches the basis, so XLA updates it
+    in place (a ``lax.cond`` that captures the basis made it copy the whole basis, twice per step:
+    15x the cost of the step on an 85k-parameter MLP).
     """
     basis, alphas, betas = state
     num_steps = basis.shape[1]
     mask = (jnp.arange(num_steps) <= step).astype(basis.dtype)
-    residual = _orthogonalize(image, basis, mask)
-    beta = jnp.linalg.norm(residual, axis=-1)
-    scale = jnp.linalg.norm(image, axis=-1)
-    breakdown = beta <= 100 * jnp.finfo(basis.dtype).eps * jnp.maximum(scale, jnp.finfo(
-        basis.dtype).tiny)
-    following = residual / jnp.where(breakdown, 1, beta)[:, None]
-    beta = jnp.where(breakdown, 0, beta)
+    following, beta, breakdown = normalized_residual(image, _orthogonalize(image, basis, mask))
     following_index = jnp.minimum(step + 1, num_steps - 1)
     following = jnp.where(step + 1 < num_steps, following, basis[:, following_index])
     basis = basis.at[:, following_index].set(following)
@@ -86,9 +93,8 @@ def _restart(layout: Layout, key: Array, state: LanczosState, breakdown: Array,
     mask = (jnp.arange(num_steps) <= step).astype(basis.dtype)
     vectors = _orthogonalize(
         draw_probes(jax.random.fold_in(key, step), 0, basis.shape[0], layout, "gaussian"), basis, mask)
-    vectors = vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
     following_index = jnp.minimum(step + 1, num_steps - 1)
-    vectors = jnp.where(breakdown[:, None], vectors, basis[:, following_index])
+    vectors = restarted(basis[:, following_index], breakdown, vectors)
     return state._replace(basis=basis.at[:, following_index].set(vectors))
 
 
@@ -101,15 +107,6 @@ def _lanczos_step(matvec: Any, layout: Layout, key: Array, state: LanczosState,
                         lambda s: s, state)
 
 
-# The product does not see the basis, so its program (the expensive compile) does not depend on
-# `num_steps` and is shared by every Lanczos run with the same matvec and number of starts.
-_image_jit = jax.jit(_image, static_argnames=("layout",))
-_row = jax.jit(lambda basis, step: basis[:, step])
-_extend_jit = jax.jit(_extend, donate_argnames=("state",))
-_restart_jit = jax.jit(_restart, static_argnames=("layout",), donate_argnames=("state",))
-
-
-@functools.partial(jax.jit, static_argnames=("num_steps",))
 def _lanczos_init(starts: Array, num_steps: int) -> LanczosState:
     count, size = starts.shape
     basis = jnp.zeros((count, num_steps, size), starts.dtype)
@@ -118,38 +115,79 @@ def _lanczos_init(starts: Array, num_steps: int) -> LanczosState:
     return LanczosState(basis, zeros, zeros)
 
 
+# Called eagerly, Lanczos runs as a Python loop of compiled pieces whose shapes do not depend on
+# `num_steps`: the product (the chunk kernel every estimator shares), the projections on groups of
+# basis vectors (`hessjax._basis`) and the normalization. The basis is a list of vectors, so a new
+# number of steps compiles nothing and the memory is exactly the steps taken.
+
+
+@jax.jit
+def _next_vectors(current: Array, image: Array, residual: Array
+                  ) -> tuple[Array, Array, Array, Array]:
+    following, beta, breakdown = normalized_residual(image, residual)
+    return following, dots(current, image), beta, breakdown
+
+
+def _lanczos_eager(matvec: Any, layout: Layout, restart_key: Array, first: int, starts: np.ndarray,
+                   num_steps: int) -> tuple[list[Array], np.ndarray, np.ndarray]:
+    """Lanczos from the rows ``first, first + 1, ...`` of the starting vectors (``starts``, host).
+
+    Returns the basis (a list of ``(rows, n)`` device arrays, one per step) and the host ``alphas``
+    and ``betas``, ``(rows, num_steps)``. The host reads each step's breakdown flags after it has
+    queued the next product, so the device never waits for the host; after a breakdown (rare)
+    that product is discarded and the rows restart from a random vector orthogonal to the basis.
+    """
+    norms = np.linalg.norm(starts.astype(np.float64), axis=-1, keepdims=True)
+    current = jax.device_put((starts / norms).astype(starts.dtype))
+    basis, alphas, betas = [current], [], []
+    image = apply_chunk(matvec, layout, current)
+    for step in range(num_steps):
+        residual, _ = project_out(image, basis, passes=2)
+        following, alpha, beta, breakdown = _next_vectors(current, image, residual)
+        alphas.append(alpha)
+        betas.append(beta)
+        if step + 1 == num_steps:
+            break
+        image = apply_chunk(matvec, layout, following)
+        breakdown = np.asarray(breakdown)
+        if breakdown.any():
+            draws = draw_chunk(fold_key(restart_key, step), first, layout, starts.shape[0], "gaussian")
+            following = restarted_jit(following, breakdown, project_out(draws, basis, passes=2)[0])
+            image = apply_chunk(matvec, layout, following)
+        basis.append(following)
+        current = following
+    return basis, np.stack(to_host(alphas), axis=-1), np.stack(to_host(betas), axis=-1)
+
+
 def _run_lanczos(matvec: Any, layout: Layout, key: Array, starts: Array, num_steps: int,
-                 eager: bool) -> LanczosState:
-    """``num_steps`` Lanczos steps with full reorthogonalization from each row of ``starts``."""
-    state = _lanczos_init(starts, num_steps)
-    restart_key = jax.random.fold_in(key, 1)
-    if eager:
-        # A Python loop of compiled pieces: XLA:CPU runs convolutions inside loop bodies many times
-        # slower than at top level. The product and the basis update are separate
-        # programs so that the update, with the state donated, writes the basis in place; the host
-        # reads the breakdown flags (a few bytes) and runs the restart only when one occurred.
-        for step in range(num_steps):
-            step = jnp.asarray(step)
-            image, alpha = _image_jit(matvec, layout, _row(state.basis, step))
-            state, breakdown = _extend_jit(state, image, alpha, step)
-            if bool(jnp.any(breakdown)):
-                state = _restart_jit(layout, restart_key, state, breakdown, step)
-        return state
-    return jax.lax.fori_loop(
-        0, num_steps, lambda step, s: _lanczos_step(matvec, layout, restart_key, s, step), state)
+                 eager: bool, chunk_size: int, with_basis: bool = False) -> LanczosState:
+    """``num_steps`` Lanczos steps with full reorthogonalization from each row of ``starts``.
+
+    Eagerly the rows run ``chunk_size`` at a time (independent recurrences: the products are the
+    chunk kernels of every other estimator), the alphas and betas come back on the host, and the
+    basis is kept (a list of vectors per step) only ``with_basis``. Under a trace, all rows run
+    together in a ``lax.fori_loop``.
+    """
+    restart_key = fold_key(key, 1)
+    if not eager:
+        return jax.lax.fori_loop(
+            0, num_steps, lambda step, s: _lanczos_step(matvec, layout, restart_key, s, step),
+            _lanczos_init(starts, num_steps))
+    runs = [_lanczos_eager(matvec, layout, restart_key, first, starts[first:first + size], num_steps)
+            for first, size in chunk_bounds(starts.shape[0], chunk_size)]
+    basis = [run[0] for run in runs] if with_basis else None
+    return LanczosState(basis, np.concatenate([run[1] for run in runs]),
+                        np.concatenate([run[2] for run in runs]))
 
 
 def _tridiagonal(alphas: Array, betas: Array) -> Array:
-    """Dense tridiagonal matrices from ``(..., m)`` diagonals and ``(..., m - 1)`` off-diagonals."""
-    return (jax.vmap(jnp.diag)(alphas.reshape(-1, alphas.shape[-1])).reshape(
-        alphas.shape + alphas.shape[-1:])
-            + _off_diagonal(betas, 1) + _off_diagonal(betas, -1))
-
-
-def _off_diagonal(betas: Array, k: int) -> Array:
-    flat = betas.reshape(-1, betas.shape[-1])
-    return jax.vmap(lambda b: jnp.diag(b, k))(flat).reshape(
-        betas.shape[:-1] + (betas.shape[-1] + 1,) * 2)
+    """Dense tridiagonal matrices from ``(..., m)`` diagonals and ``(..., m)`` off-diagonals (the
+    last is not used)."""
+    xp = array_ops(alphas).xp
+    m = alphas.shape[-1]
+    return (alphas[..., None, :] * xp.eye(m, dtype=alphas.dtype)
+            + betas[..., :, None] * xp.eye(m, k=1, dtype=alphas.dtype)
+            + betas[..., None, :] * xp.eye(m, k=-1, dtype=alphas.dtype))
 
 
 def _check_steps(num_steps: Any, layout: Layout) -> int:
@@ -161,8 +199,9 @@ def _check_steps(num_steps: Any, layout: Layout) -> int:
     return num_steps
 
 
-def _start(key: Array, count: int, layout: Layout, probe: str = "rademacher") -> Array:
-    return draw(jax.random.fold_in(key, 0), layout, count, probe)
+def _start(key: Array, count: int, layout: Layout, chunk_size: int, eager: bool,
+           probe: str = "rademacher") -> Array:
+    return draw_rows(fold_key(key, 0), layout, count, probe, chunk_size, eager)
 
 
 class LanczosResult(NamedTuple):
@@ -216,30 +255,48 @@ def lanczos(matvec: Matvec, like: Any, key: Array, *, num_steps: int) -> Lanczos
     """
     matvec, layout, eager = prepare(matvec, like, key)
     num_steps = _check_steps(num_steps, layout)
-    state = _run_lanczos(matvec, layout, key, _start(key, 1, layout), num_steps, eager)
+    chunk = resolve_chunk_size(None, 1)
+    state = _run_lanczos(matvec, layout, key, _start(key, 1, layout, chunk, eager), num_steps, eager,
+                         chunk)
     alphas, betas = state.alphas[0], state.betas[0, :-1]
     if eager:
         _checks.check_finite("the Lanczos recurrence", alphas, betas)
-    return LanczosResult(alphas, betas, jnp.asarray(num_steps))
+    return to_device(LanczosResult(alphas, betas, array_ops(alphas).xp.asarray(num_steps)))
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
+# The tridiagonal eigenproblems, Ritz vectors and residuals below take the host's numpy arrays
+# (eagerly: nothing to compile for a new number of steps, and numpy's eigh is float64 inside) or
+# JAX arrays under a trace.
+
+
 def _top_ritz_pairs(state: LanczosState, k: int) -> tuple[Array, Array]:
-    values, coordinates = jnp.linalg.eigh(_tridiagonal(state.alphas[0], state.betas[0, :-1]))
+    """The ``k`` largest Ritz values of the first row's recurrence and their unit Ritz vectors.
+
+    The sign of each Ritz vector is fixed (its largest coordinate in the Lanczos basis is positive),
+    so that it does not depend on which LAPACK computed the tridiagonal eigenvectors.
+    """
+    ops = array_ops(state.alphas)
+    xp = ops.xp
+    values, coordinates = xp.linalg.eigh(_tridiagonal(state.alphas[0], state.betas[0]))
     values, coordinates = values[::-1][:k], coordinates[:, ::-1][:, :k]
-    vectors = jnp.matmul(coordinates.T, state.basis[0], precision=_HIGHEST)
-    return values, vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
+    largest = xp.take_along_axis(coordinates, xp.argmax(xp.abs(coordinates), axis=0)[None], axis=0)
+    coordinates = coordinates * xp.sign(largest)
+    if isinstance(state.basis, list):  # eager: a list of (1, n) device vectors, one per step
+        vectors = np.zeros((k, state.basis[0][0].shape[-1]), coordinates.dtype)
+        for coordinate, basis_vector in zip(coordinates, to_host(state.basis[0])):
+            vectors += coordinate[:, None] * basis_vector
+    else:
+        vectors = ops.matmul(coordinates.T, state.basis[0])
+    return values, vectors / xp.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
-@jax.jit
 def _residual_norms(images: Array, vectors: Array, values: Array) -> Array:
-    return jnp.linalg.norm(images - values[:, None] * vectors, axis=-1)
+    return array_ops(images).xp.linalg.norm(images - values[:, None] * vectors, axis=-1)
 
 
-@jax.jit
 def _quadrature(state: LanczosState) -> tuple[Array, Array]:
-    nodes, vectors = jnp.linalg.eigh(_tridiagonal(state.alphas, state.betas[:, :-1]))
-    return nodes, jnp.square(vectors[:, 0, :]) / state.alphas.shape[0]
+    nodes, vectors = array_ops(state.alphas).xp.linalg.eigh(_tridiagonal(state.alphas, state.betas))
+    return nodes, vectors[:, 0, :] ** 2 / state.alphas.shape[0]
 
 
 class Eigen(NamedTuple):
@@ -297,12 +354,17 @@ def top_eigenvalues(matvec: Matvec, like: Any, key: Array, *, k: int,
     if k > num_steps:
         raise ValueError(f"`k` ({k}) must be <= `num_steps` ({num_steps}): Lanczos with m steps "
                          "yields m Ritz values.")
-    state = _run_lanczos(matvec, layout, key, _start(key, 1, layout), num_steps, eager)
+    chunk = resolve_chunk_size(None, k)
+    state = _run_lanczos(matvec, layout, key, _start(key, 1, layout, chunk, eager), num_steps, eager,
+                         chunk, with_basis=True)
+    if eager:  # before numpy's eigh, which refuses NaN
+        _checks.check_finite("the top eigenvalues", state.alphas, state.betas)
     values, vectors = _top_ritz_pairs(state, k)
-    residuals = _residual_norms(apply_block(matvec, layout, vectors, k, eager), vectors, values)
+    residuals = _residual_norms(apply_block(matvec, layout, vectors, chunk, eager), vectors, values)
     if eager:
         _checks.check_finite("the top eigenvalues", values, residuals)
-    return Eigen(values, jax.vmap(layout.unravel)(vectors), residuals, jnp.asarray(num_steps + k))
+    return to_device(Eigen(values, layout.unravel_rows(vectors), residuals,
+                           array_ops(values).xp.asarray(num_steps + k)))
 
 
 class SpectralDensity(NamedTuple):
@@ -326,23 +388,46 @@ class SpectralDensity(NamedTuple):
 
     def moment(self, p: int) -> Array:
         r"""The normalized moment :math:`\frac1n \operatorname{tr}(A^p)`; unbiased for ``p < 2 m``."""
-        return jnp.sum(self.weights * self.nodes ** p)
+        return _moment(self.nodes, self.weights, p)
 
     def trace(self) -> Array:
         """The trace estimate :math:`n \\cdot` ``moment(1)`` (Hutchinson with the Lanczos probes)."""
-        return self.dimension * self.moment(1)
+        return _trace(self.nodes, self.weights, self.dimension)
 
     def pdf(self, grid: Array, sigma: float) -> Array:
         """The density smoothed by a Gaussian of width ``sigma``, evaluated at ``grid``."""
-        grid = jnp.asarray(grid)[..., None]
-        nodes, weights = self.nodes.reshape(-1), self.weights.reshape(-1)
-        kernel = jnp.exp(-0.5 * ((grid - nodes) / sigma) ** 2) / (sigma * jnp.sqrt(2 * jnp.pi))
-        return jnp.sum(weights * kernel, axis=-1)
+        return _pdf(self.nodes, self.weights, grid, sigma)
 
     def cdf(self, x: Array) -> Array:
         """The fraction of the spectrum at or below ``x`` (e.g. ``cdf(0)``: negative-eigenvalue mass)."""
-        return jnp.sum(self.weights * (self.nodes <= jnp.asarray(x)[..., None, None]),
-                       axis=(-2, -1))
+        return _cdf(self.nodes, self.weights, x)
+
+
+# The methods of SpectralDensity, each one compiled program (eagerly, each of their operations would
+# be one).
+
+
+@functools.partial(jax.jit, static_argnames=("p",))
+def _moment(nodes: Array, weights: Array, p: int) -> Array:
+    return jnp.sum(weights * nodes ** p)
+
+
+@jax.jit
+def _trace(nodes: Array, weights: Array, dimension: Array) -> Array:
+    return dimension * _moment(nodes, weights, 1)
+
+
+@jax.jit
+def _pdf(nodes: Array, weights: Array, grid: Array, sigma: Any) -> Array:
+    grid = jnp.asarray(grid)[..., None]
+    nodes, weights = nodes.reshape(-1), weights.reshape(-1)
+    kernel = jnp.exp(-0.5 * ((grid - nodes) / sigma) ** 2) / (sigma * jnp.sqrt(2 * jnp.pi))
+    return jnp.sum(weights * kernel, axis=-1)
+
+
+@jax.jit
+def _cdf(nodes: Array, weights: Array, x: Array) -> Array:
+    return jnp.sum(weights * (nodes <= jnp.asarray(x)[..., None, None]), axis=(-2, -1))
 
 
 def spectral_density(matvec: Matvec, like: Any, key: Array, *, num_probes: int,
@@ -387,8 +472,14 @@ def spectral_density(matvec: Matvec, like: Any, key: Array, *, num_probes: int,
     num_probes = _checks.check_int(num_probes, "num_probes", minimum=1)
     num_steps = _check_steps(num_steps, layout)
     check_probe(probe)
-    state = _run_lanczos(matvec, layout, key, _start(key, num_probes, layout, probe), num_steps, eager)
+    chunk = resolve_chunk_size(None, num_probes)
+    state = _run_lanczos(matvec, layout, key, _start(key, num_probes, layout, chunk, eager, probe),
+                         num_steps, eager, chunk)
+    if eager:  # before numpy's eigh, which refuses NaN
+        _checks.check_finite("the spectral density", state.alphas, state.betas)
     nodes, weights = _quadrature(state)
     if eager:
         _checks.check_finite("the spectral density", nodes, weights)
-    return SpectralDensity(nodes, weights, jnp.asarray(layout.size), jnp.asarray(num_probes * num_steps))
+    xp = array_ops(nodes).xp
+    return to_device(SpectralDensity(nodes, weights, xp.asarray(layout.size),
+                                     xp.asarray(num_probes * num_steps)))

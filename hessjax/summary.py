@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 
 from hessjax import _checks
-from hessjax._common import Method, check_key, check_method, loss_of
+from hessjax._common import Method, check_key, check_method, loss_of, split_key
 from hessjax.products import dataset_hvp_fn
 from hessjax.spectrum import Eigen, SpectralDensity, spectral_density, top_eigenvalues
 from hessjax.trace import TraceEstimate, block_traces, trace_until
@@ -113,7 +113,7 @@ def hessian_summary(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch
     matvec = dataset_hvp_fn(loss_fn, params, batches)
     loss = loss_of(matvec)
     _checks.check_finite_loss(loss, "`params` (the mean of `loss_fn` over `batches`)")
-    trace_key, eigen_key, density_key = jax.random.split(key, 3)
+    trace_key, eigen_key, density_key = split_key(key, 3)
     estimate = trace_until(matvec, params, trace_key, rtol=rtol, max_matvecs=max_matvecs,
                            method=method, chunk_size=chunk_size)
     eigen = blocks = density = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -18,24 +19,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax import _checks
+from hessjax._basis import dots, gram, orthonormalize, project_out, split_rows, stack_rows
 from hessjax._common import (
     Matvec,
     Method,
     Probe,
     check_method,
     check_probe,
-    draw,
+    fold_key,
     prepare,
     resolve_chunk_size,
+    split_key,
 )
 from hessjax._vectors import (
+    HOST,
     Layout,
     Moments,
     accumulate,
     apply_block,
+    apply_chunk,
     apply_tree,
+    array_ops,
     at_least_float32,
+    chunk_bounds,
+    draw_chunk,
     draw_probes,
+    draw_rows,
+    to_device,
+    to_host,
 )
 
 Array = jax.Array
@@ -47,7 +58,40 @@ _MINIMUM = {"hutchinson": 2, "hutch++": 6, "xtrace": 4}
 # coverage at 0.95-0.96 from the minimum budget up). BUILD.md, "Honest intervals", has the table.
 _XTRACE_DOF = 1.5
 _MULTIPLE = {"hutchinson": 1, "hutch++": 3, "xtrace": 2}
-_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+_log_gamma = np.vectorize(math.lgamma, otypes=[np.float64])
+_normal_quantile = np.vectorize(statistics.NormalDist().inv_cdf, otypes=[np.float64])
+
+
+def _betainc_host(a: Any, b: Any, x: Any) -> np.ndarray:
+    """The regularized incomplete beta function in float64 numpy (jax's lives in XLA, scipy is not a
+    dependency): the continued fraction of DLMF 8.17.22 by the modified Lentz method, with
+    ``I_x(a, b) = 1 - I_{1-x}(b, a)`` where it converges slowly (Press et al., Numerical Recipes 6.4).
+    """
+    a, b, x = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (a, b, x)))
+    flip = x > (a + 1) / (a + b + 2)
+    a, b, x = np.where(flip, b, a), np.where(flip, a, b), np.where(flip, 1 - x, x)
+    tiny = np.finfo(np.float64).tiny / np.finfo(np.float64).eps
+
+    def step(value: np.ndarray, coefficient: np.ndarray) -> np.ndarray:
+        value = 1 + coefficient * value
+        return np.where(np.abs(value) < tiny, tiny, value)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c, d = np.ones_like(x), 1 / step(np.ones_like(x), -(a + b) * x / (a + 1))
+        fraction = d
+        for m in range(1, 301):
+            for coefficient in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                                -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+                d, c = 1 / step(d, coefficient), step(1 / c, coefficient)
+                fraction = fraction * d * c
+            if np.all(np.abs(d * c - 1) <= np.finfo(np.float64).eps):
+                break
+        front = np.exp(_log_gamma(a + b) - _log_gamma(a) - _log_gamma(b) + a * np.log(x)
+                       + b * np.log1p(-x)) / a
+    value = np.where(x == 0, 0.0, front * fraction)
+    return np.where(flip, 1 - value, value)
 
 
 def _student_t_tail(t: Array, dof: Array) -> Array:
@@ -55,10 +99,12 @@ def _student_t_tail(t: Array, dof: Array) -> Array:
 
     Of the two equal forms the one whose argument is far from 1 is used, which keeps float32 precise.
     """
-    t2 = jnp.square(t)
-    central = 1 - jax.scipy.special.betainc(0.5, dof / 2, t2 / (dof + t2))
-    tail = jax.scipy.special.betainc(dof / 2, 0.5, dof / (dof + t2))
-    return jnp.where(t2 < dof, central, tail)
+    xp = array_ops(t, dof).xp
+    betainc = jax.scipy.special.betainc if xp is jnp else _betainc_host
+    t2 = xp.square(t)
+    central = 1 - betainc(0.5, dof / 2, t2 / (dof + t2))
+    tail = betainc(dof / 2, 0.5, dof / (dof + t2))
+    return xp.where(t2 < dof, central, tail)
 
 
 def _student_t_critical(alpha: Array, dof: Array) -> Array:
@@ -67,28 +113,44 @@ def _student_t_critical(alpha: Array, dof: Array) -> Array:
     Below 30 degrees of freedom, bisection on ``log t`` of the incomplete-beta tail (float32: relative
     error below 1e-5); from 30 up, the Cornish-Fisher expansion in ``1 / dof`` (Abramowitz & Stegun
     26.7.5: relative error below 1e-6 at ``alpha = 0.001``, exact for ``dof = inf``), where ``betainc``
-    with a large parameter loses float32 precision. Works under ``jit`` and ``vmap``.
+    with a large parameter loses float32 precision. Works under ``jit`` and ``vmap``; numpy arrays
+    are computed on the host in float64 (eagerly, the XLA program would take seconds to compile).
     """
     dtype = at_least_float32(jnp.result_type(alpha, dof, jnp.float32))
-    alpha, dof = jnp.asarray(alpha, dtype), jnp.asarray(dof, dtype)
-    z = -jax.scipy.special.ndtri(alpha / 2)
-    inverse = 1 / dof
+    host = array_ops(alpha, dof) is HOST
+    xp = np if host else jnp
+    alpha, dof = (xp.asarray(v, np.float64 if host else dtype) for v in (alpha, dof))
+    z = -(_normal_quantile(alpha / 2) if host else jax.scipy.special.ndtri(alpha / 2))
+    with np.errstate(divide="ignore"):
+        inverse = 1 / dof
     expansion = z + inverse * ((z ** 3 + z) / 4 + inverse * (
         (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96 + inverse * (
             (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384 + inverse * (
                 79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)))
-    small_dof = jnp.minimum(dof, 30)  # keeps betainc finite in the branch `where` discards
+    small_dof = xp.minimum(dof, 30)  # keeps betainc finite in the branch `where` discards
 
     def halve(_: Any, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
         low, high = bounds
         middle = (low + high) / 2
-        above = _student_t_tail(jnp.exp(middle), small_dof) > alpha
-        return jnp.where(above, middle, low), jnp.where(above, high, middle)
+        above = _student_t_tail(xp.exp(middle), small_dof) > alpha
+        return xp.where(above, middle, low), xp.where(above, high, middle)
 
-    shape = jnp.broadcast_shapes(alpha.shape, dof.shape)
-    bounds = (jnp.full(shape, math.log(1e-8), dtype), jnp.full(shape, math.log(1e8), dtype))
-    low, high = jax.lax.fori_loop(0, 64, halve, bounds)
-    return jnp.where(dof >= 30, expansion, jnp.exp((low + high) / 2))
+    shape = xp.broadcast_shapes(alpha.shape, dof.shape)
+    bounds = (xp.full(shape, math.log(1e-8), alpha.dtype), xp.full(shape, math.log(1e8), alpha.dtype))
+    if host:
+        for index in range(64):
+            bounds = halve(index, bounds)
+    else:
+        bounds = jax.lax.fori_loop(0, 64, halve, bounds)
+    low, high = bounds
+    return xp.where(dof >= 30, expansion, xp.exp((low + high) / 2)).astype(dtype)
+
+
+def _interval(value: Array, stderr: Array, dof: Array, level: Any) -> tuple[Array, Array]:
+    half_width = _student_t_critical(1 - level, dof) * stderr
+    # An exact estimate (stderr 0) has a zero-width interval whatever its quantile.
+    half_width = array_ops(half_width).xp.where(stderr == 0, 0, half_width)
+    return value - half_width, value + half_width
 
 
 class TraceEstimate(NamedTuple):
@@ -134,19 +196,20 @@ class TraceEstimate(NamedTuple):
         """
         if isinstance(level, (int, float)) and not 0 < level < 1:
             raise ValueError(f"`level` must be in (0, 1); got {level}.")
-        half_width = _student_t_critical(1 - level, self.dof) * self.stderr
-        # An exact estimate (stderr 0) has a zero-width interval whatever its quantile.
-        half_width = jnp.where(self.stderr == 0, 0, half_width)
-        return self.value - half_width, self.value + half_width
+        if _checks.is_tracing(self, level):
+            return _interval(self.value, self.stderr, self.dof, level)
+        return to_device(_interval(*to_host((self.value, self.stderr, self.dof)), level))
 
 
 def _from_moments(moments: Moments, num_matvecs: Any) -> TraceEstimate:
-    return TraceEstimate(moments.mean, moments.stderr(), jnp.asarray(num_matvecs), moments.count - 1)
+    xp = array_ops(moments).xp
+    return TraceEstimate(moments.mean, moments.stderr(), xp.asarray(num_matvecs), moments.count - 1)
 
 
 def _exact_estimate(value: Array, num_matvecs: int) -> TraceEstimate:
-    return TraceEstimate(value, jnp.zeros_like(value), jnp.asarray(num_matvecs),
-                         jnp.full_like(value, jnp.inf))
+    xp = array_ops(value).xp
+    return TraceEstimate(value, xp.zeros_like(value), xp.asarray(num_matvecs),
+                         xp.full_like(value, xp.inf))
 
 
 def _budget(method: str, num_matvecs: Any, name: str = "num_matvecs") -> int:
@@ -193,7 +256,9 @@ def _probe_moments(matvec: Any, layout: Layout, key: Array, start: Any, previous
     return previous.merge(Moments.of(samples))
 
 
+@functools.lru_cache(maxsize=64)
 def _no_samples(layout: Layout, integrand: Integrand) -> Moments:
+    """Moments of no samples of ``integrand`` (cached: finding their shape traces the integrand)."""
     row = jax.ShapeDtypeStruct((layout.size,), layout.dtype)
     sample = jax.eval_shape(lambda r: integrand(layout, layout.unravel(r), layout.unravel(r)), row)
     return Moments.zeros(sample.shape, sample.dtype)
@@ -212,46 +277,72 @@ def _hutchinson(matvec: Any, layout: Layout, key: Array, num: int, chunk: int, p
                       _no_samples(layout, integrand))
 
 
-@jax.jit
-def _orthonormal_rows(rows: Array) -> Array:
-    return jnp.linalg.qr(rows.T)[0].T
+# Hutch++ and XTrace. Eagerly, the sketch is a list of device vectors orthogonalized in compiled
+# pieces of a fixed shape (`hessjax._basis`), and only its s x s algebra comes to the host, in numpy:
+# a new budget compiles nothing but its chunk kernels. Under a trace, the sketch is one array.
+# (numpy's multithreaded BLAS is no place for the n x s work: on the shared 2-core CPU, with XLA's
+# threads beside it, one 32 x 85k x 32 product took 2 s instead of 4 ms.)
+
+# `fold_in` index of the random vectors that complete an orthonormal basis when a sketch is
+# rank-deficient; far from the probes' indices.
+_COMPLETION = np.uint32(2 ** 32 - 1)
+_row_dots = jax.jit(dots)
 
 
-@jax.jit
-def _deflate(rows: Array, basis: Array) -> Array:
-    """``rows`` with their components in the span of the orthonormal rows of ``basis`` removed."""
-    return rows - jnp.matmul(jnp.matmul(rows, basis.T, precision=_HIGHEST), basis, precision=_HIGHEST)
+def _drawn(key: Array, layout: Layout, count: int, probe: str, chunk: int) -> list[Array]:
+    """Probes ``0 .. count - 1`` of ``key`` as a list of ``(1, n)`` device rows."""
+    return split_rows([draw_chunk(key, start, layout, size, probe)
+                       for start, size in chunk_bounds(count, chunk)])
 
 
-@jax.jit
-def _hutch_plus_plus_estimate(basis: Array, basis_images: Array, residual_probes: Array,
-                              residual_images: Array) -> tuple[Array, Array]:
-    moments = Moments.of(jnp.sum(residual_probes * residual_images, axis=-1))
-    return jnp.sum(basis * basis_images) + moments.mean, moments.stderr()
+def _images(matvec: Any, layout: Layout, rows: list[Array], chunk: int) -> list[Array]:
+    """``A`` applied to each of the ``(1, n)`` device rows, ``chunk`` at a time."""
+    return split_rows([apply_chunk(matvec, layout, stack_rows(rows[start:start + size]))
+                       for start, size in chunk_bounds(len(rows), chunk)])
 
 
-@jax.jit
-def _diagonal_sum(images: Array) -> Array:
-    return jnp.trace(images)
+def _orthonormal_sketch(rows: list[Array], key: Array, layout: Layout) -> tuple[list[Array], Any]:
+    completion = lambda j: draw_chunk(fold_key(key, _COMPLETION), j, layout, 1, "gaussian")
+    return orthonormalize(rows, completion)
 
 
 def _exact(matvec: Any, layout: Layout, chunk: int, eager: bool) -> TraceEstimate:
     """The trace from the ``n`` products ``A e_i``: where a sketch would span the whole space."""
-    basis = jnp.eye(layout.size, dtype=layout.dtype)
-    return _exact_estimate(_diagonal_sum(apply_block(matvec, layout, basis, chunk, eager)), layout.size)
+    basis = (np if eager else jnp).eye(layout.size, dtype=layout.dtype)
+    images = apply_block(matvec, layout, basis, chunk, eager)
+    return _exact_estimate(array_ops(images).xp.trace(images), layout.size)
 
 
 def _hutch_plus_plus(matvec: Any, layout: Layout, key: Array, k: int, chunk: int, probe: str,
                      eager: bool) -> TraceEstimate:
-    sketch_key, probe_key = jax.random.split(key)
-    sketch = apply_block(matvec, layout, draw(sketch_key, layout, k, probe), chunk, eager)
-    basis = _orthonormal_rows(sketch)
-    basis_images = apply_block(matvec, layout, basis, chunk, eager)
-    residual_probes = _deflate(draw(probe_key, layout, k, probe), basis)
-    residual_images = apply_block(matvec, layout, residual_probes, chunk, eager)
-    value, stderr = _hutch_plus_plus_estimate(basis, basis_images, residual_probes, residual_images)
+    sketch_key, probe_key = split_key(key, 2)
+    if eager:
+        basis, _ = _orthonormal_sketch(
+            _images(matvec, layout, _drawn(sketch_key, layout, k, probe, chunk), chunk), sketch_key,
+            layout)
+        low_rank = [_row_dots(q, image) for q, image in
+                    zip(basis, _images(matvec, layout, basis, chunk))]
+        residual_probes = [project_out(g, basis, passes=1)[0]
+                           for g in _drawn(probe_key, layout, k, probe, chunk)]
+        samples = [_row_dots(g, image) for g, image in
+                   zip(residual_probes, _images(matvec, layout, residual_probes, chunk))]
+        moments = Moments.of(np.concatenate(to_host(samples)))
+        value = np.sum(np.concatenate(to_host(low_rank))) + moments.mean
+        stderr = moments.stderr()
+    else:
+        sketch = apply_block(matvec, layout, draw_rows(sketch_key, layout, k, probe, chunk, eager),
+                             chunk, eager)
+        basis = jnp.linalg.qr(sketch.T)[0].T
+        basis_images = apply_block(matvec, layout, basis, chunk, eager)
+        probes = draw_rows(probe_key, layout, k, probe, chunk, eager)
+        mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+        residual_probes = probes - mm(mm(probes, basis.T), basis)
+        residual_images = apply_block(matvec, layout, residual_probes, chunk, eager)
+        moments = Moments.of(jnp.sum(residual_probes * residual_images, axis=-1))
+        value, stderr = jnp.sum(basis * basis_images) + moments.mean, moments.stderr()
     # The stderr is that of the mean of k residual samples, i.i.d. given the sketch.
-    return TraceEstimate(value, stderr, jnp.asarray(3 * k), jnp.asarray(k - 1, value.dtype))
+    xp = array_ops(value).xp
+    return TraceEstimate(value, stderr, xp.asarray(3 * k), xp.asarray(k - 1, value.dtype))
 
 
 def _lifted(r: Array) -> tuple[Array, Array]:
@@ -260,21 +351,18 @@ def _lifted(r: Array) -> tuple[Array, Array]:
     A sketch ``A Omega`` of rank below ``s`` means ``rank(A) < s``: every leave-one-out sketch still
     spans the range of ``A`` and XTrace is exact.
     """
-    diagonal = jnp.abs(jnp.diagonal(r))
-    floor = jnp.finfo(r.dtype).eps * jnp.maximum(jnp.max(diagonal), jnp.finfo(r.dtype).tiny)
+    xp = array_ops(r).xp
+    diagonal = xp.abs(xp.diagonal(r))
+    floor = xp.finfo(r.dtype).eps * xp.maximum(xp.max(diagonal), xp.finfo(r.dtype).tiny)
     deficient = diagonal < floor
-    return r + jnp.diag(jnp.where(deficient, floor, 0.0).astype(r.dtype)), jnp.any(deficient)
+    return r + xp.diag(xp.where(deficient, floor, 0.0).astype(r.dtype)), xp.any(deficient)
 
 
 def _normalized_inverse_transpose_columns(r: Array) -> Array:
     """Columns of ``R^{-T}`` scaled to unit norm (``r`` lifted, see :func:`_lifted`)."""
-    s = jax.scipy.linalg.solve_triangular(r.T, jnp.eye(r.shape[0], dtype=r.dtype), lower=True)
-    return s / jnp.linalg.norm(s, axis=0, keepdims=True)
-
-
-@jax.jit
-def _qr(rows: Array) -> tuple[Array, Array]:
-    return jnp.linalg.qr(rows.T)
+    ops = array_ops(r)
+    s = ops.solve_lower(r.T, ops.xp.eye(r.shape[0], dtype=r.dtype))
+    return s / ops.xp.linalg.norm(s, axis=0, keepdims=True)
 
 
 def _leave_two_out_estimates(h: Array, w: Array, r: Array, s_cols: Array) -> Array:
@@ -289,40 +377,41 @@ def _leave_two_out_estimates(h: Array, w: Array, r: Array, s_cols: Array) -> Arr
     ``tr H - tr(U^T H U) + w_j^T H w_j - w_j^T r_j + 2 p^T U^T (r_j - H w_j) + p^T U^T H U p`` with
     ``p = U^T w_j``: all in ``s x s`` matrices.
     """
-    mm = functools.partial(jnp.matmul, precision=_HIGHEST)
+    ops = array_ops(h, w, r, s_cols)
+    xp, mm = ops.xp, ops.matmul
     cosine = mm(s_cols.T, s_cols)  # (i, j): s_i . s_j
     h_s = mm(s_cols.T, mm(h, s_cols))  # (i, j): s_i^T H s_j
     s_w = mm(s_cols.T, w)  # (i, j): s_i . w_j
     s_g = mm(s_cols.T, r - mm(h, w))  # (i, j): s_i . (r_j - H w_j)
-    h_ii = jnp.diagonal(h_s)[:, None]
-    off = ~jnp.eye(cosine.shape[0], dtype=bool)
-    c = jnp.where(off, cosine, 0)
-    sine2 = jnp.maximum(1 - c * c, jnp.finfo(c.dtype).eps)
-    sine = jnp.sqrt(sine2)
+    h_ii = xp.diagonal(h_s)[:, None]
+    off = ~xp.eye(cosine.shape[0], dtype=bool)
+    c = xp.where(off, cosine, 0)
+    sine2 = xp.maximum(1 - c * c, xp.finfo(c.dtype).eps)
+    sine = xp.sqrt(sine2)
     # u1 = s_i, u2 = (s_j - c s_i) / sine: the entries of U^T H U, U^T w_j and U^T (r_j - H w_j).
     h12 = (h_s - c * h_ii) / sine
-    h22 = (jnp.diagonal(h_s)[None, :] - 2 * c * h_s + c * c * h_ii) / sine2
-    p1, p2 = s_w, (jnp.diagonal(s_w)[None, :] - c * s_w) / sine
-    g1, g2 = s_g, (jnp.diagonal(s_g)[None, :] - c * s_g) / sine
-    w_h_w = jnp.sum(w * mm(h, w), axis=0)
-    return (jnp.trace(h) - h_ii - h22 + (w_h_w - jnp.sum(w * r, axis=0))[None, :]
+    h22 = (xp.diagonal(h_s)[None, :] - 2 * c * h_s + c * c * h_ii) / sine2
+    p1, p2 = s_w, (xp.diagonal(s_w)[None, :] - c * s_w) / sine
+    g1, g2 = s_g, (xp.diagonal(s_g)[None, :] - c * s_g) / sine
+    w_h_w = xp.sum(w * mm(h, w), axis=0)
+    return (xp.trace(h) - h_ii - h22 + (w_h_w - xp.sum(w * r, axis=0))[None, :]
             + 2 * (p1 * g1 + p2 * g2) + p1 * p1 * h_ii + 2 * p1 * p2 * h12 + p2 * p2 * h22)
 
 
-@jax.jit
-def _xtrace_estimate(omega: Array, q: Array, r: Array, q_images: Array) -> tuple[Array, Array]:
-    mm = functools.partial(jnp.matmul, precision=_HIGHEST)
-    h = mm(q.T, q_images.T)
+def _xtrace_estimate(h: Array, w: Array, r: Array) -> tuple[Array, Array]:
+    """XTrace's estimate and stderr from ``H = Q^T A Q``, ``W = Q^T Omega`` and ``R`` (``A Omega = QR``),
+    all ``s x s``."""
+    ops = array_ops(h, w, r)
+    xp, mm = ops.xp, ops.matmul
     h = (h + h.T) / 2
-    w = mm(q.T, omega.T)
     # Removing column i from the sketch removes the direction q S e_i from its range, where S e_i is
     # the i-th column of R^{-T}, normalized: span(Y_{-i}) is orthogonal to it. Each leave-one-out
     # Hutch++ estimate then has a closed form in the s x s matrices H, W, R and S.
     r, exact = _lifted(r)
     s_cols = _normalized_inverse_transpose_columns(r)
-    v = w - s_cols * jnp.sum(s_cols * w, axis=0)
-    estimates = (jnp.trace(h) - jnp.sum(s_cols * mm(h, s_cols), axis=0) + jnp.sum(w * r, axis=0)
-                 - 2 * jnp.sum(r * v, axis=0) + jnp.sum(v * mm(h, v), axis=0))
+    v = w - s_cols * xp.sum(s_cols * w, axis=0)
+    estimates = (xp.trace(h) - xp.sum(s_cols * mm(h, s_cols), axis=0) + xp.sum(w * r, axis=0)
+                 - 2 * xp.sum(r * v, axis=0) + xp.sum(v * mm(h, v), axis=0))
     moments = Moments.of(estimates)
     # The errors e_i = T_i - tr(A) of the leave-one-out estimates are correlated (they share their
     # sketches): their spread estimates Var(e) - Cov(e_i, e_j), while s Var(mean) is
@@ -333,20 +422,29 @@ def _xtrace_estimate(omega: Array, q: Array, r: Array, q_images: Array) -> tuple
     # A rank-deficient sketch means rank(A) < s: every T_i is exact and so is the mean.
     count = estimates.shape[0]
     changes = estimates[:, None] - _leave_two_out_estimates(h, w, r, s_cols).T
-    off = ~jnp.eye(count, dtype=bool)
-    covariance = jnp.sum(jnp.where(off, changes * changes.T, 0)) / (count * (count - 1))
-    covariance = jnp.where(exact, 0, jnp.maximum(covariance, 0))
-    return moments.mean, jnp.sqrt(jnp.square(moments.stderr()) + covariance)
+    off = ~xp.eye(count, dtype=bool)
+    covariance = xp.sum(xp.where(off, changes * changes.T, 0)) / (count * (count - 1))
+    covariance = xp.where(exact, 0, xp.maximum(covariance, 0))
+    return moments.mean, xp.sqrt(xp.square(moments.stderr()) + covariance)
 
 
 def _xtrace(matvec: Any, layout: Layout, key: Array, s: int, chunk: int, probe: str,
             eager: bool) -> TraceEstimate:
-    omega = draw(key, layout, s, probe)
-    q, r = _qr(apply_block(matvec, layout, omega, chunk, eager))
-    value, stderr = _xtrace_estimate(omega, q, r, apply_block(matvec, layout, q.T, chunk, eager))
+    if eager:
+        omega = _drawn(key, layout, s, probe, chunk)
+        q, r = _orthonormal_sketch(_images(matvec, layout, omega, chunk), key, layout)
+        h, w = gram(q, _images(matvec, layout, q, chunk)), gram(q, omega)
+    else:
+        omega = draw_rows(key, layout, s, probe, chunk, eager)
+        q, r = jnp.linalg.qr(apply_block(matvec, layout, omega, chunk, eager).T)
+        mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+        h, w = mm(q.T, apply_block(matvec, layout, q.T, chunk, eager).T), mm(q.T, omega.T)
+    value, stderr = _xtrace_estimate(h, w, r)
+    xp = array_ops(value).xp
     # Effective degrees of freedom, calibrated (BUILD.md, "Honest intervals"): the variance is a
     # combination of s spread terms and s (s - 1) pair terms, steadier than s - 1 samples' variance.
-    return TraceEstimate(value, stderr, jnp.asarray(2 * s), jnp.asarray(_XTRACE_DOF * (s - 1), value.dtype))
+    dof = xp.asarray(_XTRACE_DOF * (s - 1), value.dtype)
+    return TraceEstimate(value, stderr, xp.asarray(2 * s), dof)
 
 
 def _estimate(matvec: Any, layout: Layout, key: Array, budget: int, method: str, chunk: int,
@@ -441,7 +539,7 @@ def trace(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int, method: Me
                          probe, eager)
     if eager:
         _checks.check_finite("the trace", estimate.value, estimate.stderr)
-    return estimate
+    return to_device(estimate)
 
 
 def _check_rtol(rtol: Any) -> float:
@@ -453,7 +551,7 @@ def _check_rtol(rtol: Any) -> float:
 
 
 def _converged(moments: Moments, rtol: float) -> Array:
-    return moments.stderr() <= rtol * jnp.abs(moments.mean)
+    return moments.stderr() <= rtol * array_ops(moments).xp.abs(moments.mean)
 
 
 def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matvecs: int,
@@ -528,11 +626,11 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
             count = min(chunk, maximum - spent)
             moments = kernel(spent, count, moments)
             spent += count
-            if spent >= minimum and bool(_converged(moments, rtol)):
+            if spent >= minimum and bool(_converged(to_host(moments), rtol)):
                 break
-        estimate = _from_moments(moments, spent)
+        estimate = _from_moments(to_host(moments), spent)
         _checks.check_finite("the trace", estimate.value, estimate.stderr)
-        return estimate
+        return to_device(estimate)
     num_chunks, remainder = divmod(maximum, chunk)
 
     def done(index: Array, moments: Moments) -> Array:
@@ -570,8 +668,8 @@ def _block_method_until(matvec: Any, layout: Layout, key: Array, rtol: float, ma
         spent += int(estimate.num_matvecs)
         _checks.check_finite("the trace", estimate.value, estimate.stderr)
         following = 2 * budget
-        if bool(estimate.stderr <= rtol * jnp.abs(estimate.value)) or spent + following > maximum:
-            return estimate._replace(num_matvecs=jnp.asarray(spent))
+        if bool(estimate.stderr <= rtol * np.abs(estimate.value)) or spent + following > maximum:
+            return to_device(estimate._replace(num_matvecs=np.asarray(spent)))
         budget = following - following % multiple
 
 
@@ -630,8 +728,10 @@ def diagonal(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
                           _elementwise, eager)
     if eager:
         _checks.check_finite("the diagonal", moments.mean)
-    stderr = moments.stderr() if num > 1 else jnp.full_like(moments.mean, jnp.nan)
-    return DiagonalEstimate(layout.unravel(moments.mean), layout.unravel(stderr), jnp.asarray(num))
+    xp = array_ops(moments).xp
+    stderr = moments.stderr() if num > 1 else xp.full_like(moments.mean, xp.nan)
+    return to_device(DiagonalEstimate(layout.unravel(moments.mean), layout.unravel(stderr),
+                                      xp.asarray(num)))
 
 
 def block_traces(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
@@ -675,7 +775,7 @@ def block_traces(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
     stderr = moments.stderr()
     if eager:
         _checks.check_finite("the block traces", moments.mean, stderr)
-    spent, dof = jnp.asarray(num), moments.count - 1
-    return layout.treedef.unflatten(
-        [TraceEstimate(moments.mean[i], stderr[i], spent, dof) for i in range(len(layout.shapes))])
+    spent, dof = array_ops(moments).xp.asarray(num), moments.count - 1
+    return to_device(layout.treedef.unflatten(
+        [TraceEstimate(moments.mean[i], stderr[i], spent, dof) for i in range(len(layout.shapes))]))
 

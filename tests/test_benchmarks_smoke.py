@@ -1,6 +1,11 @@
-"""Smoke test of the benchmarks: the modules import and the workloads agree across frameworks."""
+"""Smoke test of the benchmarks: the modules import, the workloads agree across frameworks, and the
+scripts run in their ``--quick`` mode (figures meaningless: the code is checked, nothing measured).
+
+On the loaded 2-core CPU each quick run took 45-55 s (load average 6); about half that on a quiet one.
+"""
 
 import importlib
+import importlib.util
 
 import jax
 import numpy as np
@@ -9,8 +14,8 @@ import pytest
 import hessjax
 from benchmarks import workloads
 
-BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "gpu", "gpu_scale", "peers", "timing",
-                     "workloads")
+BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "first_call", "fresh", "gpu", "gpu_scale",
+                     "jax_peers", "overhead", "peers", "timing", "workloads")
 
 
 def _tiny_workloads():
@@ -62,3 +67,55 @@ def test_scale_decoder_remat_and_bfloat16_compute_the_same_curvature():
     cosine = np.dot(flat(products[bf16]), flat(products[plain])) / (
         np.linalg.norm(flat(products[bf16])) * np.linalg.norm(flat(products[plain])))
     assert cosine > 0.99, cosine
+
+
+def test_first_call_quick_run(capsys):
+    from benchmarks import first_call
+
+    first_call.main(["--quick", "--no-record"])
+    out = capsys.readouterr().out
+    assert "failed" not in out, out
+    for case in ("trace hutch++", "fisher_trace", "hessian_summary", "masked-LM transformer"):
+        assert case in out, case
+
+
+def test_run_script_reads_the_programs_from_jax_compile_log(tmp_path):
+    from benchmarks import fresh
+
+    script = tmp_path / "script.py"
+    script.write_text("import jax\nprint(jax.jit(lambda x: x * 2)(3.0))\n")
+    result = fresh.run_script(script, timeout=120)
+    assert "6.0" in result["stdout"], result
+    assert "<lambda>" in result["program_names"] and result["compile_s"] > 0, result
+
+
+def test_first_call_reads_the_readme_example_the_readme_test_runs():
+    from benchmarks import first_call
+    from tests import test_readme
+
+    assert first_call.readme_example() == test_readme._library_example()
+
+
+def test_overhead_quick_run(capsys):
+    from benchmarks import overhead
+
+    overhead.main(["--quick", "--no-record"])
+    out = capsys.readouterr().out
+    for call in ("bare jit(vmap(hvp_fn)) product", "trace (hutchinson)", "diagonal", "block_traces",
+                 "lanczos"):
+        assert call in out, call
+
+
+def test_jax_peers_quick_run(capsys):
+    from benchmarks import jax_peers
+
+    jax_peers.main(["--quick", "--no-record"])
+    out = capsys.readouterr().out
+    assert "failed" not in out, out
+    assert "hessjax xtrace" in out and "Gauss-Newton" in out and "control" in out
+    missing = [peer for peer in ("traceax", "matfree") if importlib.util.find_spec(peer) is None]
+    for peer in missing:
+        assert f"skipped: {peer} is not installed" in out
+    if missing:
+        pytest.skip(f"hessjax's rows ran; {', '.join(missing)} not installed, their rows skipped "
+                    "(pip install traceax==1.0.2 matfree==0.6.3)")
