@@ -115,12 +115,28 @@ def _seed_band(
     panel.scatter(steps, mean, s=22, edgecolors=style["color"], facecolors=fill, zorder=3)
 
 
+def _plateau_span(table: ResultsTable, plateau: np.ndarray | None) -> tuple[float, float] | None:
+    """The steps from the latest plateau start of any run to the last checkpoint, if every run has
+    a plateau of two or more checkpoints (else None: nothing to shade)."""
+    if plateau is None:
+        return None
+    step, starts, ends = table.values("step"), [], []
+    for run in table.groups(RUN_COLUMNS):
+        on = run[plateau[run] & np.isfinite(step[run])]
+        if len(on) < 2:
+            return None
+        starts.append(step[on].min())
+        ends.append(step[on].max())
+    return (float(max(starts)), float(min(ends))) if max(starts) < min(ends) else None
+
+
 def plot_trace_vs_step(table: ResultsTable, scores: Sequence[str], path: pathlib.Path) -> bool:
     """The loss, the trace and each score against the step, one line per configuration.
 
     Each line is the mean over seeds at each step, its band the seeds' range (min to max); with
     ``on_plateau`` in results.csv, hollow markers are checkpoints off the loss plateau in some
-    seed. Log x axis (symlog, so that step 0 shows).
+    seed, and the steps on the plateau in every run are shaded. Log x axis (symlog, so that step 0
+    shows).
 
     Args:
         table: the results.
@@ -139,7 +155,10 @@ def plot_trace_vs_step(table: ResultsTable, scores: Sequence[str], path: pathlib
         label = _configuration_label(table, rows[0], ("objective", "model"))
         for panel, column in zip(panels.flat, columns, strict=True):
             _seed_band(panel, table, rows, column, {"color": f"C{index % 10}", "label": label}, plateau)
+    shaded = _plateau_span(table, plateau)
     for panel, column in zip(panels.flat, columns, strict=True):
+        if shaded is not None:
+            panel.axvspan(*shaded, color="0.85", zorder=0, linewidth=0)
         # symlog: logarithmic beyond step 1 yet able to show the initialisation at step 0.
         panel.set_xscale("symlog", linthresh=1)
         panel.set(xlabel="pretraining step", title=column)
@@ -147,6 +166,7 @@ def plot_trace_vs_step(table: ResultsTable, scores: Sequence[str], path: pathlib
     num_seeds = len([g for g in table.groups(["seed"]) if table.text("seed")[g[0]]])
     caption = f"mean over {num_seeds} seeds; band: their range" if num_seeds > 1 else "one seed"
     caption += "; hollow: off the loss plateau" if plateau is not None else ""
+    caption += "; shaded: steps on the plateau in every run" if shaded is not None else ""
     figure.suptitle(caption, fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
