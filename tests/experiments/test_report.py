@@ -311,3 +311,12 @@ def test_densities_off_the_plateau_are_not_the_plateau_s(tmp_path):
 def test_missing_results_csv_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.csv does not exist"):
         markdown.write_report(tmp_path)
+
+
+def test_the_plateau_shaded_is_where_every_run_is_on_it():
+    table = results.ResultsTable.from_rows(report_tables.language_rows(seeds=(0, 1)))
+    plateau = table.flags("on_plateau") == 1
+    assert plots._plateau_span(table, plateau) == (report_tables.PLATEAU_FROM, 8000)
+    assert plots._plateau_span(table, None) is None
+    late = plateau & (table.values("step") >= 8000)  # One checkpoint on it: nothing to shade.
+    assert plots._plateau_span(table, late) is None
