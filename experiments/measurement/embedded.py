@@ -24,8 +24,8 @@ import jax
 import ml_collections
 import numpy as np
 
-import hessjax
 from experiments.core import config_utils, multihost
+from experiments.measurement.dataset_trace import trace_cells
 from experiments.training import evaluation, models, objectives, runs
 
 # The embedded loss may differ from the original by float32 rounding only.
@@ -108,19 +108,5 @@ def embedded_trace(
     wide_loss = float(np.mean([wide_loss_fn(wide_params, b) for b in first]))
     if not abs(wide_loss - loss) <= _LOSS_TOLERANCE * max(1.0, abs(loss)):
         raise RuntimeError(f"the width-{width} embedding changed the loss: {loss} -> {wide_loss}")
-    estimate = hessjax.trace_until(
-        hessjax.dataset_hvp_fn(
-            wide_loss_fn, wide_params, multihost.shard_examples(batches, batch_axis=1)
-        ),
-        wide_params,
-        key,
-        rtol=settings["rtol"],
-        max_matvecs=settings["max_matvecs"],
-        method=settings["trace_method"],
-    )
-    return {
-        "trace_embedded": float(estimate.value),
-        "trace_embedded_stderr": float(estimate.stderr),
-        "matvecs_embedded": int(estimate.num_matvecs),
-        "pretrain_loss_subset_embedded": wide_loss,
-    }
+    cells = trace_cells("trace_embedded", wide_loss_fn, wide_params, batches, key, settings)
+    return {**cells, "pretrain_loss_subset_embedded": wide_loss}

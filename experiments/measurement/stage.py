@@ -48,6 +48,7 @@ import hessjax
 from experiments.core import config_utils, multihost
 from experiments.core.config_utils import Field
 from experiments.measurement import embedded
+from experiments.measurement.dataset_trace import trace_cells
 from experiments.training import evaluation, models, objectives, runs, setting
 
 SCHEMA = {
@@ -301,25 +302,12 @@ def _downstream_trace(
     )
     downstream_params = multihost.replicate(downstream_params)
 
-    def measure() -> dict[str, Any]:
-        estimate = hessjax.trace_until(
-            hessjax.dataset_hvp_fn(
-                loss_fn, downstream_params, multihost.shard_examples(batches, batch_axis=1)
-            ),
-            downstream_params,
-            key,
-            rtol=settings["rtol"],
-            max_matvecs=settings["max_matvecs"],
-            method=settings["trace_method"],
-        )
-        return {
-            "trace_downstream": float(estimate.value),
-            "trace_downstream_stderr": float(estimate.stderr),
-            "matvecs_downstream": int(estimate.num_matvecs),
-        }
-
     names = ("trace_downstream", "trace_downstream_stderr")
-    return _measured(names, downstream_params, measure)
+    return _measured(
+        names,
+        downstream_params,
+        lambda: trace_cells(names[0], loss_fn, downstream_params, batches, key, settings),
+    )
 
 
 def _fisher_trace(
@@ -369,25 +357,10 @@ def _other_data_statistics(
         run, params, model_state, batches, fisher_key, settings, "fisher_trace_other_data"
     )
     if other.pretraining_loss:
-
-        def trace() -> dict[str, Any]:
-            shards = multihost.shard_examples(batches, batch_axis=1)
-            estimate = hessjax.trace_until(
-                hessjax.dataset_hvp_fn(loss_fn, params, shards),
-                params,
-                trace_key,
-                rtol=settings["rtol"],
-                max_matvecs=settings["max_matvecs"],
-                method=settings["trace_method"],
-            )
-            return {
-                "trace_other_data": float(estimate.value),
-                "trace_other_data_stderr": float(estimate.stderr),
-                "matvecs_other_data": int(estimate.num_matvecs),
-            }
-
         names = ("trace_other_data", "trace_other_data_stderr")
-        measured = _measured(names, params, trace)
+        measured = _measured(
+            names, params, lambda: trace_cells(names[0], loss_fn, params, batches, trace_key, settings)
+        )
         reasons = {**cells.pop("nan_reason", {}), **measured.pop("nan_reason", {})}
         cells.update(measured, **({"nan_reason": reasons} if reasons else {}))
     return cells
