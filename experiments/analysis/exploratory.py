@@ -60,13 +60,16 @@ def loss_section(
         "to the loss, one of many unadjusted intervals, not a finding; no other claim that it "
         "predicts better than the loss is made. Pooled associations mix configurations and "
         "training steps: a statistic that grows with training like transfer does is associated "
-        "with it for that reason alone.",
+        "with it for that reason alone, which the `step` row (training progress as a predictor) "
+        "measures.",
         "",
     ]
     header = ["predictor", "τ [CI]", f"partial τ given {code(loss)} [CI]", "verdict", "rows (runs, seeds)"]
     for score in scores:
         rows, computable, why = [], False, ""
-        for predictor in [loss, *(p for p in predictors if p != loss)]:
+        # The step is a baseline too: anything that grows with training tracks transfer that way.
+        progress = ["step"] if table.is_numeric("step") and "step" not in predictors else []
+        for predictor in [loss, *progress, *(p for p in predictors if p != loss)]:
             plain = correlation.association(table, predictor, score, bootstrap)
             computable |= math.isfinite(plain.value)
             why = why or plain.note

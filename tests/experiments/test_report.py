@@ -201,6 +201,7 @@ def test_missing_and_non_finite_cells_are_counted_and_listed(tmp_path):
     assert "| `top_eigenvalue` | 1 | 0 | 0 | 0 |" in missing
     loss_table = section(report, "### Better than the loss? Association with transfer given the loss")
     assert "| `trace` |" in loss_table and "| 58 (12 runs, 3 seeds) |" in loss_table
+    assert "| `step` |" in loss_table  # Training progress, the baseline every statistic faces.
 
 
 def test_critic_sections_say_what_was_not_measured(tmp_path):
