@@ -79,6 +79,28 @@ def matching_columns(axis: str) -> tuple[str, ...]:
     return (*[c for c in CONFIGURATION_COLUMNS if c not in varied], "seed")
 
 
+MATCHED_LOSS = "matched_loss"  # A paired test's `step`: compare at the same held-out loss.
+
+
+def _matched_loss_pair(
+    table: ResultsTable, first: Mapping[float, int], second: Mapping[float, int]
+) -> tuple[int, int] | None:
+    """The first side's first plateau checkpoint and the second side's nearest-gap checkpoint,
+    when their gaps differ by at most the first gap's standard error (else None)."""
+    if not (plateau_known(table) and table.is_numeric("pretrain_loss_gap")):
+        return None
+    plateau = table.flags(PLATEAU_COLUMN) == 1
+    on = [row for step, row in sorted(first.items()) if plateau[row]]
+    gap = table.values("pretrain_loss_gap")
+    stderr = table.values("pretrain_loss_gap_stderr") if "pretrain_loss_gap_stderr" in table.columns else None
+    candidates = [row for row in second.values() if np.isfinite(gap[row])]
+    if not on or not candidates or stderr is None or not np.isfinite(stderr[on[0]]):
+        return None
+    reference = on[0]
+    nearest = min(candidates, key=lambda row: abs(gap[row] - gap[reference]))
+    return (reference, nearest) if abs(gap[nearest] - gap[reference]) <= stderr[reference] else None
+
+
 def configuration_pairs(
     table: ResultsTable,
     axis: str,
@@ -93,7 +115,12 @@ def configuration_pairs(
         axis: the column that differs, e.g. ``"width"`` or ``"objective"``.
         levels: ``(first, second)``; differences are ``second - first``.
         where: restricts the rows (see :func:`select`).
-        step: ``"last"``: the last step both sides of a match have; or a step number.
+        step: ``"last"``: the last step both sides of a match have; a step number; or
+            ``"matched_loss"``: the first side's first checkpoint on the loss plateau
+            (``on_plateau``) and the second side's checkpoint whose held-out gap
+            (``pretrain_loss_gap``) is nearest to it, kept only when the two gaps differ by at
+            most the first's standard error (``pretrain_loss_gap_stderr``): the paper's comparison
+            of algorithms at the same loss. A seed with no such checkpoint gives no pair.
 
     Returns:
         seed -> its pairs (one per match of the other columns).
@@ -115,6 +142,11 @@ def configuration_pairs(
         sides.append(side)
     pairs: Pairs = {}
     for key in sorted(set(sides[0]) & set(sides[1])):
+        if step == MATCHED_LOSS:
+            pair = _matched_loss_pair(table, sides[0][key], sides[1][key])
+            if pair is not None:
+                pairs.setdefault(key[-1], []).append(pair)
+            continue
         common = set(sides[0][key]) & set(sides[1][key])
         chosen = max(common, default=None) if step == "last" else float(step)
         if chosen in common:

@@ -53,7 +53,11 @@ def describe(test: PrimaryTest, which: str = "") -> str:
     rows where objective=adamw``; ``which``: the checkpoints a ``delta_along_steps`` test used."""
     where = ", ".join(f"{c}={v}" for c, v in test.where)
     if test.kind == "paired_difference":
-        at = "the last common step" if test.step == "last" else f"step {test.step}"
+        at = {
+            "last": "the last common step",
+            "matched_loss": "matched loss (the first's first plateau checkpoint, the second's of "
+            "the nearest held-out gap, within one standard error)",
+        }.get(str(test.step), f"step {test.step}")
         text = f"{test.axis} {test.levels[1]} − {test.levels[0]} at {at}, matched on seed"
     else:
         text = f"last − first of {which or 'the checkpoints of each run'}"

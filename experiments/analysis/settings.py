@@ -20,7 +20,8 @@
                                         # that Holm adjusts (the report prints both)
         # "paired_difference" only: two configurations, matched on seed, step and the rest.
         axis="width", levels=(16, 32),  # differences are levels[1] - levels[0]
-        step="last",                    # optional: "last" (default) or a step number
+        step="last",                    # optional: "last" (default), a step number, or
+                                        # "matched_loss" (same held-out gap, see comparisons)
         # "delta_along_steps" only: a run's last checkpoint minus its first.
         steps=(1000, 8000),             # optional: these two steps instead of the first and
                                         # last on the loss plateau (or of the run)
@@ -127,8 +128,10 @@ def _parse_test(entry: Any, where: str) -> PrimaryTest:
         if name in fields and fields[name] is not None and len(fields[name]) != count:
             raise ConfigError(f"{where}.{name} must hold exactly 2 values; got {fields[name]!r}.")
     step = fields.get("step", "last")
-    if isinstance(step, str) and step != "last":
-        raise ConfigError(f"{where}.step must be 'last' or a step number; got {step!r}.")
+    if isinstance(step, str) and step not in ("last", "matched_loss"):
+        raise ConfigError(
+            f"{where}.step must be 'last', 'matched_loss' or a step number; got {step!r}."
+        )
     fields["where"] = tuple(
         (column, tuple(v) if isinstance(v, (tuple, list)) else v)
         for column, v in sorted(dict(fields["where"]).items())

@@ -250,3 +250,30 @@ def test_missing_values_are_left_out_with_their_reason():
     result = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
     assert [s for s, _ in result.per_seed] == ["0", "1", "3"]
     assert "seed 2: 1 row NaN (diverged)" in result.note
+
+
+def test_matched_loss_pairs_the_first_plateau_checkpoint_with_the_nearest_gap():
+    """AdamW's first plateau checkpoint against the adversarial checkpoint of the nearest held-out
+    gap, within one standard error; seed 2's nearest is too far, so it gives no pair."""
+    gaps = {
+        "adamw": {1000: 0.05, 2000: 0.020, 4000: 0.0170},
+        "adversarial": {1000: 0.08, 2000: 0.021, 4000: 0.0185},
+    }
+    rows = [
+        {
+            "objective": objective, "seed": seed, "step": step,
+            "pretrain_loss_gap": gap + (0.01 if seed == 2 and objective == "adversarial" else 0),
+            "pretrain_loss_gap_stderr": 0.002, "on_plateau": int(step >= 2000),
+            "trace": step / 1000 + seed, "linear_probe_acc": 0.5,
+        }
+        for objective, by_step in gaps.items()
+        for seed in (0, 1, 2)
+        for step, gap in by_step.items()
+    ]
+    table = results.ResultsTable.from_rows(rows)
+    pairs = comparisons.configuration_pairs(table, "objective", ("adamw", "adversarial"), {}, "matched_loss")
+    assert sorted(pairs) == ["0", "1"]
+    steps = table.values("step")
+    for seed in ("0", "1"):
+        [(first, second)] = pairs[seed]
+        assert (steps[first], steps[second]) == (2000, 2000)  # |0.021 - 0.020| <= 0.002.
