@@ -267,7 +267,7 @@ def score_columns(table: ResultsTable) -> list[str]:
 def loss_column(table: ResultsTable) -> str | None:
     """The loss that statistics must beat: ``pretrain_loss_gap`` where measured, else
     ``pretrain_loss``; ``None`` when neither is numeric."""
-    return next((c for c in BASELINE_COLUMNS[::-1] if table.is_numeric(c)), None)
+    return next((c for c in ("pretrain_loss_gap", "pretrain_loss") if table.is_numeric(c)), None)
 
 
 def plateau_known(table: ResultsTable) -> bool:

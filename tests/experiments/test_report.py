@@ -60,6 +60,11 @@ def test_column_roles_and_default_predictors():
     assert results.column_role("pretrain_loss_gap_train") == "baseline"
     assert results.predictor_columns(table) == ["trace", "pretrain_loss"]
     assert results.loss_column(table) == "pretrain_loss"
+    # The held-out gap is the loss, not the gap on training sentences (a memorisation check).
+    gaps = results.ResultsTable.from_rows(
+        [{"pretrain_loss": 1.0, "pretrain_loss_gap": 0.1, "pretrain_loss_gap_train": 0.09}]
+    )
+    assert results.loss_column(gaps) == "pretrain_loss_gap"
 
 
 def test_nan_reasons_count_nan_infinite_and_empty_cells():
