@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from experiments.analysis.inference import (
-    MIN_UNITS,
+    MIN_CLUSTERS,
     Bootstrap,
     mean_interval,
     percentile_interval,
@@ -111,7 +111,7 @@ class Association:
         control: the column partialled out (the loss), or ``None`` for plain tau-b.
         value: tau-b, or the partial tau given ``control``.
         interval: cluster-bootstrap interval over seeds (each draw takes every run of a seed,
-            with all its checkpoints); NaN with fewer than 3 seeds.
+            with all its checkpoints); NaN with fewer than 5 seeds (`MIN_CLUSTERS`).
         num_rows: rows used (every needed column finite).
         num_runs: pretraining runs among them.
         note: why the value is NaN, or which rows were left out and why.
@@ -201,11 +201,12 @@ def association(
         )
     value = float(_taus(table, rows, statistic, score, control, None))
     interval = UNDEFINED
-    if num_units >= MIN_UNITS:
+    if num_units >= MIN_CLUSTERS:
         resampled = _taus(table, rows, statistic, score, control, cluster_weights(clusters, bootstrap))
         interval = percentile_interval(resampled, bootstrap.confidence_level)
     else:
-        note = "; ".join(filter(None, [f"no interval: fewer than {MIN_UNITS} seeds", note]))
+        why = f"no interval: a cluster bootstrap needs {MIN_CLUSTERS} or more seeds, has {num_units}"
+        note = "; ".join(filter(None, [why, note]))
     return Association(statistic, score, control, value, interval, len(rows), num_runs, note, num_units)
 
 
@@ -281,7 +282,7 @@ def compare_associations(
     tau_first = float(_taus(table, rows, first, score, control, None))
     tau_second = float(_taus(table, rows, second, score, control, None))
     interval = equivalence = UNDEFINED
-    if num_units >= MIN_UNITS:
+    if num_units >= MIN_CLUSTERS:
         weights = cluster_weights(clusters, bootstrap)
         samples = np.abs(_taus(table, rows, first, score, control, weights)) - np.abs(
             _taus(table, rows, second, score, control, weights)
@@ -313,7 +314,7 @@ class WithinRun:
         score: the transfer-score column.
         taus: one tau per usable run (3 or more checkpoints with both values, both varying).
         mean: the mean over seeds of each seed's mean tau (runs of one seed are not independent).
-        interval: Student-t interval of that mean over seeds.
+        interval: Student-t interval of that mean over seeds, clipped to [-1, 1].
         sign_p: exact sign test across seeds of "a seed's mean tau > 0 and < 0 are equally
             likely".
         num_skipped: runs without a tau (fewer than 3 usable checkpoints, or a constant column).
@@ -369,7 +370,7 @@ def within_run(
         score,
         tuple(taus),
         float(np.mean(units)),
-        mean_interval(units, bootstrap),
+        tuple(float(np.clip(v, -1.0, 1.0)) for v in mean_interval(units, bootstrap)),  # A tau's range.
         sign_test(units),
         skipped,
         len(units),

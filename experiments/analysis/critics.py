@@ -22,7 +22,7 @@ import numpy as np
 from experiments.analysis import correlation
 from experiments.analysis.correlation import AssociationDifference
 from experiments.analysis.formatting import code, estimate, markdown_table, rows_and_runs, signed
-from experiments.analysis.inference import MIN_UNITS, Bootstrap, mean_interval
+from experiments.analysis.inference import MIN_CLUSTERS, Bootstrap, mean_interval
 from experiments.analysis.results import (
     RUN_COLUMNS,
     ResultsTable,
@@ -60,7 +60,7 @@ def _verdict(result: AssociationDifference, margin: float | None, level: float) 
     neither."""
     low, high = result.interval
     if not (math.isfinite(low) and math.isfinite(high)):
-        return f"no interval (needs {MIN_UNITS} or more runs with every value)"
+        return f"not assessable: no interval (a cluster bootstrap needs {MIN_CLUSTERS} or more seeds)"
     shown = []
     if low > 0 or high < 0:
         stronger = result.first if low > 0 else result.second
@@ -246,6 +246,17 @@ def _budget_lines(table: ResultsTable) -> list[str]:
     ]
 
 
+def _relative_error(table: ResultsTable) -> str:
+    """The reference trace's median relative standard error, in words."""
+    if not table.is_numeric("trace_stderr"):
+        return "its error not recorded"
+    relative = np.abs(table.values("trace_stderr") / table.values("trace"))
+    relative = relative[np.isfinite(relative)]
+    if not relative.size:
+        return "its error not recorded"
+    return f"median relative standard error {np.median(relative):.0%}, up to {relative.max():.0%}"
+
+
 def _budget_number(name: str) -> float:
     found = re.search(r"(\d+)$", name)
     return float(found.group(1)) if found else math.inf
@@ -266,6 +277,8 @@ def _stability_lines(table: ResultsTable, scores: Sequence[str], bootstrap: Boot
             "",
         ]
     lines = []
+    if at_budget and table.is_numeric("trace_fresh"):
+        at_budget.append("trace_fresh")  # Every fresh probe: the same estimator at its full budget.
     if at_budget:
         score = scores[0] if scores else None
         rows, stable = [], []
@@ -292,9 +305,11 @@ def _stability_lines(table: ResultsTable, scores: Sequence[str], bootstrap: Boot
                 if stable
                 else f"not reached at any budget measured (up to {code(at_budget[-1])})."
             )
-            + " The full-budget trace is itself an estimate (it stops at `config.hessian.rtol`), "
-            "which caps the agreement any smaller budget can show; agreement pooled over "
-            "checkpoints of very different traces is easier than among checkpoints of one step.",
+            + " The `trace_at_<N>` and `trace_fresh` estimates draw a fresh minibatch per probe; the "
+            "reference `trace` uses one fixed subset (a different estimand) and is itself an "
+            f"estimate ({_relative_error(table)}), which caps the agreement any budget can show; "
+            "agreement pooled over checkpoints of very different traces is easier than among "
+            "checkpoints of one step.",
             "",
         ]
     for name in agreements:

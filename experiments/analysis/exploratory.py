@@ -20,7 +20,7 @@ from experiments.analysis.formatting import (
     rows_and_runs,
     signed,
 )
-from experiments.analysis.inference import Bootstrap
+from experiments.analysis.inference import MIN_CLUSTERS, Bootstrap
 from experiments.analysis.results import (
     RUN_COLUMNS,
     TRACE_STATISTICS,
@@ -105,7 +105,7 @@ def _adds(partial: correlation.Association) -> str:
     if not math.isfinite(partial.value):
         return "— (undefined: the loss orders it completely, or too few rows)"
     if not (math.isfinite(low) and math.isfinite(high)):
-        return "no interval"
+        return f"not assessable ({partial.num_units} seeds; an interval needs {MIN_CLUSTERS})"
     return "partial τ ≠ 0 (unadjusted)" if low > 0 or high < 0 else "not shown to add"
 
 

@@ -25,6 +25,9 @@ from scipy import stats
 
 # An interval needs this many units: with two, a bootstrap can only return the two units' values.
 MIN_UNITS = 3
+# A cluster bootstrap needs this many seeds: with 3 there are only 10 distinct resamples, and its
+# percentile intervals end at the point estimate or at +-1 (a hostile review of the 3-seed reports).
+MIN_CLUSTERS = 5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from experiments.analysis import critics, exploratory, settings
 from experiments.analysis.formatting import code, count, estimate, markdown_table, p_value
-from experiments.analysis.inference import MIN_UNITS, smallest_p_value
+from experiments.analysis.inference import MIN_CLUSTERS, MIN_UNITS, smallest_p_value
 from experiments.analysis.plots import write_plots
 from experiments.analysis.primary import Hypothesis, run_primary_tests
 from experiments.analysis.results import (
@@ -68,8 +68,10 @@ def _introduction(table: ResultsTable, source: str, report: settings.ReportSetti
         f"{bootstrap.num_resamples} resamples (seed {bootstrap.seed}); per-run correlations along "
         "training are averaged per seed. Rank correlations are Kendall's τ-b and Kendall's "
         "partial τ; p-values are exact (sign test, Wilcoxon signed-rank). Intervals are "
-        f"{bootstrap.confidence_level:.0%} and need {MIN_UNITS} or more seeds; with few seeds a "
-        "cluster-bootstrap interval is rough and tends to be too narrow.",
+        f"{bootstrap.confidence_level:.0%}; a t interval needs {MIN_UNITS} or more seeds, a "
+        f"cluster-bootstrap interval {MIN_CLUSTERS} (with 3 seeds it has only 10 distinct "
+        "resamples): below that a correlation is printed without an interval and judged not "
+        "assessable.",
         "",
     ]
 

@@ -169,8 +169,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The report (`experiments.analysis.settings`): bootstrap resamples, critic 1's equivalence
     # margin (in units of Kendall's tau) and the primary tests of the paper's three interventions,
     # declared before the run; each gives one difference per seed of the trace and of the mean
-    # probe accuracy, and Holm adjusts the six p-values together. They need 2 or more seeds (the
-    # report refuses to run them on one), 6 for an exact two-sided p below 0.05.
+    # probe accuracy, and Holm adjusts their p-values together (two here). They need 2 or more
+    # seeds (the report refuses to run them on one), 6 for an exact two-sided p below 0.05: with
+    # this study's 3 no result can be significant (`configs/pcfg_full.py` has 8).
     config.report = ml_collections.ConfigDict()
     config.report.num_resamples = 1000
     config.report.equivalence_margin = 0.1
@@ -178,8 +179,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.report.primary_tests = (
         # Continued training: steps 4,000 and 8,000 of each run, declared rather than left to the
         # plateau criterion so that a seed whose plateau starts late still gives a difference; on
-        # the rooted grammar at this rate both were on the plateau in the pilot runs (gap decrease
-        # 0.0016 nats, configs/pcfg_full.py), and results.csv's `on_plateau` says whether they were.
+        # the rooted grammar at this rate both were on the plateau in one pilot run (seed 0, gap
+        # decrease 0.0016 nats, configs/pcfg_full.py), and results.csv's `on_plateau` says whether
+        # they were.
         dict(tested, name="continued_training", kind="delta_along_steps", steps=(4000, 8000)),
     )
     return config

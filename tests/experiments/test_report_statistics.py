@@ -81,14 +81,14 @@ def test_partial_tau_removes_what_the_control_explains():
     assert correlation.partial_tau(0.25, 0.5, 0.5) == pytest.approx(0.0)
 
 
-def disagreeing_seeds(num_checkpoints=10, copies=1):
+def disagreeing_seeds(num_checkpoints=10, copies=1, num_seeds=4):
     """Width 16 and 32, 4 seeds, 10 checkpoints per run. Within each run the checkpoints move
     together perfectly (statistic and score both rise with the step), but the seeds disagree:
     width 32's trace is 1 above width 16's in seeds 0 and 2, 1 below in seeds 1 and 3, at every
     checkpoint, and the score falls with the statistic in seeds 2 and 3."""
     rows = []
-    for seed in range(4):
-        direction = 1 if seed < 2 else -1
+    for seed in range(num_seeds):
+        direction = 1 if seed < num_seeds // 2 else -1
         for width in (16, 32):
             for step in range(num_checkpoints):
                 offset = (1 if seed % 2 == 0 else -1) * (width == 32)
@@ -129,14 +129,17 @@ def test_within_run_taus_are_summarised_over_runs_not_checkpoints():
 
 
 def test_repeating_checkpoints_does_not_narrow_a_pooled_interval():
-    once = correlation.association(disagreeing_seeds(), "trace", "linear_probe_acc", BOOTSTRAP)
-    tenfold = correlation.association(disagreeing_seeds(copies=10), "trace", "linear_probe_acc", BOOTSTRAP)
-    assert (once.num_runs, tenfold.num_runs) == (8, 8)
+    # 6 seeds: a cluster bootstrap needs 5 or more.
+    once = correlation.association(disagreeing_seeds(num_seeds=6), "trace", "linear_probe_acc", BOOTSTRAP)
+    tenfold = correlation.association(
+        disagreeing_seeds(copies=10, num_seeds=6), "trace", "linear_probe_acc", BOOTSTRAP
+    )
+    assert (once.num_runs, tenfold.num_runs) == (12, 12)
     assert tenfold.value == pytest.approx(once.value)
     assert tenfold.interval == pytest.approx(once.interval)
     # Resampling rows as if they were independent would have made it far narrower.
     rows = np.arange(once.num_rows)
-    x, y = (disagreeing_seeds().values(c) for c in ("trace", "linear_probe_acc"))
+    x, y = (disagreeing_seeds(num_seeds=6).values(c) for c in ("trace", "linear_probe_acc"))
     drawn = BOOTSTRAP.rng().integers(0, len(rows), size=(400, len(rows)))
     naive = np.stack([np.bincount(d, minlength=len(rows)) for d in drawn])
     naive_interval = inference.percentile_interval(correlation.kendall_tau(x, y, naive), 0.95)
@@ -154,7 +157,7 @@ def test_an_interval_needs_three_units():
     )
     two_runs = correlation.association(table, "trace", "linear_probe_acc", BOOTSTRAP)
     assert two_runs.value == pytest.approx(1.0) and all(math.isnan(v) for v in two_runs.interval)
-    assert "fewer than 3 seeds" in two_runs.note
+    assert "needs 5 or more seeds, has 2" in two_runs.note
 
 
 def test_runs_that_share_a_seed_are_one_unit():
@@ -170,7 +173,7 @@ def test_runs_that_share_a_seed_are_one_unit():
     )
     pooled = correlation.association(table, "trace", "linear_probe_acc", BOOTSTRAP)
     assert (pooled.num_runs, pooled.num_units) == (4, 2)
-    assert all(math.isnan(v) for v in pooled.interval) and "fewer than 3 seeds" in pooled.note
+    assert all(math.isnan(v) for v in pooled.interval) and "needs 5 or more seeds" in pooled.note
     summary = correlation.within_run(table, "trace", "linear_probe_acc", BOOTSTRAP)
     assert len(summary.taus) == 4 and summary.num_units == 2
     assert summary.sign_p == pytest.approx(0.5)  # 2 seeds, both positive: 2 / 2^2.
