@@ -1,6 +1,7 @@
-"""The Hessian trace of a loss over stacked batches, as every trace cell of the measurement stage
-other than the pretraining summary's is estimated: `hessjax.trace_until` on `dataset_hvp_fn`, at
-`config.hessian`'s `rtol`, `max_matvecs` and `trace_method`, split across devices and hosts."""
+"""Stacked batches in the measurement stage: `unstack`, and `trace_cells`, the Hessian trace of a
+loss over them as every trace cell but the pretraining summary's is estimated (`hessjax.trace_until`
+on `dataset_hvp_fn` at `config.hessian`'s `rtol`, `max_matvecs` and `trace_method`, split across
+devices and hosts)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,9 @@ def trace_cells(
         f"{name}_stderr": float(estimate.stderr),
         f"matvecs_{name.removeprefix('trace_')}": int(estimate.num_matvecs),
     }
+
+
+def unstack(batches: Any) -> list[Any]:
+    """Stacked batches as a list of batches (the leading axis split)."""
+    count = len(jax.tree_util.tree_leaves(batches)[0])
+    return [jax.tree.map(lambda leaf, i=i: leaf[i], batches) for i in range(count)]

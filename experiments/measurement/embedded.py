@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from experiments.core import config_utils, multihost
-from experiments.measurement.dataset_trace import trace_cells
+from experiments.measurement.dataset_trace import trace_cells, unstack
 from experiments.training import evaluation, models, objectives, runs
 
 # The embedded loss may differ from the original by float32 rounding only.
@@ -102,8 +102,7 @@ def embedded_trace(
     objective_key = evaluation.pretraining_key(run)
     loss_fn = evaluation.eval_loss(run.model, run.objective, objective_key, model_state)
     wide_loss_fn = evaluation.eval_loss(wide_model, run.objective, objective_key, {})
-    count = len(jax.tree_util.tree_leaves(batches)[0])
-    first = [jax.tree.map(lambda leaf, i=i: leaf[i], batches) for i in range(count)]
+    first = unstack(batches)
     loss = float(np.mean([loss_fn(params, b) for b in first]))
     wide_loss = float(np.mean([wide_loss_fn(wide_params, b) for b in first]))
     if not abs(wide_loss - loss) <= _LOSS_TOLERANCE * max(1.0, abs(loss)):

@@ -48,7 +48,7 @@ import hessjax
 from experiments.core import config_utils, multihost
 from experiments.core.config_utils import Field
 from experiments.measurement import embedded
-from experiments.measurement.dataset_trace import trace_cells
+from experiments.measurement.dataset_trace import trace_cells, unstack
 from experiments.training import evaluation, models, objectives, runs, setting
 
 SCHEMA = {
@@ -407,7 +407,7 @@ def measure(
     loss_fn = evaluation.eval_loss(
         run.model, run.objective, evaluation.pretraining_key(run), model_state
     )
-    subset_loss = float(np.mean([loss_fn(params, b) for b in _unstack(batches)]))
+    subset_loss = float(np.mean([loss_fn(params, b) for b in unstack(batches)]))
     density_path = output_dir / DENSITY_FILE if output_dir is not None else None
     # Keys of the later statistics are folded in, so the earlier ones keep their probes.
     adaptive_key, fresh_key = jax.random.fold_in(key, 10), jax.random.fold_in(key, 11)
@@ -457,11 +457,6 @@ def measure(
         result.update(cells, **{f"seconds_{name}": time.perf_counter() - part_start})
     result["seconds_hessian"] = time.perf_counter() - start
     return result
-
-
-def _unstack(batches: dict[str, Any]) -> list[dict[str, Any]]:
-    count = len(jax.tree_util.tree_leaves(batches)[0])
-    return [jax.tree.map(lambda leaf, i=i: leaf[i], batches) for i in range(count)]
 
 
 STAGE = setting.CheckpointStage(
