@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax import _checks
-from hessjax._basis import dots, normalized_residual, project_out, restarted, restarted_jit
+from hessjax._basis import GROUP, dots, normalized_residual, restarted, restarted_jit
 from hessjax._common import Matvec, Probe, check_probe, fold_key, prepare, resolve_chunk_size
 from hessjax._vectors import (
     Layout,
@@ -116,34 +116,68 @@ def _lanczos_init(starts: Array, num_steps: int) -> LanczosState:
 
 
 # Called eagerly, Lanczos runs as a Python loop of compiled pieces whose shapes do not depend on
-# `num_steps`: the product (the chunk kernel every estimator shares), the projections on groups of
-# basis vectors (`hessjax._basis`) and the normalization. The basis is a list of vectors, so a new
-# number of steps compiles nothing and the memory is exactly the steps taken.
+# `num_steps`: the product (the chunk kernel every estimator shares) and, per step, one program per
+# full block of GROUP basis vectors plus one fused program that finishes the step on the last,
+# partly filled block (its unused rows are zero, so projecting on them is exact). A new number of
+# steps compiles nothing. Memory: the steps taken, rounded up to a multiple of GROUP vectors.
 
 
-@jax.jit
-def _next_vectors(current: Array, image: Array, residual: Array
-                  ) -> tuple[Array, Array, Array, Array]:
-    following, beta, breakdown = normalized_residual(image, residual)
-    return following, dots(current, image), beta, breakdown
+def _project_block(block: Array, vectors: Array) -> Array:
+    """``vectors`` ``(p, n)`` minus their projections on the rows of ``block`` ``(p, GROUP, n)``,
+    twice (classical Gram-Schmidt twice within a block, block by block across the basis)."""
+    for _ in range(2):
+        coefficients = jnp.einsum("pgn,pn->pg", block, vectors, precision=_HIGHEST)
+        vectors = vectors - jnp.einsum("pg,pgn->pn", coefficients, block, precision=_HIGHEST)
+    return vectors
+
+
+_project_block_jit = jax.jit(_project_block)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _finish_step(block: Array, row: Array, current: Array, image: Array, residual: Array
+                 ) -> tuple[Array, Array, Array, Array, Array]:
+    """The end of a step on the last block: the residual projected on it, normalized, and written
+    as row ``row`` of the block (zero where the recurrence broke down); alpha, beta, breakdown."""
+    following, beta, breakdown = normalized_residual(image, _project_block(block, residual))
+    following = jnp.where(breakdown[:, None], 0, following)
+    block = jax.lax.dynamic_update_index_in_dim(block, following, row, axis=1)
+    return block, following, dots(current, image), beta, breakdown
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _write_row(block: Array, row: Array, vectors: Array) -> Array:
+    return jax.lax.dynamic_update_index_in_dim(block, vectors, row, axis=1)
+
+
+def _new_block(vectors: Array) -> Array:
+    return jnp.zeros((vectors.shape[0], GROUP, vectors.shape[-1]), vectors.dtype)
 
 
 def _lanczos_eager(matvec: Any, layout: Layout, restart_key: Array, first: int, starts: np.ndarray,
                    num_steps: int) -> tuple[list[Array], np.ndarray, np.ndarray]:
     """Lanczos from the rows ``first, first + 1, ...`` of the starting vectors (``starts``, host).
 
-    Returns the basis (a list of ``(rows, n)`` device arrays, one per step) and the host ``alphas``
-    and ``betas``, ``(rows, num_steps)``. The host reads each step's breakdown flags after it has
-    queued the next product, so the device never waits for the host; after a breakdown (rare)
-    that product is discarded and the rows restart from a random vector orthogonal to the basis.
+    Returns the basis (a list of ``(rows, GROUP, n)`` device blocks; the Lanczos vectors are their
+    first ``num_steps`` rows, block after block) and the host ``alphas`` and ``betas``,
+    ``(rows, num_steps)``. The host reads each step's breakdown flags after it has queued the next
+    product, so the device never waits for the host; after a breakdown (rare) that product is
+    discarded and the rows restart from a random vector orthogonal to the basis.
     """
     norms = np.linalg.norm(starts.astype(np.float64), axis=-1, keepdims=True)
     current = jax.device_put((starts / norms).astype(starts.dtype))
-    basis, alphas, betas = [current], [], []
+    blocks, fill = [_write_row(_new_block(current), 0, current)], 1
+    alphas, betas = [], []
     image = apply_chunk(matvec, layout, current)
     for step in range(num_steps):
-        residual, _ = project_out(image, basis, passes=2)
-        following, alpha, beta, breakdown = _next_vectors(current, image, residual)
+        if fill == GROUP:
+            blocks.append(_new_block(current))
+            fill = 0
+        residual = image
+        for block in blocks[:-1]:
+            residual = _project_block_jit(block, residual)
+        blocks[-1], following, alpha, beta, breakdown = _finish_step(
+            blocks[-1], fill, current, image, residual)
         alphas.append(alpha)
         betas.append(beta)
         if step + 1 == num_steps:
@@ -152,11 +186,14 @@ def _lanczos_eager(matvec: Any, layout: Layout, restart_key: Array, first: int, 
         breakdown = np.asarray(breakdown)
         if breakdown.any():
             draws = draw_chunk(fold_key(restart_key, step), first, layout, starts.shape[0], "gaussian")
-            following = restarted_jit(following, breakdown, project_out(draws, basis, passes=2)[0])
+            for block in blocks:
+                draws = _project_block_jit(block, draws)
+            following = restarted_jit(following, breakdown, draws)
+            blocks[-1] = _write_row(blocks[-1], fill, following)
             image = apply_chunk(matvec, layout, following)
-        basis.append(following)
+        fill += 1
         current = following
-    return basis, np.stack(to_host(alphas), axis=-1), np.stack(to_host(betas), axis=-1)
+    return blocks, np.stack(to_host(alphas), axis=-1), np.stack(to_host(betas), axis=-1)
 
 
 def _run_lanczos(matvec: Any, layout: Layout, key: Array, starts: Array, num_steps: int,
@@ -165,8 +202,8 @@ def _run_lanczos(matvec: Any, layout: Layout, key: Array, starts: Array, num_ste
 
     Eagerly the rows run ``chunk_size`` at a time (independent recurrences: the products are the
     chunk kernels of every other estimator), the alphas and betas come back on the host, and the
-    basis is kept (a list of vectors per step) only ``with_basis``. Under a trace, all rows run
-    together in a ``lax.fori_loop``.
+    basis is kept (per chunk, a list of blocks of vectors: :func:`_lanczos_eager`) only
+    ``with_basis``. Under a trace, all rows run together in a ``lax.fori_loop``.
     """
     restart_key = fold_key(key, 1)
     if not eager:
@@ -281,10 +318,9 @@ def _top_ritz_pairs(state: LanczosState, k: int) -> tuple[Array, Array]:
     values, coordinates = values[::-1][:k], coordinates[:, ::-1][:, :k]
     largest = xp.take_along_axis(coordinates, xp.argmax(xp.abs(coordinates), axis=0)[None], axis=0)
     coordinates = coordinates * xp.sign(largest)
-    if isinstance(state.basis, list):  # eager: a list of (1, n) device vectors, one per step
-        vectors = np.zeros((k, state.basis[0][0].shape[-1]), coordinates.dtype)
-        for coordinate, basis_vector in zip(coordinates, to_host(state.basis[0])):
-            vectors += coordinate[:, None] * basis_vector
+    if isinstance(state.basis, list):  # eager: the first row's list of (1, GROUP, n) blocks
+        basis = np.concatenate([block[0] for block in to_host(state.basis[0])])
+        vectors = coordinates.T @ basis[:coordinates.shape[0]]
     else:
         vectors = ops.matmul(coordinates.T, state.basis[0])
     return values, vectors / xp.linalg.norm(vectors, axis=-1, keepdims=True)
