@@ -12,7 +12,7 @@ from hessjax import _checks
 from hessjax._common import Method, check_key, check_method, loss_of, split_key
 from hessjax.products import dataset_hvp_fn
 from hessjax.spectrum import Eigen, SpectralDensity, spectral_density, top_eigenvalues
-from hessjax.trace import TraceEstimate, block_traces, trace_until
+from hessjax.trace import TraceEstimate, block_traces, trace_and_blocks_until, trace_until
 
 
 class HessianSummary(NamedTuple):
@@ -30,7 +30,9 @@ class HessianSummary(NamedTuple):
         density: a :class:`~hessjax.SpectralDensity`, or None when skipped (``density_probes=0``).
         matvecs_trace: Hessian-vector products spent on ``trace``.
         matvecs_eigen: products spent on ``top_eigenvalues`` (``lanczos_steps + top_k``, or 0).
-        matvecs_blocks: products spent on ``block_traces`` (``block_matvecs``).
+        matvecs_blocks: products spent on ``block_traces`` beyond the trace's: 0 with
+            ``method="hutchinson"`` (the block traces are then those of the trace's own probes, at
+            least ``block_matvecs`` of them), else ``block_matvecs``.
         matvecs_density: products spent on ``density`` (``density_probes * density_steps``).
         num_matvecs: all products spent, the sum of the four.
         seconds: wall time of the whole call, results ready.
@@ -74,7 +76,9 @@ def hessian_summary(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch
         method: trace estimator, ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
         top_k: how many top eigenvalues (0 to skip).
         lanczos_steps: Lanczos steps for the top eigenvalues.
-        block_matvecs: probes for the per-block traces (0 to skip).
+        block_matvecs: probes for the per-block traces (0 to skip). With Hutchinson (and
+            ``block_matvecs <= max_matvecs``) they are the trace's probes, so the trace spends at
+            least this many and the blocks cost no product of their own.
         density_probes: probes for the spectral density (0 to skip).
         density_steps: Lanczos steps per density probe.
         chunk_size: products per compiled kernel (the memory knob).
@@ -110,23 +114,32 @@ def hessian_summary(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch
     if block_matvecs == 1:
         raise ValueError("`block_matvecs` must be 0 (skip) or >= 2 for an error bar; got 1.")
     density_probes = _checks.check_int(density_probes, "density_probes", minimum=0)
+    max_matvecs = _checks.check_int(max_matvecs, "max_matvecs", minimum=2)
     matvec = dataset_hvp_fn(loss_fn, params, batches)
     loss = loss_of(matvec)
     _checks.check_finite_loss(loss, "`params` (the mean of `loss_fn` over `batches`)")
     trace_key, eigen_key, density_key = split_key(key, 3)
-    estimate = trace_until(matvec, params, trace_key, rtol=rtol, max_matvecs=max_matvecs,
-                           method=method, chunk_size=chunk_size)
     eigen = blocks = density = None
+    blocks_spent = 0
+    if method == "hutchinson" and 0 < block_matvecs <= max_matvecs:
+        # One set of products for both: at least `block_matvecs` probes.
+        estimate, blocks = trace_and_blocks_until(
+            matvec, params, trace_key, rtol=rtol, max_matvecs=max_matvecs,
+            min_block_matvecs=block_matvecs, chunk_size=chunk_size)
+    else:
+        estimate = trace_until(matvec, params, trace_key, rtol=rtol, max_matvecs=max_matvecs,
+                               method=method, chunk_size=chunk_size)
+        if block_matvecs:
+            blocks = block_traces(matvec, params, trace_key, num_matvecs=block_matvecs,
+                                  chunk_size=chunk_size)
+            blocks_spent = block_matvecs
     if top_k:
         eigen = top_eigenvalues(matvec, params, eigen_key, k=top_k, num_steps=lanczos_steps)
-    if block_matvecs:
-        blocks = block_traces(matvec, params, trace_key, num_matvecs=block_matvecs,
-                              chunk_size=chunk_size)
     if density_probes:
         density = spectral_density(matvec, params, density_key, num_probes=density_probes,
                                    num_steps=density_steps)
     jax.block_until_ready((estimate, eigen, blocks, density))
     spent = [int(estimate.num_matvecs), int(eigen.num_matvecs) if eigen else 0,
-             block_matvecs, int(density.num_matvecs) if density else 0]
+             blocks_spent, int(density.num_matvecs) if density else 0]
     return HessianSummary(loss, estimate, eigen, blocks, density, *spent, sum(spent),
                           time.perf_counter() - start)

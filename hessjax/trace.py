@@ -243,6 +243,12 @@ def _per_block(layout: Layout, v: Any, image: Any) -> Array:
     return jnp.stack([jnp.sum(product) for product in _leaf_products(layout, v, image)])
 
 
+def _per_block_and_total(layout: Layout, v: Any, image: Any) -> Array:
+    """The per-block samples and, last, their sum (summed in the order of :func:`_quadratic`)."""
+    sums = [jnp.sum(product) for product in _leaf_products(layout, v, image)]
+    return jnp.stack([*sums, sum(sums)])
+
+
 def _sample(matvec: Any, layout: Layout, integrand: Integrand, row: Array) -> Array:
     v = layout.unravel(row)
     return integrand(layout, v, apply_tree(matvec, layout, v))
@@ -621,14 +627,9 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
     kernel = _hutchinson_kernel(matvec, layout, key, probe, _quadratic)
     moments = _no_samples(layout, _quadratic)
     if eager:
-        spent = 0
-        while spent < maximum:
-            count = min(chunk, maximum - spent)
-            moments = kernel(spent, count, moments)
-            spent += count
-            if spent >= minimum and bool(_converged(to_host(moments), rtol)):
-                break
-        estimate = _from_moments(to_host(moments), spent)
+        moments, spent = _hutchinson_until(kernel, moments, chunk, minimum, maximum, rtol,
+                                           lambda m: m)
+        estimate = _from_moments(moments, spent)
         _checks.check_finite("the trace", estimate.value, estimate.stderr)
         return to_device(estimate)
     num_chunks, remainder = divmod(maximum, chunk)
@@ -654,6 +655,62 @@ def trace_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matve
                                lambda m: kernel(num_chunks * chunk, remainder, m), moments)
         spent = spent + jnp.where(stop, 0, remainder)
     return _from_moments(moments, spent)
+
+
+def _hutchinson_until(kernel: Callable[[Any, int, Moments], Moments], moments: Moments, chunk: int,
+                      minimum: int, maximum: int, rtol: float,
+                      total: Callable[[Moments], Moments]) -> tuple[Moments, int]:
+    """Eagerly, chunks of ``kernel`` until ``total(moments)`` meets ``rtol`` (once ``minimum``
+    products are spent) or ``maximum`` products are spent; the host moments and the products."""
+    spent = 0
+    while spent < maximum:
+        count = min(chunk, maximum - spent)
+        moments = kernel(spent, count, moments)
+        spent += count
+        if spent >= minimum and bool(_converged(total(to_host(moments)), rtol)):
+            break
+    return to_host(moments), spent
+
+
+def _last(moments: Moments) -> Moments:
+    return Moments(moments.count, moments.mean[-1], moments.m2[-1])
+
+
+def _block_estimates(layout: Layout, moments: Moments, spent: Any) -> Any:
+    """A pytree like the vectors of one :class:`TraceEstimate` per leaf, from per-block moments."""
+    stderr = moments.stderr()
+    spent, dof = array_ops(moments).xp.asarray(spent), moments.count - 1
+    return layout.treedef.unflatten(
+        [TraceEstimate(moments.mean[i], stderr[i], spent, dof) for i in range(len(layout.shapes))])
+
+
+def trace_and_blocks_until(matvec: Matvec, like: Any, key: Array, *, rtol: float, max_matvecs: int,
+                           min_block_matvecs: int, chunk_size: int | None = None
+                           ) -> tuple[TraceEstimate, Any]:
+    """Eagerly, :func:`trace_until` (Hutchinson, Rademacher) and :func:`block_traces` from the same
+    products: each probe's image gives its sample of the trace and of every block's trace.
+
+    The stopping rule is :func:`trace_until`'s, after at least ``min_block_matvecs`` products (>= 2,
+    the fewest probes of the block traces; at most ``max_matvecs``): the trace equals
+    ``trace_until``'s with that ``min_matvecs`` and the blocks ``block_traces(...,
+    num_matvecs=trace.num_matvecs)``'s (same key), for the products of one. Used by
+    :func:`hessjax.hessian_summary`.
+    """
+    matvec, layout, eager = prepare(matvec, like, key)
+    if not eager:
+        raise ValueError("trace_and_blocks_until runs eagerly: call it outside jax.jit.")
+    rtol = _check_rtol(rtol)
+    maximum = _budget("hutchinson", max_matvecs, "max_matvecs")
+    chunk = resolve_chunk_size(chunk_size, maximum)
+    minimum = min(maximum, max(2 * chunk, 10, _checks.check_int(min_block_matvecs,
+                                                                "min_block_matvecs", minimum=2)))
+    kernel = _hutchinson_kernel(matvec, layout, key, "rademacher", _per_block_and_total)
+    moments, spent = _hutchinson_until(kernel, _no_samples(layout, _per_block_and_total), chunk,
+                                       minimum, maximum, rtol, _last)
+    estimate = _from_moments(_last(moments), spent)
+    _checks.check_finite("the trace", estimate.value, estimate.stderr)
+    _checks.check_finite("the block traces", moments.mean, moments.stderr())
+    return to_device(estimate), to_device(_block_estimates(layout, moments, spent))
 
 
 def _block_method_until(matvec: Any, layout: Layout, key: Array, rtol: float, maximum: int,
@@ -772,10 +829,7 @@ def block_traces(matvec: Matvec, like: Any, key: Array, *, num_matvecs: int,
     num = _budget("hutchinson", num_matvecs)
     moments = _hutchinson(matvec, layout, key, num, resolve_chunk_size(chunk_size, num), probe,
                           _per_block, eager)
-    stderr = moments.stderr()
     if eager:
-        _checks.check_finite("the block traces", moments.mean, stderr)
-    spent, dof = array_ops(moments).xp.asarray(num), moments.count - 1
-    return to_device(layout.treedef.unflatten(
-        [TraceEstimate(moments.mean[i], stderr[i], spent, dof) for i in range(len(layout.shapes))]))
+        _checks.check_finite("the block traces", moments.mean, moments.stderr())
+    return to_device(_block_estimates(layout, moments, num))
 
