@@ -3,7 +3,7 @@
   python -m benchmarks.parallel_seeds [--seeds=4] [--steps=600] [--parallel=1,2]
 
 Pretrains `--seeds` seeds of the language setting's default model (`configs/pcfg.py`: width 32,
-depth 2, batch 256, the `small` grammar) for `--steps` steps each, through the study's own job
+depth 2, batch 256, fresh sentences of the `rooted` grammar) for `--steps` steps each, through the study's own job
 runner (`experiments.core.jobs.run_jobs`, the jobs of `experiments.sweep.study`), once for every
 value of `--parallel`: 1 runs the seeds one after another in this process; N > 1 runs N at a time,
 each in a spawned worker process. Every setting runs in a fresh workdir, so nothing is reused, and
