@@ -3,10 +3,10 @@
   python -m benchmarks.parallel_seeds [--seeds=4] [--steps=600] [--parallel=1,2]
 
 Pretrains `--seeds` seeds of the language setting's default model (`configs/pcfg.py`: width 32,
-depth 2, batch 256, fresh sentences of the `rooted` grammar) for `--steps` steps each, through the study's own job
-runner (`experiments.core.jobs.run_jobs`, the jobs of `experiments.sweep.study`), once for every
-value of `--parallel`: 1 runs the seeds one after another in this process; N > 1 runs N at a time,
-each in a spawned worker process. Every setting runs in a fresh workdir, so nothing is reused, and
+depth 2, batch 256, fresh sentences of the `rooted` grammar) for `--steps` steps each, through the
+study's own job runner (`experiments.core.jobs.run_jobs`, the jobs of `experiments.sweep.study`),
+once for every value of `--parallel`: 1 runs the seeds one after another in this process; N > 1
+runs N at a time, each in a spawned worker process. Every setting runs in a fresh workdir, so nothing is reused, and
 the checkpoints of every setting are compared: the parameters must be identical (parallelism is a
 speed knob, never a result knob). Appends a table to `benchmarks/RESULTS.md`: wall time, seeds per
 minute and the speed-up over `parallel=1`, measured side by side in one run.
