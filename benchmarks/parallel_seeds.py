@@ -5,11 +5,11 @@
 Pretrains `--seeds` seeds of the language setting's default model (`configs/pcfg.py`: width 32,
 depth 2, batch 256, fresh sentences of the `rooted` grammar) for `--steps` steps each, through the
 study's own job runner (`experiments.core.jobs.run_jobs`, the jobs of `experiments.sweep.study`),
-once for every value of `--parallel`: 1 runs the seeds one after another in this process; N > 1
-runs N at a time, each in a spawned worker process. Every setting runs in a fresh workdir, so nothing is reused, and
-the checkpoints of every setting are compared: the parameters must be identical (parallelism is a
-speed knob, never a result knob). Appends a table to `benchmarks/RESULTS.md`: wall time, seeds per
-minute and the speed-up over `parallel=1`, measured side by side in one run.
+once for every value of `--parallel`: 1 runs the seeds one after another in this process; N > 1 runs
+N at a time, each in a spawned worker process. Every setting runs in a fresh workdir, so nothing is
+reused, and the checkpoints of every setting are compared: the parameters must be identical
+(parallelism is a speed knob, never a result knob). Appends a table to `benchmarks/RESULTS.md`: wall
+time, seeds per minute and the speed-up over `parallel=1`, measured side by side in one run.
 
 Stacking seeds with `jax.vmap` in one program (the accelerator plan of the language study issue)
 is not implemented: on this 2-core CPU it was measured slower per seed-step than one seed alone
