@@ -37,9 +37,9 @@ The plateau criterion (`config.plateau.threshold`, 0.005 nats; `experiments.lang
 pretraining logs the exact held-out gap of every evaluation sentence at every checkpoint, so the
 decrease of the gap between consecutive checkpoints is a paired mean over the same sentences,
 with a standard error over sentences. A run's plateau starts at the earliest checkpoint from which
-every consecutive pair decreases by less than the threshold; those checkpoints get `on_plateau` =
-1 in results.csv, the earlier ones 0, and a run whose last pair still falls by the threshold has
-none (the decreases are in `plateau.json` of each run). The pairs that decide it must have a
+every consecutive pair changes by less than the threshold, up or down; those checkpoints get
+`on_plateau` = 1 in results.csv, the earlier ones 0, and a run whose last pair still falls or rises
+by the threshold has none (the decreases are in `plateau.json` of each run). The pairs that decide it must have a
 standard error below the threshold, else the study stops with an error naming
 `config.plateau.threshold` and the evaluation sentences needed. The threshold is per pair of
 checkpoints, so it means "per doubling of the steps" for log-spaced checkpoints; 0.005 nats lies
@@ -122,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.sweep.seeds = (0, 1, 2)
 
     # The loss plateau (`experiments.language.plateau`): a checkpoint is on it when, from it on,
-    # every consecutive pair of checkpoints lowers the held-out gap by less than `threshold` nats
+    # every consecutive pair of checkpoints changes the held-out gap by less than `threshold` nats
     # (paired over the evaluation sentences; each pair's standard error must be below it).
     config.plateau = ml_collections.ConfigDict()
     config.plateau.threshold = 0.005

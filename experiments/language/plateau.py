@@ -7,9 +7,13 @@ checkpoints `c_0 < c_1 < ... < c_K` of a run, the decrease of pair `i` is the me
 `s` of `gap_s(c_i) - gap_s(c_{i+1})`, with its standard error over sentences (that of the
 per-sentence differences, smaller than either gap's: a sentence hard for one checkpoint is hard
 for the next, and that spread cancels). The plateau starts at the earliest checkpoint `c_j` such
-that every pair from `j` on decreases by less than the threshold (a rise counts as less);
+that every pair from `j` on changes by less than the threshold, in either direction;
 `c_j, ..., c_K` are on the plateau (`on_plateau` = 1), the checkpoints before it are not (0). A
-run whose last pair still falls by the threshold or more has no plateau (every checkpoint 0).
+run whose last pair still falls, or rises, by the threshold or more has no plateau (every
+checkpoint 0). The rule is two-sided because the study compares checkpoints at the same loss: at a
+constant learning rate the gap can drift up along the plateau (seeds 5 and 6 of the first full
+study rose by 0.007 and 0.011 nats from 8,000 to 16,000 steps under the earlier one-sided rule,
+and carried its probe differences; docs/pcfg_full_study).
 
 A decision is only as good as its noise: every pair from the plateau's start on (the last pair,
 when there is none) must have a standard error below the threshold, or `PlateauError` names
@@ -189,7 +193,7 @@ def find_plateau(
     if not pairs:
         raise ValueError(f"steps: the plateau needs 2 or more checkpoints; got {list(steps)}")
     start = len(pairs)  # Index of the first pair of the plateau's run of small decreases.
-    while start > 0 and pairs[start - 1].decrease < threshold:
+    while start > 0 and abs(pairs[start - 1].decrease) < threshold:
         start -= 1
     deciding = pairs[start:] if start < len(pairs) else pairs[-1:]
     noisy = [pair for pair in deciding if not pair.stderr < threshold]

@@ -43,15 +43,19 @@ def test_pairing_removes_the_spread_over_sentences():
         ((0.20, 0.10, 0.050, 0.030, 0.029, 0.028), 2000),
         # An early flat stretch (the unigram plateau) is not the plateau: the gap falls after it.
         ((0.040, 0.040, 0.031, 0.020, 0.018, 0.017), 2000),
-        # A rise counts as no decrease: flat from the first checkpoint.
+        # Small rises and falls: flat from the first checkpoint.
         ((0.030, 0.031, 0.029, 0.030, 0.032, 0.030), 250),
+        # A rise of the threshold or more (1000 to 2000) ends no plateau before it: from 2000 on.
+        ((0.030, 0.031, 0.029, 0.037, 0.036, 0.035), 2000),
+        # Rising by 0.008 at the last pair: no plateau.
+        ((0.030, 0.031, 0.029, 0.028, 0.027, 0.035), None),
         # Only the last pair is flat: the plateau is the last two checkpoints.
         ((0.20, 0.10, 0.050, 0.030, 0.020, 0.019), 4000),
         # Still falling by 0.008 at the last pair: no plateau.
         ((0.20, 0.10, 0.050, 0.030, 0.029, 0.021), None),
     ],
 )
-def test_the_plateau_starts_where_every_later_pair_falls_less_than_the_threshold(means, start):
+def test_the_plateau_starts_where_every_later_pair_changes_less_than_the_threshold(means, start):
     found = plateau.find_plateau(STEPS, _gaps(means), threshold=0.005)
     assert found.start == start
     assert [found.on(step) for step in STEPS] == [
