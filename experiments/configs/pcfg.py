@@ -39,8 +39,8 @@ decrease of the gap between consecutive checkpoints is a paired mean over the sa
 with a standard error over sentences. A run's plateau starts at the earliest checkpoint from which
 every consecutive pair changes by less than the threshold, up or down; those checkpoints get
 `on_plateau` = 1 in results.csv, the earlier ones 0, and a run whose last pair still falls or rises
-by the threshold has none (the decreases are in `plateau.json` of each run). The pairs that decide it must have a
-standard error below the threshold, else the study stops with an error naming
+by the threshold has none (the decreases are in `plateau.json` of each run). The pairs that
+decide it must have a standard error below the threshold, else the study stops with an error naming
 `config.plateau.threshold` and the evaluation sentences needed. The threshold is per pair of
 checkpoints, so it means "per doubling of the steps" for log-spaced checkpoints; 0.005 nats lies
 between the pairs of a constant-rate width-32 run that still learn (0.009 and 0.013 nats from
