@@ -102,6 +102,13 @@ def _reading(h: Hypothesis, alpha: float) -> str:
     if h.holm_p <= alpha:
         return f"detected (Holm p ≤ {alpha:g})"
     mde = _mde(h.differences, alpha)
+    n = h.differences.num_seeds
+    could = f"about ±{format_number(mde)}" if math.isfinite(mde) else "— (too few seeds to say)"
+    if smallest_p_value(n) > alpha:
+        return (
+            f"not detectable: with {n} seeds the declared test's smallest p is "
+            f"{p_value(smallest_p_value(n))} > {alpha:g} (a t-test could detect {could})"
+        )
     if not math.isfinite(mde):
         return f"not detected; too few seeds to say what the test could detect (needs {MIN_UNITS})"
     return f"not detected; the test could detect about ±{format_number(mde)}"
