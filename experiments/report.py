@@ -3,6 +3,7 @@
 Usage::
 
   python -m experiments.report --workdir=DIR [--num_resamples=N] [--seed=S] [--statistics=trace,...]
+      [--plateau_threshold=NATS]
 
 The report's settings (primary tests, equivalence margin, bootstrap) are those the study recorded
 in ``DIR/report_config.json`` (its ``config.report``); without that file, the defaults (no primary
@@ -24,6 +25,12 @@ _NUM_RESAMPLES = flags.DEFINE_integer(
     "num_resamples", None, "Bootstrap resamples per interval; default: the recorded settings'."
 )
 _SEED = flags.DEFINE_integer("seed", None, "Seed of the bootstrap; default: the recorded settings'.")
+_PLATEAU_THRESHOLD = flags.DEFINE_float(
+    "plateau_threshold",
+    None,
+    "The study's config.plateau.threshold (nats), for the primary tests' loss-matched reruns; "
+    "default: the one the runs recorded in runs/**/plateau.json.",
+)
 _DENSITY_PATTERN = flags.DEFINE_string(
     "density_pattern",
     markdown.DEFAULT_DENSITY_PATTERN,
@@ -40,6 +47,7 @@ def _write_report() -> None:
         num_resamples=_NUM_RESAMPLES.value,
         seed=_SEED.value,
         density_pattern=_DENSITY_PATTERN.value,
+        plateau_threshold=_PLATEAU_THRESHOLD.value,
     )
     logging.info("Wrote %s", report)
 

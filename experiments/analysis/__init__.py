@@ -11,7 +11,9 @@ Modules, each importing only those above it:
 * ``comparisons``: paired differences across seeds (two configurations, or two checkpoints).
 * ``settings``: ``config.report`` checked (primary tests, equivalence margin, bootstrap), and
   ``report_config.json``.
-* ``primary``: the pre-registered primary tests, Holm-adjusted per family.
+* ``primary``: the pre-registered primary tests, Holm-adjusted per family, and their exploratory
+  reruns on loss-matched seeds and on plateau pairs.
+* ``quality``: negative trace estimates, and columns that are exact affine copies of another.
 * ``formatting``, ``critics``, ``exploratory``: the report's numbers, the critics' sections, the
   exploratory sections.
 * ``plots``: loss, trace and transfer against step with seed bands; transfer against the trace

@@ -8,7 +8,7 @@ independent units (runs or seeds), never the checkpoints of one run.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from experiments.analysis import comparisons, correlation
 from experiments.analysis.formatting import (
@@ -159,8 +159,14 @@ def _within_run_row(result: correlation.WithinRun) -> list[str]:
     ]
 
 
-def paired_section(table: ResultsTable, scores: Sequence[str], bootstrap: Bootstrap) -> list[str]:
-    """Configuration comparisons as paired differences across seeds, at the last common step."""
+def paired_section(
+    table: ResultsTable,
+    scores: Sequence[str],
+    bootstrap: Bootstrap,
+    left_out: Collection[str] = (),
+) -> list[str]:
+    """Configuration comparisons as paired differences across seeds, at the last common step
+    (``left_out``: columns not shown, e.g. exact copies of another)."""
     lines = ["### Paired comparisons of configurations across seeds", ""]
     seeds = seeds_of(table)
     if len(seeds) < 2:
@@ -171,7 +177,11 @@ def paired_section(table: ResultsTable, scores: Sequence[str], bootstrap: Bootst
             "",
         ]
     loss = loss_column(table)
-    columns = [c for c in (loss, *COMPARED_STATISTICS, *scores) if c and table.is_numeric(c)]
+    columns = [
+        c
+        for c in (loss, *COMPARED_STATISTICS, *scores)
+        if c and table.is_numeric(c) and c not in left_out
+    ]
     lines += [
         "Each comparison matches the two configurations on seed and step (the last step both "
         "have) and every other column; the unit is the seed. Mean difference (second − first) "

@@ -11,6 +11,7 @@ the exploratory sections (:mod:`experiments.analysis.exploratory`) with the crit
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -19,16 +20,28 @@ from typing import Any
 
 import numpy as np
 
-from experiments.analysis import critics, exploratory, settings
-from experiments.analysis.formatting import code, count, estimate, markdown_table, p_value
-from experiments.analysis.inference import MIN_CLUSTERS, MIN_UNITS, smallest_p_value
+from experiments.analysis import critics, exploratory, quality, settings
+from experiments.analysis.formatting import code, count, estimate, markdown_table, p_value, signed
+from experiments.analysis.inference import (
+    MIN_CLUSTERS,
+    MIN_UNITS,
+    minimum_detectable_effect,
+    smallest_p_value,
+)
 from experiments.analysis.plots import write_plots
-from experiments.analysis.primary import Hypothesis, run_primary_tests
+from experiments.analysis.primary import (
+    Hypothesis,
+    Sensitivity,
+    run_primary_tests,
+    sensitivity_analyses,
+)
 from experiments.analysis.results import (
     CONFIGURATION_COLUMNS,
     RUN_COLUMNS,
     ResultsTable,
     column_role,
+    format_number,
+    loss_column,
     predictor_columns,
     read_results_csv,
     score_columns,
@@ -41,6 +54,8 @@ MAX_ROWS_LISTED = 5
 # The roles of the columns whose missing cells the report lists (bookkeeping is not analysed).
 _ANALYSED_ROLES = ("axis", "indicator", "score", "baseline", "statistic")
 _LABEL_COLUMNS = ("setting", "objective", "model")
+POWER = 0.8  # Of the minimum detectable effects.
+PLATEAU_RECORD = "plateau.json"  # Each language run's plateau criterion, with its threshold.
 
 
 def _introduction(table: ResultsTable, source: str, report: settings.ReportSettings) -> list[str]:
@@ -76,11 +91,35 @@ def _introduction(table: ResultsTable, source: str, report: settings.ReportSetti
     ]
 
 
-def _primary_rows(hypotheses: Sequence[Hypothesis]) -> list[list[str]]:
+def _mde(differences, alpha: float) -> float:
+    return minimum_detectable_effect([d for _, d in differences.per_seed], alpha, POWER)
+
+
+def _reading(h: Hypothesis, alpha: float) -> str:
+    """A tested row in words: detected, or not detected and what the test could have detected."""
+    if h.role == "loss":
+        return "context"
+    if h.holm_p <= alpha:
+        return f"detected (Holm p ≤ {alpha:g})"
+    mde = _mde(h.differences, alpha)
+    n = h.differences.num_seeds
+    could = f"about ±{format_number(mde)}" if math.isfinite(mde) else "— (too few seeds to say)"
+    if smallest_p_value(n) > alpha:
+        return (
+            f"not detectable: with {n} seeds the declared test's smallest p is "
+            f"{p_value(smallest_p_value(n))} > {alpha:g} (a t-test could detect {could})"
+        )
+    if not math.isfinite(mde):
+        return f"not detected; too few seeds to say what the test could detect (needs {MIN_UNITS})"
+    return f"not detected; the test could detect about ±{format_number(mde)}"
+
+
+def _primary_rows(hypotheses: Sequence[Hypothesis], alpha: float) -> list[list[str]]:
     rows = []
     for h in hypotheses:
         d = h.differences
         context = h.role == "loss"
+        mde = _mde(d, alpha)
         rows.append(
             [
                 h.test.family,
@@ -91,9 +130,41 @@ def _primary_rows(hypotheses: Sequence[Hypothesis]) -> list[list[str]]:
                 p_value(d.sign_p),
                 p_value(d.wilcoxon_p),
                 "—" if context else f"{p_value(h.holm_p)} ({h.test.test})",
+                format_number(mde) if math.isfinite(mde) else "—",
+                _reading(h, alpha),
             ]
         )
     return rows
+
+
+def _holm_floor_lines(hypotheses: Sequence[Hypothesis], alpha: float) -> list[str]:
+    """Which tested rows cannot pass Holm's first threshold with their seeds' smallest p."""
+    lines = []
+    tested = [h for h in hypotheses if h.role != "loss"]
+    for family in dict.fromkeys(h.test.family for h in tested):
+        members = [h for h in tested if h.test.family == family and math.isfinite(h.p_value)]
+        first = alpha / len(members) if members else math.nan
+        for h in members:
+            n = h.differences.num_seeds
+            floor = smallest_p_value(n)
+            if floor <= first:
+                continue
+            where = f"{h.test.name} ({code(h.differences.column)}, {n} seeds)"
+            if floor > alpha:
+                lines.append(
+                    f"- {where}: its smallest attainable p, 2/2ⁿ = {p_value(floor)}, is above "
+                    f"α = {alpha:g}: it cannot be rejected at all."
+                )
+            else:
+                lines.append(
+                    f"- {where}: its smallest attainable p, 2/2ⁿ = {p_value(floor)}, is above "
+                    f"Holm's first threshold α/{len(members)} = {first:.3g} (family {family!r}, "
+                    f"{len(members)} tests): it could only be rejected after another test of "
+                    "its family."
+                )
+    if not lines:
+        return []
+    return ["Attainable p-values against Holm's thresholds:", "", *lines, ""]
 
 
 def _primary_section(
@@ -109,6 +180,8 @@ def _primary_section(
     level = report.bootstrap.confidence_level
     header = ["family", "test", "difference of", f"mean over seeds [{level:.0%} CI]", "seeds"]
     header += ["sign p", "Wilcoxon p", "Holm-adjusted p (declared test)"]
+    header += [f"MDE ({POWER:.0%} power)", "reading"]
+    alpha = 1 - level
     counts = sorted({h.differences.num_seeds for h in hypotheses})
     floors = ", ".join(f"{n} seeds: {p_value(smallest_p_value(n))}" for n in counts)
     notes = [
@@ -122,16 +195,190 @@ def _primary_section(
     ]
     return lines + [
         "Declared in `config.report.primary_tests` before the run. Each test gives one "
-        "difference per seed (the seed is the unit); the statistic's and the score's mean "
-        "differences are tested (two-sided, exact), and Holm's method adjusts the declared test's "
-        "p-values within each family. The loss difference is context, not a test.",
+        "difference per seed (the seed is the unit). The statistic's and the score's differences "
+        "are tested (two-sided, exact) by the sign test, whose null is a median difference of 0, "
+        "and the Wilcoxon signed-rank test, whose null is a pseudo-median of 0 (differences "
+        "symmetric about 0); neither tests the mean, which only the t interval describes. Holm's "
+        "method adjusts the declared test's p-values within each family. The loss difference is "
+        "context, not a test.",
         "",
-        *markdown_table(header, _primary_rows(hypotheses)),
+        f"MDE: the minimum detectable effect, the smallest true mean difference a two-sided "
+        f"paired t-test at α = {alpha:g} would detect with {POWER:.0%} power, from the observed "
+        "per-seed differences (n seeds, standard deviation s): "
+        f"(t_{{{1 - alpha / 2:g}, n−1}} + t_{{{POWER:g}, n−1}}) · s / √n, an approximation that "
+        "takes s as the true spread; the exact sign and Wilcoxon tests need somewhat larger "
+        "effects. A difference that is not detected is not shown to be absent: the reading says "
+        "how large a difference the test could have detected.",
+        "",
+        *markdown_table(header, _primary_rows(hypotheses, alpha)),
         *notes,
         "",
         f"The smallest p-value an exact two-sided test can give with n seeds is 2/2ⁿ ({floors}).",
         "",
+        *_holm_floor_lines(hypotheses, alpha),
     ]
+
+
+def _per_seed_rows(hypotheses: Sequence[Hypothesis], name: str, on_plateau: Sequence[str] | None):
+    """Seed by seed, a test's differences (statistic, score, loss) and whether its pair is on
+    the plateau."""
+    mine = [h for h in hypotheses if h.test.name == name]
+    by_role = [dict(h.differences.per_seed) for h in mine]
+    seeds = list(dict.fromkeys(seed for values in by_role for seed in values))
+    rows = []
+    for seed in seeds:
+        row = [seed, *(signed(values[seed]) if seed in values else "—" for values in by_role)]
+        if on_plateau is not None:
+            row.append("yes" if seed in on_plateau else "no")
+        rows.append(row)
+    header = ["seed", *(f"Δ{code(h.differences.column)}" for h in mine)]
+    header += ["both on the plateau"] if on_plateau is not None else []
+    return header, rows
+
+
+def _sensitivity_rows(analyses: Sequence[Sensitivity], alpha: float) -> list[list[str]]:
+    rows = []
+    for a in analyses:
+        seeds = f"{len(a.kept)} of {a.num_seeds}"
+        if a.note:
+            rows.append([a.restriction, "—", "—", f"not computed: {a.note}", "—", "—", "—"])
+            continue
+        if not a.results:
+            why = f"not computed: {len(a.kept)} seeds kept, a test needs 2"
+            rows.append([a.restriction, seeds, "—", why, "—", "—", "—"])
+            continue
+        for d in a.results:
+            p = d.wilcoxon_p if a.test.test == "wilcoxon" else d.sign_p
+            mde = minimum_detectable_effect([v for _, v in d.per_seed], alpha, POWER)
+            rows.append(
+                [
+                    a.restriction,
+                    seeds,
+                    code(d.column),
+                    estimate(d.estimate, d.interval),
+                    f"{p_value(p)} ({a.test.test})",
+                    format_number(mde) if math.isfinite(mde) else "—",
+                    ", ".join(seed for seed, _ in d.per_seed),
+                ]
+            )
+    return rows
+
+
+def _loss_and_plateau_section(
+    table: ResultsTable,
+    hypotheses: Sequence[Hypothesis],
+    analyses: Sequence[Sensitivity],
+    report: settings.ReportSettings,
+    plateau_threshold: float | None,
+) -> list[str]:
+    """Per primary test: its per-seed differences beside the loss's, and its reruns on the
+    loss-matched seeds and on the pairs on the plateau (exploratory)."""
+    if not report.primary_tests:
+        return []
+    alpha = 1 - report.bootstrap.confidence_level
+    loss = loss_column(table)
+    threshold = (
+        f"the study's plateau threshold, {plateau_threshold:g} (`config.plateau.threshold`)"
+        if plateau_threshold is not None
+        else "the study's plateau threshold, which is not recorded here (no "
+        f"`config.plateau.threshold`, no `{PLATEAU_RECORD}` under the workdir): skipped"
+    )
+    lines = [
+        "### The loss and the plateau beside each primary test",
+        "",
+        "Each test's differences seed by seed, the loss's "
+        + (f"({code(loss)}) " if loss else "(not measured) ")
+        + "beside them. Below each, the same test rerun on two subsets of its seeds: those whose "
+        f"|Δloss| is below {threshold}; and the pairs whose two checkpoints are both on the loss "
+        "plateau (`on_plateau` = 1). These reruns are **exploratory**: chosen after seeing the "
+        "data, not part of any Holm family, their p-values unadjusted.",
+        "",
+    ]
+    for test in report.primary_tests:
+        mine = [a for a in analyses if a.test.name == test.name]
+        plateau = next((a for a in mine if "plateau" in a.restriction and not a.note), None)
+        header, rows = _per_seed_rows(hypotheses, test.name, plateau.kept if plateau else None)
+        counted = (
+            f" {len(plateau.kept)} of {plateau.num_seeds} seeds have a pair with both checkpoints "
+            "on the plateau."
+            if plateau
+            else ""
+        )
+        lines += [f"#### {test.name}", "", *markdown_table(header, rows)]
+        if counted:
+            lines += [counted.strip(), ""]
+        sensitivity_header = ["subset (exploratory)", "seeds kept", "difference of"]
+        sensitivity_header += ["mean over seeds [CI]", "p (declared test, unadjusted)"]
+        sensitivity_header += [f"MDE ({POWER:.0%} power)", "seeds"]
+        lines += markdown_table(sensitivity_header, _sensitivity_rows(mine, alpha))
+    return lines
+
+
+def _negative_section(table: ResultsTable) -> list[str]:
+    """Negative estimates of the trace-like columns, and those far below zero."""
+    lines = ["## Negative trace estimates", ""]
+    found = quality.negative_estimates(table)
+    if not found:
+        return lines + [
+            "Not assessable: no trace-like column has a standard error (`<column>_stderr`).",
+            "",
+        ]
+    rows = [
+        [code(f.column), str(f.num_rows), str(len(f.negative)), str(len(f.far_below))]
+        for f in found
+    ]
+    lines += [
+        "A trace of a Hessian at a minimum is positive; its estimate can still fall below 0 by "
+        f"noise. An estimate more than {quality.FAR_BELOW:g} standard errors (`<column>_stderr`) "
+        "below 0 is an estimator failure (or a checkpoint far from a minimum), not noise around "
+        "a small positive value.",
+        "",
+        *markdown_table(
+            ["column", "rows", "negative", f"> {quality.FAR_BELOW:g} SE below 0"], rows
+        ),
+    ]
+    listed = []
+    for f in found:
+        far = set(f.far_below)
+        value, stderr = table.values(f.column), table.values(f.column + quality.STDERR_SUFFIX)
+        for row in f.negative:
+            flag = f" (> {quality.FAR_BELOW:g} SE below 0)" if row in far else ""
+            listed.append(
+                f"- {code(f.column)}: {_row_label(table, row)}: "
+                f"{format_number(value[row])} ± {format_number(stderr[row])}{flag}"
+            )
+    if listed:
+        lines += ["The negative estimates (configuration/seed/step: estimate ± standard error):", ""]
+        lines += [*listed, ""]
+    return lines
+
+
+def _duplicates_note(duplicates: Sequence[quality.AffineDuplicate]) -> list[str]:
+    if not duplicates:
+        return []
+    def formula(d: quality.AffineDuplicate) -> str:
+        scaled = code(d.base) if d.slope == 1 else f"{d.slope:.4g} · {code(d.base)}"
+        shift = f" {'+' if d.offset > 0 else '−'} {abs(d.offset):.4g}" if d.offset else ""
+        return f"{code(d.column)} = {scaled}{shift}"
+
+    listed = ", ".join(formula(d) for d in duplicates)
+    return [
+        "Left out of the exploratory tables below as exact affine functions of another column in "
+        f"every row (they would repeat its rows, rescaled): {listed}.",
+        "",
+    ]
+
+
+def plateau_threshold_of(workdir: pathlib.Path) -> float | None:
+    """The plateau threshold the study's runs recorded (``runs/**/plateau.json``), or ``None``
+    when none did or they disagree."""
+    thresholds = set()
+    for path in sorted(workdir.glob(f"runs/**/{PLATEAU_RECORD}")):
+        try:
+            thresholds.add(float(json.loads(path.read_text())["threshold"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return thresholds.pop() if len(thresholds) == 1 else None
 
 
 def _cell_kinds(table: ResultsTable, name: str) -> dict[str, np.ndarray]:
@@ -228,6 +475,7 @@ def write_report(
     num_resamples: int | None = None,
     seed: int | None = None,
     density_pattern: str = DEFAULT_DENSITY_PATTERN,
+    plateau_threshold: float | None = None,
 ) -> pathlib.Path:
     """Reads ``<workdir>/results.csv`` and writes ``<workdir>/report.md`` and ``<workdir>/plots``.
 
@@ -239,6 +487,9 @@ def write_report(
         num_resamples: overrides the settings' bootstrap resamples, for this report only.
         seed: overrides the settings' bootstrap seed, for this report only.
         density_pattern: where spectral densities are, relative to ``workdir``.
+        plateau_threshold: the study's ``config.plateau.threshold`` (nats), for the primary tests'
+            loss-matched reruns; ``None``: the one the runs recorded (:func:`plateau_threshold_of`),
+            else those reruns are skipped.
 
     Returns:
         The path of ``report.md``.
@@ -267,7 +518,19 @@ def write_report(
         raise ValueError(f"statistics {unusable} are not numeric columns of results.csv")
     bootstrap = report_settings.bootstrap
     hypotheses, rules = run_primary_tests(table, report_settings.primary_tests, bootstrap)
+    if plateau_threshold is None:
+        plateau_threshold = plateau_threshold_of(workdir)
+    analyses = sensitivity_analyses(
+        table, report_settings.primary_tests, bootstrap, plateau_threshold
+    )
     scores = score_columns(table)
+    # Exact affine copies of another column (e.g. `*_gain`) only repeat its exploratory rows.
+    protected = [loss_column(table) or "", "trace"]
+    protected += [c for t in report_settings.primary_tests for c in (t.statistic, t.score)]
+    duplicates = quality.affine_duplicates(table, [*scores, *predictors], protected)
+    repeated = {d.column for d in duplicates}
+    exploratory_scores = [c for c in scores if c not in repeated]
+    exploratory_predictors = [c for c in predictors if c not in repeated]
     first_plots, more_plots = write_plots(table, predictors, scores, workdir, density_pattern)
 
     def images(paths: Sequence[pathlib.Path]) -> list[str]:
@@ -275,8 +538,12 @@ def write_report(
 
     lines = _introduction(table, source, report_settings)
     lines += _primary_section(hypotheses, rules, report_settings)
+    lines += _loss_and_plateau_section(
+        table, hypotheses, analyses, report_settings, plateau_threshold
+    )
     lines += ["## Plots", "", *images(first_plots)]
     lines += _missing_section(table)
+    lines += _negative_section(table)
     lines += [
         "## Exploratory analyses",
         "",
@@ -284,14 +551,19 @@ def write_report(
         "many comparisons it makes. An interval that excludes 0 here is a lead for a future "
         "primary test, not a finding.",
         "",
-        *exploratory.loss_section(table, predictors, scores, bootstrap),
-        *exploratory.within_run_section(table, predictors, scores, bootstrap),
-        *exploratory.paired_section(table, scores, bootstrap),
+        *_duplicates_note(duplicates),
+        *exploratory.loss_section(table, exploratory_predictors, exploratory_scores, bootstrap),
+        *exploratory.within_run_section(
+            table, exploratory_predictors, exploratory_scores, bootstrap
+        ),
+        *exploratory.paired_section(table, exploratory_scores, bootstrap, repeated),
         "## The critics' three questions (exploratory)",
         "",
-        *critics.critic_pretraining_data(table, scores, report_settings),
-        *critics.critic_probes(table, scores, report_settings),
-        *critics.critic_summary(table, predictors, scores, report_settings),
+        *critics.critic_pretraining_data(table, exploratory_scores, report_settings),
+        *critics.critic_probes(table, exploratory_scores, report_settings),
+        *critics.critic_summary(
+            table, exploratory_predictors, exploratory_scores, report_settings
+        ),
     ]
     lines += _columns_section(table)
     lines += ["## More plots", "", *images(more_plots)]

@@ -1,10 +1,16 @@
 """The pre-registered primary tests (``config.report.primary_tests``): run, then Holm-adjusted.
 
 Each test (:class:`~experiments.analysis.settings.PrimaryTest`) pairs rows, one difference per seed
-(:mod:`experiments.analysis.comparisons`), and tests two hypotheses: the mean difference of its
-statistic is 0, and that of its score is 0. Within a family, the p-values of the declared test
-(exact Wilcoxon signed-rank by default, or the exact sign test) are adjusted by Holm's method. The
-loss is differenced too and printed as context, outside the family.
+(:mod:`experiments.analysis.comparisons`), and tests two hypotheses: the differences of its
+statistic are centred on 0, and those of its score. The declared test is the exact Wilcoxon
+signed-rank test (by default: its pseudo-median, for differences symmetric about it) or the exact
+sign test (the median); neither is a test of the mean, which only the t interval describes. Within
+a family, the declared test's p-values are adjusted by Holm's method. The loss is differenced too
+and printed as context, outside the family.
+
+:func:`sensitivity_analyses` reruns each test on a subset of its seeds (those whose loss moved by
+less than the plateau threshold; those whose two checkpoints are both on the loss plateau): rows
+that are exploratory, never part of a Holm family.
 
 A test that cannot be run as declared is an error (:class:`ReportError`), not a quiet omission: a
 column it names is absent, a level of its axis is absent, or fewer than 2 seeds can be paired.
@@ -20,7 +26,7 @@ import numpy as np
 from experiments.analysis import comparisons
 from experiments.analysis.comparisons import Pairs, SeedDifferences
 from experiments.analysis.inference import Bootstrap, holm
-from experiments.analysis.results import ResultsTable, loss_column
+from experiments.analysis.results import PLATEAU_COLUMN, ResultsTable, loss_column, plateau_known
 from experiments.analysis.settings import PrimaryTest
 from experiments.core.config_utils import ConfigError
 
@@ -153,3 +159,87 @@ def run_primary_tests(
         adjusted[members] = holm([rows[i][3] for i in members])
     hypotheses = [Hypothesis(*row, float(p)) for row, p in zip(rows, adjusted, strict=True)]
     return hypotheses, {name: rule for name, (_, rule) in paired.items()}
+
+
+def on_plateau_pairs(table: ResultsTable, pairs: Pairs) -> Pairs:
+    """The pairs whose two rows are both on the loss plateau (``on_plateau`` = 1); seeds left
+    with none are dropped. Empty when results.csv does not say which checkpoints are on it."""
+    if not plateau_known(table):
+        return {}
+    plateau = table.flags(PLATEAU_COLUMN) == 1
+    kept = {seed: [(a, b) for a, b in rows if plateau[a] and plateau[b]] for seed, rows in pairs.items()}
+    return {seed: rows for seed, rows in kept.items() if rows}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sensitivity:
+    """A primary test rerun on a subset of its seeds: exploratory, outside every Holm family.
+
+    Attributes:
+        test: the declared test.
+        restriction: the subset, in words (e.g. ``|Δ`pretrain_loss_gap`| < 0.005``).
+        num_seeds: the seeds of the declared test.
+        kept: the seeds in the subset.
+        results: the statistic's and the score's differences over the subset (empty when fewer
+            than 2 seeds are kept, or when ``note`` says why the subset is not defined).
+        note: why the rerun is not computed (e.g. no plateau threshold recorded); ``""`` if it is.
+    """
+
+    test: PrimaryTest
+    restriction: str
+    num_seeds: int
+    kept: tuple[str, ...]
+    results: tuple[SeedDifferences, ...]
+    note: str = ""
+
+
+def sensitivity_analyses(
+    table: ResultsTable,
+    tests: tuple[PrimaryTest, ...],
+    bootstrap: Bootstrap,
+    plateau_threshold: float | None,
+) -> list[Sensitivity]:
+    """Per declared test: its rerun on the seeds whose loss difference is below
+    ``plateau_threshold`` in absolute value, and on the pairs whose checkpoints are both on the
+    loss plateau.
+
+    Args:
+        table: the results.
+        tests: the declared tests (already checked by :func:`run_primary_tests`).
+        bootstrap: the intervals' level.
+        plateau_threshold: the study's ``config.plateau.threshold`` (nats); ``None``: not
+            recorded, and the loss-matched rerun is skipped with a note.
+
+    Returns:
+        Two :class:`Sensitivity` per test (loss-matched, then on the plateau), in declared order.
+    """
+    loss = loss_column(table)
+    rows = []
+    for test in tests:
+        pairs = pairs_of(table, test)[0]
+
+        def rerun(restriction: str, kept_pairs: Pairs, note: str = "") -> Sensitivity:
+            results = ()
+            if not note and len(kept_pairs) >= 2:
+                results = tuple(
+                    comparisons.seed_differences(table, column, kept_pairs, bootstrap)
+                    for column in (test.statistic, test.score)
+                )
+            kept = tuple(s for s in pairs if s in kept_pairs)
+            return Sensitivity(test, restriction, len(pairs), kept, results, note)
+
+        if loss is None:
+            rows.append(rerun("loss-matched seeds", {}, "results.csv has no loss column"))
+        elif plateau_threshold is None:
+            note = "no plateau threshold recorded (`config.plateau.threshold`)"
+            rows.append(rerun(f"seeds with |Δ`{loss}`| below the plateau threshold", {}, note))
+        else:
+            per_seed = dict(comparisons.seed_differences(table, loss, pairs, bootstrap).per_seed)
+            kept = {s: p for s, p in pairs.items() if abs(per_seed.get(s, math.inf)) < plateau_threshold}
+            rows.append(rerun(f"seeds with |Δ`{loss}`| < {plateau_threshold:g}", kept))
+        if plateau_known(table):
+            rows.append(rerun("pairs with both checkpoints on the plateau", on_plateau_pairs(table, pairs)))
+        else:
+            note = f"results.csv has no `{PLATEAU_COLUMN}` column"
+            rows.append(rerun("pairs with both checkpoints on the plateau", {}, note))
+    return rows

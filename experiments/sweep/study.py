@@ -454,7 +454,9 @@ def run_study(
     failed = [job_id for job_id, record in results.items() if record.status != jobs.DONE]
     if multihost.is_primary():  # On several hosts, the one process that writes files.
         write_results(result_rows(configs, workdir, results), workdir / RESULTS_FILE)
-        markdown.write_report(workdir, report_settings)
+        plateau = config.get("plateau")
+        threshold = plateau.get("threshold") if plateau is not None else None
+        markdown.write_report(workdir, report_settings, plateau_threshold=threshold)
     report = workdir / markdown.REPORT_FILE
     if failed:
         first = results[failed[0]]
