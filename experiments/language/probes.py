@@ -5,7 +5,8 @@ gets:
   * linear probes (`heads.fit_logistic`) on the frozen encoder's features of `task_<task>_train`,
     scored on `task_<task>_test`, in each view of `features.VIEWS`: `linear_probe_<task>_acc` on
     the primary view (every position's features concatenated, as in Liu et al.'s release) and
-    `linear_probe_mean_<task>_acc` on the features averaged over the task's span;
+    `linear_probe_mean_<task>_acc` on the features averaged over the task's span, and
+    `linear_probe_masked_<task>_acc` on the masked-LM's predictions at every position;
   * the same probe on inputs that need no pretraining, the baselines a probe score means nothing
     without: the raw input as position-wise one-hot tokens (`baseline_onehot_<task>_acc`), a bag
     of words (`baseline_bow_<task>_acc`) and the run's own encoder at initialisation, before any
@@ -14,9 +15,9 @@ gets:
   * with `finetune_steps > 0`, full fine-tuning of encoder and head (`finetune_<task>_acc`,
     `experiments.language.finetune`).
 
-`LanguageSetting.derive_row` adds the means over tasks (`linear_probe_acc`, `finetune_acc`) and the
-gain of the primary probe over the best baseline (`linear_probe_<task>_gain`, mean
-`linear_probe_gain`).
+`LanguageSetting.derive_row` adds the means over tasks (`linear_probe_acc`, `finetune_acc`,
+`linear_probe_masked_acc`) and the gain of the primary and the masked-prediction probes over the
+best baseline (`linear_probe_<task>_gain`, mean `linear_probe_gain`; `linear_probe_masked_...`).
 
 The downstream loss of the measurement stage (`downstream_problem`, critic 1) is one task's
 primary-view probe cross-entropy on its first `downstream_examples` training sentences,
@@ -59,6 +60,9 @@ MEASUREMENT_SCHEMA = {
 }
 BASELINES = ("onehot", "bow", "random")
 _PRIMARY_CELL = re.compile(r"linear_probe_([^_]+)_acc")  # A task's primary probe score.
+# The probes whose gain over the best baseline and mean over tasks a row gets: the primary view's
+# and the masked-LM predictions' (`features.VIEWS`).
+_GAIN_PREFIXES = ("linear_probe", "linear_probe_masked")
 
 
 def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -77,9 +81,10 @@ def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def _encoder(run: runs.Run, view: str) -> Any:
     """The jitted features of one view of the run's model, one compiled function per model."""
     function = features.VIEWS[view]
+    mask_id = run.task.grammar.mask_id
     return evaluation.shared_function(
-        ("probe_features", view, run.model),
-        lambda: jax.jit(lambda p, tokens, spans: function(run.model, p, tokens, spans)),
+        ("probe_features", view, run.model, mask_id),
+        lambda: jax.jit(lambda p, tokens, spans: function(run.model, p, tokens, spans, mask_id)),
     )
 
 
@@ -182,19 +187,20 @@ def derive_row(row: dict[str, Any]) -> None:
     """Adds the means over tasks and the primary probe's gain over the best baseline of each task
     (`linear_probe_<task>_gain`, mean `linear_probe_gain`) to a results row."""
     tasks = sorted(match[1] for name in row if (match := _PRIMARY_CELL.fullmatch(name)))
-    gains = []
-    for task in tasks:
-        others = [row.get(f"baseline_{kind}_{task}_acc") for kind in BASELINES]
-        score_cell = row[f"linear_probe_{task}_acc"]
-        if score_cell is not None and all(other is not None for other in others):
-            gains.append(score_cell - max(others))
-            row[f"linear_probe_{task}_gain"] = gains[-1]
-    for prefix in ("linear_probe", "finetune"):
+    for prefix in _GAIN_PREFIXES:
+        gains = []
+        for task in tasks:
+            others = [row.get(f"baseline_{kind}_{task}_acc") for kind in BASELINES]
+            score_cell = row.get(f"{prefix}_{task}_acc")
+            if score_cell is not None and all(other is not None for other in others):
+                gains.append(score_cell - max(others))
+                row[f"{prefix}_{task}_gain"] = gains[-1]
+        if tasks and len(gains) == len(tasks):
+            row[f"{prefix}_gain"] = sum(gains) / len(gains)
+    for prefix in (*_GAIN_PREFIXES, "finetune"):
         cells = [row.get(f"{prefix}_{task}_acc") for task in tasks]
         if tasks and all(cell is not None for cell in cells):
             row[f"{prefix}_acc"] = sum(cells) / len(cells)
-    if tasks and len(gains) == len(tasks):
-        row["linear_probe_gain"] = sum(gains) / len(gains)
 
 
 STAGE = setting.CheckpointStage("probe", read_settings, score, ("linear_probe_acc",))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -15,10 +16,17 @@ import pytest
 import hessjax
 from experiments.configs import pcfg as pcfg_config
 from experiments.core import checkpoints, config_utils
-from experiments.language import adversary, evaluation, inside_outside, loss_gap, probes
+from experiments.language import (
+    adversary,
+    evaluation,
+    features,
+    inside_outside,
+    loss_gap,
+    probes,
+)
 from experiments.measurement import embedded
 from experiments.measurement import stage as measurement
-from experiments.training import objectives, runs, train
+from experiments.training import models, objectives, runs, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = {
@@ -195,7 +203,7 @@ def test_curvature_gap_and_probes_are_finite_with_stderr(tiny_config):
     assert gap["loss_gap"] > 0 and gap["loss_gap_stderr"] > 0
     assert gap["loss_gap_train"] > 0 and gap["loss_gap_train_stderr"] > 0
     scores = probes.score(run, params, model_state, probes.read_settings(tiny_config), None)
-    kinds = ("linear_probe", "linear_probe_mean", "finetune") + tuple(
+    kinds = ("linear_probe", "linear_probe_mean", "linear_probe_masked", "finetune") + tuple(
         f"baseline_{kind}" for kind in probes.BASELINES
     )
     expected = sorted(f"{kind}_{task}_acc" for kind in kinds for task in ("a", "b", "c"))
@@ -214,8 +222,13 @@ def test_curvature_gap_and_probes_are_finite_with_stderr(tiny_config):
         assert row[f"linear_probe_{task}_gain"] == pytest.approx(
             scores[f"linear_probe_{task}_acc"] - best
         )
-    assert row["linear_probe_gain"] == pytest.approx(
-        np.mean([row[f"linear_probe_{task}_gain"] for task in ("a", "b", "c")])
+    for prefix in ("linear_probe", "linear_probe_masked"):
+        assert row[f"{prefix}_gain"] == pytest.approx(
+            np.mean([row[f"{prefix}_{task}_gain"] for task in ("a", "b", "c")])
+        )
+    best_c = max(scores[f"baseline_{kind}_c_acc"] for kind in probes.BASELINES)
+    assert row["linear_probe_masked_c_gain"] == pytest.approx(
+        scores["linear_probe_masked_c_acc"] - best_c
     )
     assert row["finetune_acc"] == pytest.approx(
         np.mean([scores[f"finetune_{task}_acc"] for task in ("a", "b", "c")])
@@ -283,3 +296,28 @@ def test_trace_after_embedding_into_a_wider_model(tiny_config):
         tiny_config.hessian.embed_width = width
         with pytest.raises(config_utils.ConfigError, match=f"config.hessian.embed_width.*{message}"):
             measurement.read_settings(tiny_config)
+
+
+def test_the_masked_view_is_the_pretraining_prediction_at_each_masked_position(tiny_config):
+    run = runs.build_run(tiny_config)
+    params, _ = run.init()
+    # Away from initialisation, so that positions differ.
+    params = jax.tree.map(
+        lambda leaf: leaf + 0.05 * jnp.sin(jnp.arange(leaf.size).reshape(leaf.shape)), params
+    )
+    tokens = jnp.asarray(run.task.splits["task_a_train"]["tokens"][:5])
+    mask_id = run.task.grammar.mask_id
+    view = features.masked_predictions(run.model, params, tokens, None, mask_id)
+    count, length = tokens.shape
+    vocab = view.shape[1] // length
+    assert view.shape == (count, length * vocab) and vocab == run.task.input_vocab_size
+    blocks = np.asarray(view).reshape(count, length, vocab)
+    np.testing.assert_allclose(np.exp(blocks).sum(-1), 1.0, rtol=1e-5)
+    for position in (0, length - 1):
+        masked = tokens.at[:, position].set(mask_id)
+        # The whole model on the masked sentence, read at the position: what the loss sees.
+        logits, _ = models.apply_model(run.model, params, {}, masked, train=False)
+        expected = jax.nn.log_softmax(logits[:, position], axis=-1)
+        np.testing.assert_allclose(blocks[:, position], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mask_id"):
+        features.masked_predictions(run.model, params, tokens, None)
