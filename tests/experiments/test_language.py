@@ -321,3 +321,31 @@ def test_the_masked_view_is_the_pretraining_prediction_at_each_masked_position(t
         np.testing.assert_allclose(blocks[:, position], expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="mask_id"):
         features.masked_predictions(run.model, params, tokens, None)
+
+
+def test_standardized_probes_scale_by_the_train_split_and_baselines_keep_their_better_fit(
+    tiny_config,
+):
+    run = runs.build_run(tiny_config)
+    vocab = run.task.input_vocab_size
+    one_hot = lambda split: features.one_hot_tokens(split["tokens"], vocab)
+    scaled = probes._standardized(one_hot, run, "a")
+    train = scaled(run.task.splits["task_a_train"])
+    raw = one_hot(run.task.splits["task_a_train"]).astype(np.float64)
+    varying = raw.std(axis=0) > 0
+    np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(train.std(axis=0)[varying], 1, rtol=1e-9)
+    assert np.all(train[:, ~varying] == 0)  # A constant column becomes 0, not NaN.
+    # The test split is scaled by the train split's statistics, not its own.
+    test_raw = one_hot(run.task.splits["task_a_test"]).astype(np.float64)
+    mean, scale = raw.mean(axis=0), np.where(raw.std(axis=0) > 0, raw.std(axis=0), 1)
+    np.testing.assert_allclose(
+        scaled(run.task.splits["task_a_test"]), (test_raw - mean) / scale, rtol=1e-12
+    )
+    settings = probes.read_settings(tiny_config)
+    accuracy = {
+        kind: probes._probe_accuracy(one_hot, run, settings, "a", kind) for kind in (False, True)
+    }
+    for standardize, expected in ((False, accuracy[False]), (True, max(accuracy.values()))):
+        settings["probe_standardize"] = standardize
+        assert probes._baseline_accuracy(one_hot, run, settings, "a") == expected
