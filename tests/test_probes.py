@@ -12,16 +12,18 @@ from tests import toy
 
 def test_short_probes_are_one_draw_of_the_key():
     key = jax.random.key(3)
-    for probe, reference in (("rademacher", jax.random.rademacher), ("gaussian", jax.random.normal)):
+    references = (("rademacher", lambda k, n, dtype: _vectors.rademacher_signs(k, n, dtype)),
+                  ("gaussian", lambda k, n, dtype: jax.random.normal(k, (n,), dtype)))
+    for probe, reference in references:
         drawn = _vectors.draw_vector(key, 500, jnp.float32, probe, block=500)
-        np.testing.assert_array_equal(drawn, reference(key, (500,), jnp.float32))
+        np.testing.assert_array_equal(drawn, reference(key, 500, jnp.float32))
 
 
 def test_long_probes_are_filled_block_by_block_ending_at_the_last_entry():
     key = jax.random.key(4)
     drawn = np.asarray(_vectors.draw_vector(key, 2500, jnp.float32, "rademacher", block=1000))
-    block = lambda j: np.asarray(jax.random.rademacher(jax.random.fold_in(key, j), (1000,),
-                                                       jnp.float32))
+    block = lambda j: np.asarray(_vectors.rademacher_signs(jax.random.fold_in(key, j), 1000,
+                                                           jnp.float32))
     np.testing.assert_array_equal(drawn[:1000], block(0))
     np.testing.assert_array_equal(drawn[1000:1500], block(1)[:500])
     np.testing.assert_array_equal(drawn[1500:], block(2))
@@ -35,14 +37,19 @@ def _temporary_bytes(fn, *args) -> int:
     return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_blocked_draw_keeps_temporaries_to_a_few_blocks():
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_blocked_draw_keeps_temporaries_to_a_few_blocks(probe):
     size, key = 1 << 22, jax.random.key(0)
-    one_draw = _temporary_bytes(lambda k: _vectors.draw_vector(k, size, jnp.float32, "rademacher",
+    one_draw = _temporary_bytes(lambda k: _vectors.draw_vector(k, size, jnp.float32, probe,
                                                                block=size), key)
-    blocked = _temporary_bytes(lambda k: _vectors.draw_vector(k, size, jnp.float32, "rademacher",
+    blocked = _temporary_bytes(lambda k: _vectors.draw_vector(k, size, jnp.float32, probe,
                                                               block=1 << 16), key)
-    # One draw of JAX's counter-based generator holds about three outputs in temporaries.
-    assert one_draw >= 2 * 4 * size, one_draw
+    # One Gaussian draw of JAX's counter-based generator holds about three outputs in
+    # temporaries; packed signs (one random word per 32 entries) hold a small fraction of one.
+    if probe == "gaussian":
+        assert one_draw >= 2 * 4 * size, one_draw
+    else:
+        assert one_draw <= 0.5 * 4 * size, one_draw
     assert blocked <= 0.5 * 4 * size, blocked
 
 
@@ -76,3 +83,20 @@ def test_a_probe_in_flight_costs_at_most_three_vectors(count, monkeypatch):
         integrand=trace_module._quadratic)
     temp = kernel.compile().memory_analysis().temp_size_in_bytes
     assert temp <= 3.1 * 4 * n * count, temp / (4 * n * count)
+
+
+def test_rademacher_signs_are_balanced_independent_bits():
+    from hessjax._vectors import rademacher_signs
+
+    length = 32 * 4000 + 7  # Not a multiple of the 32 signs of a word.
+    signs = np.asarray(rademacher_signs(jax.random.key(3), length, jnp.float32))
+    assert signs.shape == (length,) and set(np.unique(signs)) == {-1.0, 1.0}
+    # Mean 0 and no correlation between neighbours, within 4 standard errors (1 / sqrt(n)).
+    bound = 4 / np.sqrt(length)
+    assert abs(signs.mean()) < bound
+    for lag in (1, 31, 32, 33):
+        assert abs(np.mean(signs[:-lag] * signs[lag:])) < bound
+    # Another key, other signs; the dtype is the one asked for.
+    other = np.asarray(rademacher_signs(jax.random.key(4), length, jnp.float32))
+    assert abs(np.mean(signs * other)) < bound
+    assert rademacher_signs(jax.random.key(3), 5, jnp.bfloat16).dtype == jnp.bfloat16
