@@ -353,6 +353,50 @@ def _negative_section(table: ResultsTable) -> list[str]:
     return lines
 
 
+def _cost_section(table: ResultsTable) -> list[str]:
+    """Seconds per checkpoint of each timed part (`seconds_*` columns), the first checkpoint of
+    each run apart: it compiles what the later ones reuse."""
+    names = sorted(name for name in table.columns if name.startswith("seconds_"))
+    lines = ["## Cost of the measurements", ""]
+    if not names:
+        return lines + ["Not assessable: the results have no `seconds_*` column.", ""]
+    keys = [name for name in RUN_COLUMNS if name in table.columns]
+    runs_of = [tuple(table.text(name)[row] for name in keys) for row in range(table.num_rows)]
+    steps = table.values("step") if "step" in table.columns else np.zeros(table.num_rows)
+    first_step: dict[tuple[str, ...], float] = {}
+    for run, step in zip(runs_of, steps):
+        first_step[run] = min(first_step.get(run, np.inf), step)
+    first = np.array([step == first_step[run] for run, step in zip(runs_of, steps)])
+
+    def median(values: np.ndarray) -> str:
+        values = values[np.isfinite(values)]
+        return format_number(float(np.median(values))) if values.size else "—"
+
+    rows = []
+    for name in names:
+        values = table.values(name)
+        finite = values[np.isfinite(values)]
+        rows.append([
+            code(name), str(finite.size), median(values), median(values[first]),
+            median(values[~first]), format_number(float(finite.max())) if finite.size else "—",
+            format_number(float(finite.sum()) / 60) if finite.size else "—",
+        ])
+    return lines + [
+        "Wall seconds of each timed part of a checkpoint's jobs, as the stages recorded them "
+        "(`seconds_hessian`: the whole measurement stage; `seconds_probe`: the transfer stage). "
+        "A checkpoint compiles only what no earlier checkpoint of the same process (or the "
+        "persistent compilation cache) compiled: the largest value is typically the first "
+        "checkpoint measured, and the medians of a run's first and later checkpoints differ only "
+        "where runs do not share programs.",
+        "",
+        *markdown_table(
+            ["part", "checkpoints", "median", "median, first of a run", "median, later", "max",
+             "total (minutes)"],
+            rows,
+        ),
+    ]
+
+
 def _duplicates_note(duplicates: Sequence[quality.AffineDuplicate]) -> list[str]:
     if not duplicates:
         return []
@@ -544,6 +588,7 @@ def write_report(
     lines += ["## Plots", "", *images(first_plots)]
     lines += _missing_section(table)
     lines += _negative_section(table)
+    lines += _cost_section(table)
     lines += [
         "## Exploratory analyses",
         "",

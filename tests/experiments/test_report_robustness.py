@@ -220,3 +220,25 @@ def test_affine_copies_of_a_column_are_left_out_of_the_exploratory_tables(tmp_pa
     assert "`trace_per_param` = 0.0003125 · `trace`" in exploratory
     assert "| `trace_per_param` |" not in exploratory and "`linear_probe_gain`," not in exploratory
     assert "| `trace_squared` |" in exploratory
+
+
+def test_the_cost_section_gives_seconds_per_checkpoint_with_each_run_s_first_apart():
+    rows = []
+    for seed in (0, 1):
+        for step, seconds in ((100, 10.0 + seed), (200, 2.0), (400, 4.0)):
+            rows.append({"setting": "s", "objective": "adamw", "model": "m", "width": "8",
+                         "depth": "2", "seed": str(seed), "step": str(step),
+                         "seconds_hessian": str(seconds), "seconds_probe": ""})
+    table = results.ResultsTable.from_rows(rows)
+    lines = markdown._cost_section(table)
+    assert lines[0] == "## Cost of the measurements"
+    hessian = next(line for line in lines if line.startswith("| `seconds_hessian`"))
+    cells = [cell.strip() for cell in hessian.strip("|").split("|")]
+    # 6 checkpoints; median of all (2, 2, 4, 4, 10, 11) 4; of the runs' first checkpoints (10, 11)
+    # 10.5; of the later ones (2, 4, 2, 4) 3; max 11; total 33 s = 0.55 min.
+    assert cells[1:] == ["6", "4", "10.5", "3", "11", "0.55"]
+    probe = next(line for line in lines if line.startswith("| `seconds_probe`"))
+    probe_cells = [cell.strip() for cell in probe.strip("|").split("|")]
+    assert probe_cells[1:] == ["0", "—", "—", "—", "—", "—"]
+    table = results.ResultsTable.from_rows([{"seed": "0", "step": "1", "trace": "1"}])
+    assert "Not assessable" in "\n".join(markdown._cost_section(table))
