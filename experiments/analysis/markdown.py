@@ -35,6 +35,12 @@ from experiments.analysis.primary import (
     run_primary_tests,
     sensitivity_analyses,
 )
+from experiments.analysis.quality_sections import (
+    cost_section,
+    duplicates_note,
+    negative_section,
+    row_label,
+)
 from experiments.analysis.results import (
     CONFIGURATION_COLUMNS,
     RUN_COLUMNS,
@@ -314,105 +320,6 @@ def _loss_and_plateau_section(
     return lines
 
 
-def _negative_section(table: ResultsTable) -> list[str]:
-    """Negative estimates of the trace-like columns, and those far below zero."""
-    lines = ["## Negative trace estimates", ""]
-    found = quality.negative_estimates(table)
-    if not found:
-        return lines + [
-            "Not assessable: no trace-like column has a standard error (`<column>_stderr`).",
-            "",
-        ]
-    rows = [
-        [code(f.column), str(f.num_rows), str(len(f.negative)), str(len(f.far_below))]
-        for f in found
-    ]
-    lines += [
-        "A trace of a Hessian at a minimum is positive; its estimate can still fall below 0 by "
-        f"noise. An estimate more than {quality.FAR_BELOW:g} standard errors (`<column>_stderr`) "
-        "below 0 is an estimator failure (or a checkpoint far from a minimum), not noise around "
-        "a small positive value.",
-        "",
-        *markdown_table(
-            ["column", "rows", "negative", f"> {quality.FAR_BELOW:g} SE below 0"], rows
-        ),
-    ]
-    listed = []
-    for f in found:
-        far = set(f.far_below)
-        value, stderr = table.values(f.column), table.values(f.column + quality.STDERR_SUFFIX)
-        for row in f.negative:
-            flag = f" (> {quality.FAR_BELOW:g} SE below 0)" if row in far else ""
-            listed.append(
-                f"- {code(f.column)}: {_row_label(table, row)}: "
-                f"{format_number(value[row])} ± {format_number(stderr[row])}{flag}"
-            )
-    if listed:
-        lines += ["The negative estimates (configuration/seed/step: estimate ± standard error):", ""]
-        lines += [*listed, ""]
-    return lines
-
-
-def _cost_section(table: ResultsTable) -> list[str]:
-    """Seconds per checkpoint of each timed part (`seconds_*` columns), the first checkpoint of
-    each run apart: it compiles what the later ones reuse."""
-    names = sorted(name for name in table.columns if name.startswith("seconds_"))
-    lines = ["## Cost of the measurements", ""]
-    if not names:
-        return lines + ["Not assessable: the results have no `seconds_*` column.", ""]
-    keys = [name for name in RUN_COLUMNS if name in table.columns]
-    runs_of = [tuple(table.text(name)[row] for name in keys) for row in range(table.num_rows)]
-    steps = table.values("step") if "step" in table.columns else np.zeros(table.num_rows)
-    first_step: dict[tuple[str, ...], float] = {}
-    for run, step in zip(runs_of, steps):
-        first_step[run] = min(first_step.get(run, np.inf), step)
-    first = np.array([step == first_step[run] for run, step in zip(runs_of, steps)])
-
-    def median(values: np.ndarray) -> str:
-        values = values[np.isfinite(values)]
-        return format_number(float(np.median(values))) if values.size else "—"
-
-    rows = []
-    for name in names:
-        values = table.values(name)
-        finite = values[np.isfinite(values)]
-        rows.append([
-            code(name), str(finite.size), median(values), median(values[first]),
-            median(values[~first]), format_number(float(finite.max())) if finite.size else "—",
-            format_number(float(finite.sum()) / 60) if finite.size else "—",
-        ])
-    return lines + [
-        "Wall seconds of each timed part of a checkpoint's jobs, as the stages recorded them "
-        "(`seconds_hessian`: the whole measurement stage; `seconds_probe`: the transfer stage). "
-        "A checkpoint compiles only what no earlier checkpoint of the same process (or the "
-        "persistent compilation cache) compiled: the largest value is typically the first "
-        "checkpoint measured, and the medians of a run's first and later checkpoints differ only "
-        "where runs do not share programs.",
-        "",
-        *markdown_table(
-            ["part", "checkpoints", "median", "median, first of a run", "median, later", "max",
-             "total (minutes)"],
-            rows,
-        ),
-    ]
-
-
-def _duplicates_note(duplicates: Sequence[quality.AffineDuplicate]) -> list[str]:
-    if not duplicates:
-        return []
-    def formula(d: quality.AffineDuplicate) -> str:
-        scaled = code(d.base) if d.slope == 1 else f"{d.slope:.4g} · {code(d.base)}"
-        shift = f" {'+' if d.offset > 0 else '−'} {abs(d.offset):.4g}" if d.offset else ""
-        return f"{code(d.column)} = {scaled}{shift}"
-
-    listed = ", ".join(formula(d) for d in duplicates)
-    return [
-        "Left out of the exploratory tables below as exact affine functions of another column in "
-        f"every row (they would repeat its rows, rescaled): {listed}.",
-        "",
-    ]
-
-
 def plateau_threshold_of(workdir: pathlib.Path) -> float | None:
     """The plateau threshold the study's runs recorded (``runs/**/plateau.json``), or ``None``
     when none did or they disagree."""
@@ -444,13 +351,6 @@ def _cell_kinds(table: ResultsTable, name: str) -> dict[str, np.ndarray]:
     return {kind: np.array(rows, dtype=int) for kind, rows in kinds.items()}
 
 
-def _row_label(table: ResultsTable, row: int) -> str:
-    parts = [table.text(c)[row] for c in ("objective", "model")]
-    return "/".join(
-        filter(None, parts + [f"seed{table.text('seed')[row]}", f"step{table.text('step')[row]}"])
-    )
-
-
 def _missing_section(table: ResultsTable) -> list[str]:
     """Every empty, NaN, infinite or non-numeric cell of an analysed column, counted and listed."""
     lines = ["## Missing and non-finite cells", ""]
@@ -465,7 +365,7 @@ def _missing_section(table: ResultsTable) -> list[str]:
         bad = np.concatenate(list(kinds.values()))
         if not bad.size:
             continue
-        listed = ", ".join(_row_label(table, r) for r in sorted(bad)[:MAX_ROWS_LISTED])
+        listed = ", ".join(row_label(table, r) for r in sorted(bad)[:MAX_ROWS_LISTED])
         more = f", … ({bad.size - MAX_ROWS_LISTED} more)" if bad.size > MAX_ROWS_LISTED else ""
         why = table.nan_reason(name) or "—"
         excluded = " (not numeric: the column is left out)" if kinds["text"].size else ""
@@ -587,8 +487,8 @@ def write_report(
     )
     lines += ["## Plots", "", *images(first_plots)]
     lines += _missing_section(table)
-    lines += _negative_section(table)
-    lines += _cost_section(table)
+    lines += negative_section(table)
+    lines += cost_section(table)
     lines += [
         "## Exploratory analyses",
         "",
@@ -596,7 +496,7 @@ def write_report(
         "many comparisons it makes. An interval that excludes 0 here is a lead for a future "
         "primary test, not a finding.",
         "",
-        *_duplicates_note(duplicates),
+        *duplicates_note(duplicates),
         *exploratory.loss_section(table, exploratory_predictors, exploratory_scores, bootstrap),
         *exploratory.within_run_section(
             table, exploratory_predictors, exploratory_scores, bootstrap

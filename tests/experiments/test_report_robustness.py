@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments.analysis import inference, markdown, primary, quality, results, settings
+from experiments.analysis import (
+    inference,
+    markdown,
+    primary,
+    quality,
+    quality_sections,
+    results,
+    settings,
+)
 from tests.experiments import report_tables
 from tests.experiments.test_report import FAST, section, write_study
 
@@ -230,7 +238,7 @@ def test_the_cost_section_gives_seconds_per_checkpoint_with_each_run_s_first_apa
                          "depth": "2", "seed": str(seed), "step": str(step),
                          "seconds_hessian": str(seconds), "seconds_probe": ""})
     table = results.ResultsTable.from_rows(rows)
-    lines = markdown._cost_section(table)
+    lines = quality_sections.cost_section(table)
     assert lines[0] == "## Cost of the measurements"
     hessian = next(line for line in lines if line.startswith("| `seconds_hessian`"))
     cells = [cell.strip() for cell in hessian.strip("|").split("|")]
@@ -241,4 +249,4 @@ def test_the_cost_section_gives_seconds_per_checkpoint_with_each_run_s_first_apa
     probe_cells = [cell.strip() for cell in probe.strip("|").split("|")]
     assert probe_cells[1:] == ["0", "—", "—", "—", "—", "—"]
     table = results.ResultsTable.from_rows([{"seed": "0", "step": "1", "trace": "1"}])
-    assert "Not assessable" in "\n".join(markdown._cost_section(table))
+    assert "Not assessable" in "\n".join(quality_sections.cost_section(table))

@@ -96,7 +96,11 @@ def test_smoke_study_reproduces_its_stored_results(smoke_study):
     Every cell the study wrote before the experiments were reorganised around the `Setting`
     interface is reproduced bit for bit on this project's CPU (only the `setting` label changed,
     `digits` -> `vision`); the columns added since (adaptive sharpness, effective rank, the
-    fresh-minibatch trace, eigenvalue residuals, weight norm) are stored as first measured.
+    fresh-minibatch trace, eigenvalue residuals, weight norm) are stored as first measured. Stored
+    again on 2026-12-02 when Rademacher probes became packed bits (`_vectors.rademacher_signs`) and
+    the summary's block traces came to share the trace's probes: the cells of Rademacher estimates
+    (traces, block traces, adaptive sharpness, their errors and product counts, the density's
+    negative mass, effective rank, eigenvalue residuals) changed; every other cell is as before.
     Floats are compared to a relative 1e-5 (as the resume test below) so that another CPU or XLA
     version, which may round differently, still passes; any change of the computation moves these
     numbers far more.
