@@ -124,11 +124,9 @@ def _lanczos_init(starts: Array, num_steps: int) -> LanczosState:
 
 def _project_block(block: Array, vectors: Array) -> Array:
     """``vectors`` ``(p, n)`` minus their projections on the rows of ``block`` ``(p, GROUP, n)``,
-    twice (classical Gram-Schmidt twice within a block, block by block across the basis)."""
-    for _ in range(2):
-        coefficients = jnp.einsum("pgn,pn->pg", block, vectors, precision=_HIGHEST)
-        vectors = vectors - jnp.einsum("pg,pgn->pn", coefficients, block, precision=_HIGHEST)
-    return vectors
+    twice (:func:`_orthogonalize` within a block, block by block across the basis; unused rows are
+    zero, so no mask)."""
+    return _orthogonalize(vectors, block, jnp.ones((), block.dtype))
 
 
 _project_block_jit = jax.jit(_project_block)
