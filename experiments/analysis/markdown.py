@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from experiments.analysis import critics, exploratory, quality, settings
+from experiments.analysis.baselines_section import baselines_section
 from experiments.analysis.formatting import code, count, estimate, markdown_table, p_value, signed
 from experiments.analysis.inference import (
     MIN_CLUSTERS,
@@ -59,7 +60,7 @@ REPORT_SCHEMA = settings.SCHEMA  # The fields of `config.report` (see `settings`
 MAX_ROWS_LISTED = 5
 # The roles of the columns whose missing cells the report lists (bookkeeping is not analysed).
 _ANALYSED_ROLES = ("axis", "indicator", "score", "baseline", "statistic")
-_LABEL_COLUMNS = ("setting", "objective", "model")
+_LABEL_COLUMNS = ("setting", "objective", "schedule", "model")
 POWER = 0.8  # Of the minimum detectable effects.
 PLATEAU_RECORD = "plateau.json"  # Each language run's plateau criterion, with its threshold.
 
@@ -489,6 +490,7 @@ def write_report(
     lines += _missing_section(table)
     lines += negative_section(table)
     lines += cost_section(table)
+    lines += baselines_section(table, bootstrap)
     lines += [
         "## Exploratory analyses",
         "",

@@ -32,10 +32,12 @@ from scipy import stats  # noqa: E402
 from experiments.analysis.correlation import MIN_ROWS, kendall_tau  # noqa: E402
 from experiments.analysis.results import (  # noqa: E402
     CONFIGURATION_COLUMNS,
+    LABEL_COLUMNS,
     PLATEAU_COLUMN,
     RUN_COLUMNS,
     ResultsTable,
     format_number,
+    label_columns,
     loss_column,
     plateau_known,
 )
@@ -81,7 +83,7 @@ def _configuration_label(table: ResultsTable, row: int, columns: Sequence[str]) 
     for column in columns:
         value = table.text(column)[row]
         if value:
-            parts.append(value if column in ("setting", "objective", "model") else f"{column}{value}")
+            parts.append(value if column in LABEL_COLUMNS else f"{column}{value}")
     return "/".join(parts) or "all"
 
 
@@ -152,7 +154,7 @@ def plot_trace_vs_step(table: ResultsTable, scores: Sequence[str], path: pathlib
     plateau = table.flags(PLATEAU_COLUMN) == 1 if plateau_known(table) else None
     figure, panels = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
     for index, rows in enumerate(table.groups(CONFIGURATION_COLUMNS)):
-        label = _configuration_label(table, rows[0], ("objective", "model"))
+        label = _configuration_label(table, rows[0], label_columns(table))
         for panel, column in zip(panels.flat, columns, strict=True):
             _seed_band(panel, table, rows, column, {"color": f"C{index % 10}", "label": label}, plateau)
     shaded = _plateau_span(table, plateau)

@@ -9,11 +9,11 @@ import numpy as np
 
 from experiments.analysis import quality
 from experiments.analysis.formatting import code, markdown_table
-from experiments.analysis.results import RUN_COLUMNS, ResultsTable, format_number
+from experiments.analysis.results import RUN_COLUMNS, ResultsTable, format_number, label_columns
 
 
 def row_label(table: ResultsTable, row: int) -> str:
-    parts = [table.text(c)[row] for c in ("objective", "model")]
+    parts = [table.text(c)[row] for c in label_columns(table)]
     return "/".join(
         filter(None, parts + [f"seed{table.text('seed')[row]}", f"step{table.text('step')[row]}"])
     )

@@ -31,13 +31,15 @@ import numpy as np
 
 # The columns that name a configuration (all but the seed of a run), and those that a size
 # comparison varies together (the model label and the parameter count follow width and depth).
-CONFIGURATION_COLUMNS = ("setting", "objective", "model", "width", "depth")
+CONFIGURATION_COLUMNS = ("setting", "objective", "schedule", "model", "width", "depth")
 SIZE_COLUMNS = ("model", "width", "depth", "num_params")
 RUN_COLUMNS = (*CONFIGURATION_COLUMNS, "seed")
 PLATEAU_COLUMN = "on_plateau"
 # Column roles, the one place that says which columns are identifiers, scores, bookkeeping or
 # predictors. Every numeric column that is none of the first three is a Hessian statistic.
-AXIS_COLUMNS = ("setting", "objective", "model", "width", "depth", "num_params", "seed", "step")
+AXIS_COLUMNS = (
+    "setting", "objective", "schedule", "model", "width", "depth", "num_params", "seed", "step"
+)
 # and every other column ending in "_acc", or in "_gain" (a score minus the best baseline's)
 SCORE_COLUMNS = ("linear_probe_acc", "finetune_acc")
 BOOKKEEPING_COLUMNS = (
@@ -56,6 +58,15 @@ BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap", "pretrain_loss_gap_tra
 # Statistics that are (normalised) traces; everything else is a "non-trace" statistic.
 TRACE_STATISTICS = ("trace", "trace_downstream", "fisher_trace", "trace_per_param")
 NAN_REASON_COLUMN = "nan_reason"
+# The columns whose values name a configuration in labels as they are (others as `<column><value>`).
+LABEL_COLUMNS = ("setting", "objective", "schedule", "model")
+
+
+def label_columns(table: ResultsTable) -> tuple[str, ...]:
+    """The columns that label a run in plots and lists: objective and model, and the schedule where
+    the study has several (`experiments.sweep.arms`)."""
+    several = len(set(table.text("schedule")) - {""}) > 1
+    return ("objective", "schedule", "model") if several else ("objective", "model")
 
 
 def column_role(name: str) -> str:

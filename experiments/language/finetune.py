@@ -3,7 +3,8 @@
 The encoder and a zero-initialised linear head on the primary view (every position's features
 concatenated, `features.concatenated_features`) are trained together with the cross-entropy of
 the task's labels for a fixed budget of `finetune_steps` Adam steps of `finetune_batch_size`
-sentences of `task_<task>_train` at `finetune_learning_rate`; the score is the accuracy on
+sentences of `task_<task>_train` (its first `probe_examples`, as the probes) at
+`finetune_learning_rate`; the score is the accuracy on
 `task_<task>_test`. The head starts at zero and the data order is a function of the run's seed,
 so every checkpoint of a run is fine-tuned the same way. One compiled step per model and settings.
 """
@@ -58,6 +59,8 @@ def fine_tune(
       The fraction of `task_<task>_test` predicted correctly.
     """
     train, test = run.task.splits[f"task_{task}_train"], run.task.splits[f"task_{task}_test"]
+    if settings.get("probe_examples"):  # The probes' training sentences (`config.finetune`).
+        train = {name: values[: settings["probe_examples"]] for name, values in train.items()}
     optimizer, step = _step(run.model, settings["finetune_learning_rate"])
     encoder = {"encoder": params["encoder"]}  # The masked-LM head takes no part.
     width = jax.eval_shape(_encoder(run.model), encoder, train["tokens"][:1]).shape[1]

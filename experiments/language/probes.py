@@ -23,8 +23,15 @@ of its raw and standardized fits, chosen on the test split, in the baseline's fa
 +1.1 points, never helping them by more than 1.1 (docs/pcfg_results.md).
 
 `LanguageSetting.derive_row` adds the means over tasks (`linear_probe_acc`, `finetune_acc`,
-`linear_probe_masked_acc`) and the gain of the primary and the masked-prediction probes over the
-best baseline (`linear_probe_<task>_gain`, mean `linear_probe_gain`; `linear_probe_masked_...`).
+`linear_probe_mean_acc`, `linear_probe_masked_acc`) and the gain of every view's probe over the
+best baseline (`linear_probe_<task>_gain`, mean `linear_probe_gain`; `linear_probe_mean_...`,
+`linear_probe_masked_...`).
+
+The probes train on the first `probe_examples` sentences of each task's train split (500 in
+`configs/pcfg.py`: transfer is worth most where labels are few), each with its l2 penalty chosen
+from `probe_l2_grid` by 3-fold cross-validation on those sentences, for every view and baseline
+alike (standardized views of hundreds of columns want a stronger penalty than one-hot tokens, so
+one fixed value would favour one side).
 
 The downstream loss of the measurement stage (`downstream_problem`, critic 1) is one task's
 primary-view probe cross-entropy on its first `downstream_examples` training sentences,
@@ -52,6 +59,11 @@ from experiments.training import evaluation, heads, models, runs, setting
 SCHEMA = {
     "tasks": Field((tuple, list), ("a", "b", "c")),  # A list after the config's JSON round trip.
     "probe_l2": Field(float, 1e-3),
+    # Non-empty: each probe's l2 is the value of this grid with the best 3-fold cross-validated
+    # accuracy on its train split, for every view and baseline alike (`probe_l2` unused).
+    "probe_l2_grid": Field((tuple, list), ()),
+    # The probes' training sentences: the first this many of each task's train split (0: all).
+    "probe_examples": Field(int, 0),
     # Standardize each probe input column by the train split's mean and spread (the baselines get
     # the better of raw and standardized): see the module docstring.
     "probe_standardize": Field(bool, False),
@@ -70,9 +82,9 @@ MEASUREMENT_SCHEMA = {
 }
 BASELINES = ("onehot", "bow", "random")
 _PRIMARY_CELL = re.compile(r"linear_probe_([^_]+)_acc")  # A task's primary probe score.
-# The probes whose gain over the best baseline and mean over tasks a row gets: the primary view's
-# and the masked-LM predictions' (`features.VIEWS`).
-_GAIN_PREFIXES = ("linear_probe", "linear_probe_masked")
+# The probes whose gain over the best baseline and mean over tasks a row gets: every view's
+# (`features.VIEWS`).
+_GAIN_PREFIXES = ("linear_probe", "linear_probe_mean", "linear_probe_masked")
 
 
 def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -80,7 +92,13 @@ def read_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     settings = config_utils.read_fields(
         config.get("finetune", ml_collections.ConfigDict()), SCHEMA, "config.finetune"
     )
-    for name, minimum in (("probe_steps", 1), ("finetune_steps", 0), ("finetune_batch_size", 1)):
+    grid = settings["probe_l2_grid"] = tuple(settings["probe_l2_grid"])
+    if not all(isinstance(l2, (int, float)) and l2 > 0 for l2 in grid):
+        raise config_utils.ConfigError(
+            f"config.finetune.probe_l2_grid must list penalties > 0 (or be empty); got {grid}."
+        )
+    minimums = (("probe_steps", 1), ("finetune_steps", 0), ("finetune_batch_size", 1), ("probe_examples", 0))
+    for name, minimum in minimums:
         if settings[name] < minimum:
             raise config_utils.ConfigError(
                 f"config.finetune.{name} must be >= {minimum}; got {settings[name]}."
@@ -98,27 +116,58 @@ def _encoder(run: runs.Run, view: str) -> Any:
     )
 
 
-def _split(run: runs.Run, task: str, part: str) -> dict[str, np.ndarray]:
-    return run.task.splits[f"task_{task}_{part}"]
+def _split(run: runs.Run, task: str, part: str, examples: int = 0) -> dict[str, np.ndarray]:
+    """A task split; of a train split, its first `examples` sentences (0: all)."""
+    split = run.task.splits[f"task_{task}_{part}"]
+    if part != "train" or not examples:
+        return split
+    count = len(split["label"])
+    if examples > count:
+        raise config_utils.ConfigError(
+            f"config.finetune.probe_examples = {examples} exceeds the {count} sentences of "
+            f"task_{task}_train."
+        )
+    return {name: values[:examples] for name, values in split.items()}
+
+
+def _train_split(run: runs.Run, task: str, settings: dict[str, Any]) -> dict[str, np.ndarray]:
+    return _split(run, task, "train", settings["probe_examples"])
+
+
+def _cross_validated_l2(
+    inputs: np.ndarray, labels: np.ndarray, num_classes: int, settings: dict[str, Any]
+) -> float:
+    """The penalty of `probe_l2_grid` with the best mean accuracy over 3 contiguous folds (the
+    first on ties)."""
+    folds = np.array_split(np.arange(len(labels)), 3)
+
+    def accuracy(l2: float, held: np.ndarray) -> float:
+        kept = np.setdiff1d(np.arange(len(labels)), held)
+        head = heads.fit_logistic(
+            inputs[kept], labels[kept], num_classes, l2=l2, steps=settings["probe_steps"]
+        )
+        return head.accuracy(inputs[held], labels[held])
+
+    scores = [np.mean([accuracy(l2, held) for held in folds]) for l2 in settings["probe_l2_grid"]]
+    return float(settings["probe_l2_grid"][int(np.argmax(scores))])
 
 
 def _fit(features_of: Any, run: runs.Run, settings: dict[str, Any], task: str) -> heads.LinearHead:
-    split = _split(run, task, "train")
+    split = _train_split(run, task, settings)
     # Classes up to the largest label of the task (a fit costs time in proportion to them).
-    labels = np.concatenate([split["label"], _split(run, task, "test")["label"]])
-    return heads.fit_logistic(
-        features_of(split),
-        split["label"],
-        int(labels.max()) + 1,
-        l2=settings["probe_l2"],
-        steps=settings["probe_steps"],
-    )
+    labels = np.concatenate([_split(run, task, "train")["label"], _split(run, task, "test")["label"]])
+    num_classes = int(labels.max()) + 1
+    inputs = np.asarray(features_of(split), np.float64)
+    l2 = settings["probe_l2"]
+    if settings["probe_l2_grid"]:
+        l2 = _cross_validated_l2(inputs, split["label"], num_classes, settings)
+    return heads.fit_logistic(inputs, split["label"], num_classes, l2=l2, steps=settings["probe_steps"])
 
 
-def _standardized(features_of: Any, run: runs.Run, task: str) -> Any:
+def _standardized(features_of: Any, run: runs.Run, task: str, settings: dict[str, Any]) -> Any:
     """`features_of` with every column centred and scaled by the task's train split (a constant
     column becomes 0)."""
-    train = np.asarray(features_of(_split(run, task, "train")), np.float64)
+    train = np.asarray(features_of(_split(run, task, "train", settings["probe_examples"])), np.float64)
     mean, scale = train.mean(axis=0), train.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     return lambda split: (np.asarray(features_of(split), np.float64) - mean) / scale
@@ -130,7 +179,7 @@ def _probe_accuracy(
     """Test accuracy of a probe fitted to `features_of(split)` of the task's train split, each
     column standardized by the train split's statistics when `standardize`."""
     if standardize:
-        features_of = _standardized(features_of, run, task)
+        features_of = _standardized(features_of, run, task, settings)
     test = _split(run, task, "test")
     return _fit(features_of, run, settings, task).accuracy(features_of(test), test["label"])
 
@@ -156,7 +205,8 @@ def fit_probe(
 
 
 def _probe_settings_key(run: runs.Run, settings: dict[str, Any]) -> str:
-    probe = {name: settings[name] for name in ("tasks", "probe_l2", "probe_steps", "probe_standardize")}
+    names = ("tasks", "probe_l2", "probe_steps", "probe_standardize", "probe_l2_grid", "probe_examples")
+    probe = {name: settings[name] for name in names}
     return json.dumps([run.task.name, run.config.data.to_json(sort_keys=True), probe])
 
 
@@ -221,7 +271,12 @@ def score(
 def derive_row(row: dict[str, Any]) -> None:
     """Adds the means over tasks and the primary probe's gain over the best baseline of each task
     (`linear_probe_<task>_gain`, mean `linear_probe_gain`) to a results row."""
-    tasks = sorted(match[1] for name in row if (match := _PRIMARY_CELL.fullmatch(name)))
+    # (`linear_probe_mean_acc` is the mean view's mean over tasks, not a task "mean".)
+    tasks = sorted(
+        match[1]
+        for name in row
+        if (match := _PRIMARY_CELL.fullmatch(name)) and match[1] not in features.VIEWS
+    )
     for prefix in _GAIN_PREFIXES:
         gains = []
         for task in tasks:

@@ -95,6 +95,10 @@ class Configuration:
       depth: the model depth.
       seed: the pretraining seed.
       steps: the checkpoint steps the run saves.
+      schedule: its learning-rate schedule (`config.pretrain.schedule`).
+      variant: "" for a run of the config's schedule, else the schedule and, in an arm of budgets
+        (`experiments.sweep.arms`), the budget: it names the run's directory beside the others.
+      budget: the run's length in an arm of budgets, else 0.
     """
 
     config: ml_collections.ConfigDict
@@ -104,11 +108,15 @@ class Configuration:
     depth: int
     seed: int
     steps: tuple[int, ...]
+    schedule: str = ""
+    variant: str = ""
+    budget: int = 0
 
     @property
     def parts(self) -> tuple[str, str, str]:
         """The path segments that name it in job ids and directories."""
-        return self.model, self.objective, f"seed{self.seed}"
+        objective = f"{self.objective}_{self.variant}" if self.variant else self.objective
+        return self.model, objective, f"seed{self.seed}"
 
     def run_dir(self, workdir: pathlib.Path) -> pathlib.Path:
         """Its pretraining workdir."""
@@ -141,19 +149,26 @@ def configurations(config: ml_collections.ConfigDict) -> list[Configuration]:
             "must list at least one value."
         )
     result = []
-    for arm, (objective, width, depth, seed) in arms.combinations(
-        arms.read_arms(config, sweep), sweep["seeds"]
-    ):
+    default_schedule = config_utils.read_fields(
+        config.pretrain, runs.PRETRAIN_SCHEMA, "config.pretrain"
+    )["schedule"]
+    for arm, key in arms.combinations(arms.read_arms(config, sweep), sweep["seeds"]):
         run_config = config.copy_and_resolve_references()
-        run_config.pretrain.objective = objective
-        run_config.pretrain.steps = arm.steps
-        run_config.pretrain.checkpoint_steps = arm.checkpoint_steps
-        run_config.model.width, run_config.model.depth = width, depth
-        run_config.seed = seed
+        run_config.pretrain.objective = key.objective
+        run_config.pretrain.steps, run_config.pretrain.checkpoint_steps = arm.training(key)
+        run_config.pretrain.schedule = key.schedule
+        run_config.model.width, run_config.model.depth = key.width, key.depth
+        run_config.seed = key.seed
         run = runs.build_run(run_config)
-        model = f"{run_config.model.family}_w{width}_d{depth}"
+        model = f"{run_config.model.family}_w{key.width}_d{key.depth}"
+        # A run of the config's own schedule keeps the directory it had before arms had schedules.
+        variant = "" if key.schedule == default_schedule and not key.budget else key.schedule
+        variant += f"_{key.budget}" if key.budget else ""
         result.append(
-            Configuration(run_config, objective, model, width, depth, seed, tuple(run.saved_steps))
+            Configuration(
+                run_config, key.objective, model, key.width, key.depth, key.seed,
+                tuple(run.saved_steps), key.schedule, variant, key.budget,
+            )
         )
     return result
 
@@ -351,6 +366,9 @@ def result_rows(
 ) -> list[dict[str, Any]]:
     """One row per configuration and checkpoint, from the job results (see `CONTRACT_COLUMNS`)."""
     rows = []
+    # The runs of an arm of budgets are one series to the plateau criterion: its checkpoints are
+    # the runs' last ones (`experiments.sweep.arms`).
+    series: dict[tuple[Any, ...], list[tuple[Configuration, list[dict[str, Any]], dict[int, Any]]]] = {}
     for c in configs:
         study_setting = setting.of_config(c.config)
         pretrained = results.get(jobs.make_job_id("pretrain", *c.parts))
@@ -361,6 +379,7 @@ def result_rows(
             row: dict[str, Any] = {
                 "setting": study_setting.name,
                 "objective": c.objective,
+                "schedule": c.schedule,
                 "model": c.model,
                 "width": c.width,
                 "depth": c.depth,
@@ -383,9 +402,22 @@ def result_rows(
                 f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()
             )
             run_rows.append(row)
-        # Rows of the whole run, e.g. which checkpoints are on the loss plateau (`on_plateau`).
-        study_setting.derive_run(run_rows, records, c.config, c.run_dir(workdir))
         rows += run_rows
+        if c.budget:
+            key = (c.model, c.objective, c.schedule, c.seed)
+            series.setdefault(key, []).append((c, run_rows, records))
+        else:
+            # Rows of the whole run, e.g. which checkpoints are on the loss plateau (`on_plateau`).
+            study_setting.derive_run(run_rows, records, c.config, c.run_dir(workdir))
+    for members in series.values():
+        last = max(members, key=lambda member: member[0].budget)[0]
+        merged = {step: record for _, _, records in members for step, record in records.items()}
+        setting.of_config(last.config).derive_run(
+            [row for _, run_rows, _ in members for row in run_rows],
+            merged,
+            last.config,
+            last.run_dir(workdir),
+        )
     return rows
 
 

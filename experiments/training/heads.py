@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 from jax.typing import ArrayLike
 from scipy import optimize, special
 
@@ -74,9 +75,12 @@ def fit_logistic(
         return value, gradient
 
     start = np.zeros((dimension + 1) * num_classes)
-    solution = optimize.minimize(
-        objective, start, jac=True, method="L-BFGS-B", options={"maxiter": steps}
-    ).x
+    # One BLAS thread: at these sizes threads only wait for each other, and on cores that other
+    # work keeps busy (a study's pretraining workers) a threaded product was 10x slower.
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        solution = optimize.minimize(
+            objective, start, jac=True, method="L-BFGS-B", options={"maxiter": steps}
+        ).x
     return LinearHead(
         solution[:-num_classes].reshape(dimension, num_classes).astype(np.float32),
         solution[-num_classes:].astype(np.float32),

@@ -37,7 +37,7 @@ PRETRAIN_SCHEMA = {
     "checkpoint_steps": Field(IntTuple, ()),
     "log_every": Field(int, 100),
 }
-SCHEDULES = ("constant", "warmup_cosine", "warmup_constant")
+SCHEDULES = ("constant", "warmup_cosine", "warmup_constant", "warmup_linear")
 # Sections that determine the trained parameters; other top-level sections belong to later stages.
 PRETRAINING_SECTIONS = ("seed", "setting", "data", "model", "pretrain")
 # Fields of those sections that may change between a run and its resumption.
@@ -124,7 +124,8 @@ def make_optimizer(settings: dict[str, Any]) -> tuple[optax.GradientTransformati
         `momentum`, or `"adamw"`), `learning_rate`, `weight_decay` (decoupled for AdamW, added to
         the gradient for SGD; never on biases or normalization scales), `schedule` (`"constant"`;
         `"warmup_cosine"`: linear warmup over `warmup_steps`, then cosine decay to 0 at `steps`;
-        or `"warmup_constant"`: the same warmup, then constant, to train on past convergence).
+        `"warmup_constant"`: the same warmup, then constant, to train on past convergence; or
+        `"warmup_linear"`: the same warmup, then linear decay to 0 at `steps`, Liu et al.'s).
 
     Returns:
       `(optimizer, schedule)`.
@@ -137,6 +138,15 @@ def make_optimizer(settings: dict[str, Any]) -> tuple[optax.GradientTransformati
         # `linear_schedule` over 0 steps would stay at its initial value, 0.
         warmup = max(settings["warmup_steps"], 1)
         schedule = optax.linear_schedule(rate / warmup, rate, warmup - 1)
+    elif settings["schedule"] == "warmup_linear":
+        warmup = settings["warmup_steps"]
+        schedule = optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, rate, warmup),
+                optax.linear_schedule(rate, 0.0, settings["steps"] - warmup),
+            ],
+            [warmup],
+        )
     else:
         schedule = optax.warmup_cosine_decay_schedule(
             0.0, rate, settings["warmup_steps"], settings["steps"]

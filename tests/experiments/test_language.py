@@ -26,7 +26,7 @@ from experiments.language import (
 )
 from experiments.measurement import embedded
 from experiments.measurement import stage as measurement
-from experiments.training import models, objectives, runs, train
+from experiments.training import heads, models, objectives, runs, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = {
@@ -47,6 +47,7 @@ TINY_OVERRIDES = {
     "hessian.max_matvecs": 8,
     "hessian.fisher_samples": 4,
     "finetune.probe_steps": 10,
+    "finetune.probe_examples": 40,  # Of the tiny grammar's 60 training sentences per task.
     "finetune.finetune_steps": 3,
     "finetune.finetune_batch_size": 8,
 }
@@ -222,10 +223,14 @@ def test_curvature_gap_and_probes_are_finite_with_stderr(tiny_config):
         assert row[f"linear_probe_{task}_gain"] == pytest.approx(
             scores[f"linear_probe_{task}_acc"] - best
         )
-    for prefix in ("linear_probe", "linear_probe_masked"):
+    for prefix in ("linear_probe", "linear_probe_mean", "linear_probe_masked"):
         assert row[f"{prefix}_gain"] == pytest.approx(
             np.mean([row[f"{prefix}_{task}_gain"] for task in ("a", "b", "c")])
         )
+    # Deriving again (a row that already has the means over tasks) changes nothing.
+    derived = dict(row)
+    run.setting.derive_row(derived)
+    assert derived == row
     best_c = max(scores[f"baseline_{kind}_c_acc"] for kind in probes.BASELINES)
     assert row["linear_probe_masked_c_gain"] == pytest.approx(
         scores["linear_probe_masked_c_acc"] - best_c
@@ -329,7 +334,7 @@ def test_standardized_probes_scale_by_the_train_split_and_baselines_keep_their_b
     run = runs.build_run(tiny_config)
     vocab = run.task.input_vocab_size
     one_hot = lambda split: features.one_hot_tokens(split["tokens"], vocab)
-    scaled = probes._standardized(one_hot, run, "a")
+    scaled = probes._standardized(one_hot, run, "a", probes.read_settings(tiny_config))
     train = scaled(run.task.splits["task_a_train"])
     raw = one_hot(run.task.splits["task_a_train"]).astype(np.float64)
     varying = raw.std(axis=0) > 0
@@ -349,3 +354,46 @@ def test_standardized_probes_scale_by_the_train_split_and_baselines_keep_their_b
     for standardize, expected in ((False, accuracy[False]), (True, max(accuracy.values()))):
         settings["probe_standardize"] = standardize
         assert probes._baseline_accuracy(one_hot, run, settings, "a") == expected
+
+
+def test_probes_train_on_the_first_examples_and_cross_validate_l2_on_them_only(tiny_config):
+    run = runs.build_run(tiny_config)
+    vocab = run.task.input_vocab_size
+    seen = []
+
+    def one_hot(split):
+        seen.append(len(split["label"]))
+        return features.one_hot_tokens(split["tokens"], vocab)
+
+    settings = {**probes.read_settings(tiny_config), "probe_examples": 30}
+    head = probes._fit(one_hot, run, settings, "a")
+    assert seen == [30]
+    train = run.task.splits["task_a_train"]
+    inputs = one_hot(train)[:30]
+    classes, steps = head.kernel.shape[1], settings["probe_steps"]
+    expected = heads.fit_logistic(inputs, train["label"][:30], classes, l2=settings["probe_l2"], steps=steps)
+    np.testing.assert_array_equal(head.kernel, expected.kernel)
+    # With a grid, the chosen l2 is the grid's best on 3 folds of those 30 sentences, and a grid of
+    # one value is that value.
+    grid = {**settings, "probe_l2_grid": (1e-3, 1e-2, 1e1)}
+    chosen = probes._cross_validated_l2(inputs, train["label"][:30], classes, grid)
+    assert chosen in (1e-3, 1e-2, 1e1)
+    single = probes._fit(one_hot, run, {**settings, "probe_l2_grid": (5.0,)}, "a")
+    heavy = heads.fit_logistic(inputs, train["label"][:30], classes, l2=5.0, steps=steps)
+    np.testing.assert_array_equal(single.kernel, heavy.kernel)
+    assert np.abs(single.kernel).max() < np.abs(head.kernel).max()
+    with pytest.raises(config_utils.ConfigError, match=r"probe_examples = 1000000 exceeds"):
+        probes._fit(one_hot, run, {**settings, "probe_examples": 1_000_000}, "a")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("probe_l2_grid", (1e-3, 0.0), r"config\.finetune\.probe_l2_grid must list penalties > 0"),
+        ("probe_examples", -1, r"config\.finetune\.probe_examples must be >= 0"),
+    ],
+)
+def test_bad_probe_settings_are_named(tiny_config, field, value, message):
+    tiny_config.finetune[field] = value
+    with pytest.raises(config_utils.ConfigError, match=message):
+        probes.read_settings(tiny_config)

@@ -244,3 +244,21 @@ def test_binary_reports_user_errors_without_a_stack_trace(digits_data_dir, tmp_p
     assert "DatasetNotPreparedError: TFDS dataset 'mnist' is not prepared" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        # Liu et al.'s: linear warmup, then linear decay to 0 at the run's last step.
+        ("warmup_linear", [0.0, 0.5, 1.0, 0.75, 0.5, 0.0]),
+        ("warmup_constant", [0.1, 0.6, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_schedules_warm_up_then_decay_or_stay(schedule, expected):
+    settings = dict(
+        learning_rate=1.0, schedule=schedule, warmup_steps=10, steps=50, optimizer="adamw",
+        weight_decay=0.0, momentum=0.9,
+    )
+    _, rate = runs.make_optimizer(settings)
+    steps = [0, 5, 10, 20, 30, 50]
+    np.testing.assert_allclose([float(rate(step)) for step in steps], expected, atol=1e-6)

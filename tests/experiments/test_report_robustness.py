@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from experiments.analysis import (
+    baselines_section,
     inference,
     markdown,
     primary,
@@ -250,3 +251,27 @@ def test_the_cost_section_gives_seconds_per_checkpoint_with_each_run_s_first_apa
     assert probe_cells[1:] == ["0", "—", "—", "—", "—", "—"]
     table = results.ResultsTable.from_rows([{"seed": "0", "step": "1", "trace": "1"}])
     assert "Not assessable" in "\n".join(quality_sections.cost_section(table))
+
+
+def test_the_baselines_section_gives_each_gain_at_the_last_step_over_seeds():
+    rows = []
+    gains = {0: 0.12, 1: 0.08, 2: 0.16}
+    for seed, gain in gains.items():
+        for step, scale in ((100, 0.5), (200, 1.0)):
+            rows.append({"setting": "s", "objective": "adamw", "schedule": "warmup_constant",
+                         "model": "m", "width": "8", "depth": "2", "seed": str(seed),
+                         "step": str(step), "linear_probe_a_acc": str(0.3 + scale * gain),
+                         "linear_probe_a_gain": str(scale * gain), "linear_probe_gain": "0"})
+    table = results.ResultsTable.from_rows(rows)
+    bootstrap = settings.read_settings(None).bootstrap
+    lines = baselines_section.baselines_section(table, bootstrap)
+    assert lines[0] == "## Transfer over the baselines"
+    # The per-task column only (`linear_probe_gain` is the mean over tasks), at step 200.
+    (row,) = [line for line in lines if line.startswith("| `linear_probe_a_gain` | adamw/m, step 200")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    low, high = inference.mean_interval(list(gains.values()), bootstrap)
+    assert cells[2:] == ["3", "+12.0", f"[{100 * low:+.1f}, {100 * high:+.1f}]", "2 of 3"]
+    best = [line for line in lines if line.startswith("| `linear_probe_a_gain` | +16.0 |")]
+    assert best == ["| `linear_probe_a_gain` | +16.0 | adamw/m/seed2/step200 |"]
+    table = results.ResultsTable.from_rows([{"seed": "0", "step": "1", "linear_probe_acc": "1"}])
+    assert "Not assessable" in "\n".join(baselines_section.baselines_section(table, bootstrap))

@@ -108,6 +108,24 @@ def test_rows_say_which_checkpoints_are_on_the_plateau(pcfg_data_dir, tmp_path):
         study.result_rows(configs, tmp_path, {})
 
 
+def test_runs_of_increasing_budgets_are_one_series_to_the_plateau(pcfg_data_dir, tmp_path):
+    config = _tiny_study_config(pcfg_data_dir)
+    config.sweep.objectives = ("adamw",)
+    config.sweep.arms = (dict(name="protocol", schedule="warmup_linear", budgets=(3, 6)),)
+    config.plateau.threshold = 10.0
+    configs = _pretrained_configurations(config, tmp_path)
+    assert [c.config.pretrain.schedule for c in configs] == ["warmup_linear"] * 2
+    rows = study.result_rows(configs, tmp_path, {})
+    # Each run's last checkpoint, in one series: the pair (3, 6) spans the two runs.
+    assert [(row["schedule"], row["step"], row[plateau.COLUMN]) for row in rows] == [
+        ("warmup_linear", 3, 1),
+        ("warmup_linear", 6, 1),
+    ]
+    written = json.loads((configs[1].run_dir(tmp_path) / plateau.PLATEAU_FILE).read_text())
+    assert [(pair["first"], pair["second"]) for pair in written["pairs"]] == [(3, 6)]
+    assert not (configs[0].run_dir(tmp_path) / plateau.PLATEAU_FILE).exists()
+
+
 def test_an_invalid_plateau_threshold_is_refused_before_any_job(pcfg_data_dir, tmp_path):
     config = _tiny_study_config(pcfg_data_dir)
     config.plateau.threshold = 0.0
@@ -120,21 +138,30 @@ def test_an_invalid_plateau_threshold_is_refused_before_any_job(pcfg_data_dir, t
 def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, options):
     config = pcfg_full.get_config(options)
     config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
+    config.finetune.probe_examples = 40
     configs = study.configurations(config)
     study._check_primary_tests(config)
     plateau.check_config(config)
     assert len(study.study_jobs(configs, config, tmp_path)) == sum(1 + 2 * len(c.steps) for c in configs)
-    steps = {(c.objective, c.width): c.steps for c in configs}
-    assert steps[("adamw", 32)] == (4000, 8000, 16000)  # 4x in steps from the plateau's start.
-    assert steps[("adversarial", 32)] == (4000, 8000)
-    assert len(configs) == len(steps) * 8 and len(steps) == (4 if options else 2)
+    steps = {(c.objective, c.width, c.schedule, c.budget): c.steps for c in configs}
+    constant, linear = "warmup_constant", "warmup_linear"
+    assert steps[("adamw", 32, constant, 0)] == (2000, 4000, 8000, 16000)  # 4x from the plateau's start.
+    assert steps[("adversarial", 32, constant, 0)] == (2000, 4000, 8000)
+    for budget in pcfg_full.BUDGETS:  # Liu et al.'s protocol: one run per budget, measured at its end.
+        assert steps[("adamw", 32, linear, budget)] == (budget,)
+    seeds = {key: sorted(c.seed for c in configs if (c.objective, c.width, c.schedule, c.budget) == key)
+             for key in steps}
+    assert seeds[("adamw", 32, linear, 4000)] == list(pcfg_full.PROTOCOL_SEEDS)
+    assert seeds[("adamw", 32, constant, 0)] == list(pcfg_full.SEEDS)
+    assert len(steps) == (7 if options else 5)
     tests = {t.name: t for t in settings.read_settings(config.report).primary_tests}
     assert tests["continued_training"].steps is None  # The plateau's first and last checkpoints.
-    for name in ("algorithm", "size") if options else ("algorithm",):
-        test = tests[name]
-        for level in test.levels:
-            key = (level, 32) if test.axis == "objective" else ("adamw", level)
-            assert test.step in steps[key], (name, level)
-    assert set(tests) == ({"continued_training", "algorithm"} | ({"size"} if options else set()))
+    assert ("schedule", constant) in tests["continued_training"].where
+    assert ("schedule", linear) in tests["protocol"].where and tests["protocol"].family == "secondary"
+    assert tests["algorithm"].step == "matched_loss"
+    if options:
+        for level in tests["size"].levels:
+            assert tests["size"].step in steps[("adamw", level, constant, 0)]
+    assert set(tests) == {"continued_training", "algorithm", "protocol"} | ({"size"} if options else set())
     with pytest.raises(ValueError, match="unknown options"):
         pcfg_full.get_config("widths")

@@ -79,4 +79,41 @@ def test_bad_arms_are_named(config, entry, message):
 def test_an_arm_defaults_to_the_sweep_and_pretrain_fields(config):
     sweep = config_utils.read_fields(config.sweep, study.SWEEP_SCHEMA, "config.sweep")
     (arm,) = arms.read_arms(config, {**sweep, "arms": (dict(name="only"),)})
-    assert arm == arms.Arm("only", ("adamw",), (16,), (1,), 6, (0, 3))
+    assert arm == arms.Arm("only", ("adamw",), (16,), (1,), 6, (0, 3), "warmup_constant")
+
+
+def test_an_arm_of_budgets_runs_each_budget_once_with_its_last_checkpoint(config):
+    config.sweep.arms = (
+        dict(name="continued", steps=8, checkpoint_steps=(2, 4)),
+        dict(name="protocol", schedule="warmup_linear", budgets=(4, 8)),
+    )
+    configs = study.configurations(config)
+    assert [(c.schedule, c.seed, c.steps, c.budget) for c in configs] == [
+        ("warmup_constant", 0, (2, 4, 8), 0),
+        ("warmup_constant", 1, (2, 4, 8), 0),
+        ("warmup_linear", 0, (4,), 4),
+        ("warmup_linear", 1, (4,), 4),
+        ("warmup_linear", 0, (8,), 8),
+        ("warmup_linear", 1, (8,), 8),
+    ]
+    assert configs[4].config.pretrain.schedule == "warmup_linear"
+    assert configs[4].config.pretrain.steps == 8 and list(configs[4].config.pretrain.checkpoint_steps) == []
+    # The config's own schedule keeps its directory; every other run gets its own.
+    assert configs[0].parts == ("text_transformer_w16_d1", "adamw", "seed0")
+    assert configs[2].parts == ("text_transformer_w16_d1", "adamw_warmup_linear_4", "seed0")
+    assert len({c.parts for c in configs}) == len(configs)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (dict(budgets=(4, 8), steps=8), r"arms\[1\] has budgets, so steps does not apply"),
+        (dict(budgets=(8, 4)), r"arms\[1\]\.budgets must be distinct positive step counts, ascending"),
+        (dict(budgets=(0, 4)), r"arms\[1\]\.budgets must be distinct positive"),
+        (dict(budgets=(4, 8), schedule="warmup_constant"), r"an arm of budgets and another arm both run"),
+    ],
+)
+def test_bad_budgets_are_named(config, entry, message):
+    config.sweep.arms = (dict(name="continued", steps=8, checkpoint_steps=(2, 4)), entry)
+    with pytest.raises(config_utils.ConfigError, match=message):
+        study.configurations(config)
