@@ -1,8 +1,9 @@
 """The report's "Transfer over the baselines" section: does pretraining beat inputs that need none?
 
 A transfer score means nothing until it beats the same probe on inputs that need no pretraining
-(the language setting's one-hot tokens, bag of words and encoder at initialisation): results.csv
-then carries each probe's gain over the best of them, `<probe>_<task>_gain`. For each such column
+(the language setting's one-hot tokens, bag of words and encoder at initialisation,
+`baseline_<kind>_<task>_acc`): results.csv then carries each probe's gain over the best of them,
+`<probe>_<task>_gain`. For each such column
 and configuration, at the configuration's last checkpoint, the section gives the mean gain over
 seeds with its Student-t interval and how many seeds gain at least `THRESHOLD`; then the largest
 single gain of each column over every checkpoint and seed, with its row — a maximum over many
@@ -34,7 +35,11 @@ def task_gain_columns(table: ResultsTable) -> list[str]:
     result = []
     for name in table.columns:
         match = _TASK_GAIN.fullmatch(name)
-        if match and f"{match[1]}_{match[2]}_acc" in table.columns and table.is_numeric(name):
+        # A task is what the baselines are scored on (`baseline_<kind>_<task>_acc`).
+        task_of_baselines = match and any(
+            c.startswith("baseline_") and c.endswith(f"_{match[2]}_acc") for c in table.columns
+        )
+        if task_of_baselines and f"{match[1]}_{match[2]}_acc" in table.columns and table.is_numeric(name):
             result.append(name)
     return sorted(result)
 

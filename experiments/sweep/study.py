@@ -232,16 +232,8 @@ def study_jobs(
 ) -> list[jobs.Job]:
     """The jobs of the study: per configuration, pretraining, then each checkpoint's stages."""
     stages = stages_of(config)
-    settings = {stage.name: stage.read_settings(config) for stage in stages}
-    opened: dict[pathlib.Path, runs.Run] = {}
-
-    def run_of(configuration: Configuration) -> runs.Run:
-        # Built once per run and process: rebuilding reloads the data.
-        run_dir = configuration.run_dir(workdir)
-        if run_dir not in opened:
-            opened[run_dir] = runs.open_run(run_dir, configuration.config)[0]
-        return opened[run_dir]
-
+    for stage in stages:  # Refuses bad settings before any job runs.
+        stage.read_settings(config)
     result = []
     for c in configs:
         pretrain_id = jobs.make_job_id("pretrain", *c.parts)
@@ -250,21 +242,42 @@ def study_jobs(
         )
         for step in c.steps:
             for stage in stages:
-                result.append(
-                    jobs.Job(
-                        job_id(stage, c, step),
-                        lambda c=c, step=step, stage=stage: score_checkpoint(
-                            stage,
-                            c.run_dir(workdir),
-                            step,
-                            run_of(c),
-                            settings[stage.name],
-                            c.output_dir(workdir, step),
-                        ),
-                        (pretrain_id,),
-                    )
-                )
+                # In a worker too: a checkpoint's stages beside other runs' pretraining and
+                # checkpoints, each process with its own compiled programs (the persistent
+                # compilation cache shares them) and open runs.
+                fn = functools.partial(_checkpoint_job, stage.name, c, workdir, step)
+                result.append(jobs.Job(job_id(stage, c, step), fn, (pretrain_id,), in_worker=True))
     return result
+
+
+# The runs this process has opened, by run directory: a run's checkpoints reuse its data. The few
+# most recent are kept (a study visits a run's checkpoints one after another).
+_OPENED: dict[pathlib.Path, runs.Run] = {}
+_OPENED_KEPT = 4
+
+
+def _opened_run(configuration: Configuration, workdir: pathlib.Path) -> runs.Run:
+    run_dir = configuration.run_dir(workdir)
+    if run_dir not in _OPENED:
+        while len(_OPENED) >= _OPENED_KEPT:
+            del _OPENED[next(iter(_OPENED))]
+        _OPENED[run_dir] = runs.open_run(run_dir, configuration.config)[0]
+    return _OPENED[run_dir]
+
+
+def _checkpoint_job(
+    stage_name: str, configuration: Configuration, workdir: pathlib.Path, step: int
+) -> dict[str, Any]:
+    """One stage of one checkpoint (a module-level function, so a worker process can run it)."""
+    stage = next(s for s in stages_of(configuration.config) if s.name == stage_name)
+    return score_checkpoint(
+        stage,
+        configuration.run_dir(workdir),
+        step,
+        _opened_run(configuration, workdir),
+        stage.read_settings(configuration.config),
+        configuration.output_dir(workdir, step),
+    )
 
 
 def _checkpoint_column(metric: str) -> str:

@@ -261,12 +261,16 @@ def test_the_baselines_section_gives_each_gain_at_the_last_step_over_seeds():
             rows.append({"setting": "s", "objective": "adamw", "schedule": "warmup_constant",
                          "model": "m", "width": "8", "depth": "2", "seed": str(seed),
                          "step": str(step), "linear_probe_a_acc": str(0.3 + scale * gain),
-                         "linear_probe_a_gain": str(scale * gain), "linear_probe_gain": "0"})
+                         "linear_probe_a_gain": str(scale * gain), "linear_probe_gain": "0",
+                         "linear_probe_masked_gain": "0", "linear_probe_masked_acc": "0.3",
+                         "baseline_onehot_a_acc": "0.3"})
     table = results.ResultsTable.from_rows(rows)
     bootstrap = settings.read_settings(None).bootstrap
     lines = baselines_section.baselines_section(table, bootstrap)
     assert lines[0] == "## Transfer over the baselines"
-    # The per-task column only (`linear_probe_gain` is the mean over tasks), at step 200.
+    # The per-task column only (`linear_probe_gain` and `linear_probe_masked_gain` are means over
+    # tasks), at step 200.
+    assert not [line for line in lines if "probe_gain`" in line or "masked_gain`" in line]
     (row,) = [line for line in lines if line.startswith("| `linear_probe_a_gain` | adamw/m, step 200")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     low, high = inference.mean_interval(list(gains.values()), bootstrap)
