@@ -46,6 +46,14 @@ plus fine-tuning. Pretraining 8 x (16,000 + 8,000 / 0.9) + 5 x 28,000 = 339,000 
 up to 128 products included) = 32 min; every job runs in the two worker processes (1.28x the
 throughput of one): 74 min; compiling and the report about 8 min: about 1 h 20 min. The
 previous version (constant rate 6e-3, 8 seeds, no protocol arm) ran in 1 h 06 min.
+
+Not yet run to the end. A first run from a clean clone (2026-12-02 11:33-11:55 UTC, the test suite
+beside it: 4 processes on the 2 cores) was stopped after 14 of its 141 jobs because it could not
+finish inside the session: 16,000 AdamW steps took 9 min 21 s per worker; a worker's first
+measurement 6-8 min (compiling, empty cache), later ones 17-25 s; a worker's first transfer job
+2 min, later ones 33-56 s, most of it the 3 x 200 fine-tuning steps. At those rates the whole
+study takes about 2 hours under such load; run it on an otherwise idle machine. What it had
+measured (seeds 0 and 1 of continued training) is in docs/pcfg_results.md, session 8.
 """
 
 import ml_collections

@@ -338,12 +338,15 @@ def downstream_problem(
     model_state: models.ModelState,
     settings: dict[str, Any],
 ) -> setting.DownstreamProblem:
-    """The probe loss of `downstream_task` on its first `downstream_examples` train sentences."""
+    """The probe loss of `downstream_task` on its first `downstream_examples` train sentences, at
+    the primary-view probe fitted to exactly those sentences with the fixed `probe_l2` (so the
+    curvature is measured at the minimizer of the regularized loss, whatever the transfer stage's
+    `probe_examples` and penalty grid)."""
     del model_state
     task = settings["downstream_task"]
     split = _split(run, task, "train")
     count = min(settings["downstream_examples"], len(split["label"]))
     batch = {name: split[name][None, :count] for name in ("tokens", "span", "label")}
-    head = fit_probe(run, params, settings, task)
+    head = fit_probe(run, params, {**settings, "probe_examples": count, "probe_l2_grid": ()}, task)
     both = {"model": params, "head": jax.tree.map(jax.numpy.asarray, head)}
     return setting.DownstreamProblem(_probe_loss(run), both, batch)

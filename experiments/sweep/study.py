@@ -234,10 +234,12 @@ def study_jobs(
     stages = stages_of(config)
     for stage in stages:  # Refuses bad settings before any job runs.
         stage.read_settings(config)
-    result = []
+    # Every pretraining job first: they are the long ones, so workers take them before any
+    # checkpoint (the runner starts ready jobs in list order), then the checkpoints fill the workers.
+    pretraining, checkpoints = [], []
     for c in configs:
         pretrain_id = jobs.make_job_id("pretrain", *c.parts)
-        result.append(
+        pretraining.append(
             jobs.Job(pretrain_id, functools.partial(_pretrain_job, c, workdir), in_worker=True)
         )
         for step in c.steps:
@@ -246,8 +248,8 @@ def study_jobs(
                 # checkpoints, each process with its own compiled programs (the persistent
                 # compilation cache shares them) and open runs.
                 fn = functools.partial(_checkpoint_job, stage.name, c, workdir, step)
-                result.append(jobs.Job(job_id(stage, c, step), fn, (pretrain_id,), in_worker=True))
-    return result
+                checkpoints.append(jobs.Job(job_id(stage, c, step), fn, (pretrain_id,), in_worker=True))
+    return pretraining + checkpoints
 
 
 # The runs this process has opened, by run directory: a run's checkpoints reuse its data. The few

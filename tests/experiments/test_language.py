@@ -248,7 +248,9 @@ def test_downstream_loss_is_the_fitted_probe_on_the_task_sentences(tiny_config):
     split = run.task.splits["task_a_train"]
     assert len(split["label"]) <= settings["downstream_examples"]  # The loss sees every sentence.
     loss_fn, both, batches = run.setting.downstream_problem(run, params, model_state, settings)
-    head = probes.fit_probe(run, params, settings, "a")
+    # Fitted to the loss's own sentences (all 60 here) with the fixed penalty, not the transfer
+    # stage's first `probe_examples` and cross-validated penalty.
+    head = probes.fit_probe(run, params, {**settings, "probe_examples": 0, "probe_l2_grid": ()}, "a")
     np.testing.assert_array_equal(both["head"].kernel, head.kernel)
     batch = {name: split[name] for name in ("tokens", "span", "label")}
     for name, values in batch.items():
@@ -334,9 +336,13 @@ def test_standardized_probes_scale_by_the_train_split_and_baselines_keep_their_b
     run = runs.build_run(tiny_config)
     vocab = run.task.input_vocab_size
     one_hot = lambda split: features.one_hot_tokens(split["tokens"], vocab)
-    scaled = probes._standardized(one_hot, run, "a", probes.read_settings(tiny_config))
-    train = scaled(run.task.splits["task_a_train"])
-    raw = one_hot(run.task.splits["task_a_train"]).astype(np.float64)
+    settings = probes.read_settings(tiny_config)
+    scaled = probes._standardized(one_hot, run, "a", settings)
+    # By the probes' training sentences: the first `probe_examples` of the train split.
+    split = run.task.splits["task_a_train"]
+    first = {name: values[: settings["probe_examples"]] for name, values in split.items()}
+    train = scaled(first)
+    raw = one_hot(first).astype(np.float64)
     varying = raw.std(axis=0) > 0
     np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-9)
     np.testing.assert_allclose(train.std(axis=0)[varying], 1, rtol=1e-9)

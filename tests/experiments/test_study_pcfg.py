@@ -84,7 +84,11 @@ def test_pcfg_study_measures_every_checkpoint_and_reports(pcfg_data_dir, tmp_pat
 def test_checkpoint_jobs_may_run_in_worker_processes(pcfg_data_dir, tmp_path):
     config = _tiny_study_config(pcfg_data_dir)
     configs = study.configurations(config)
-    for job in study.study_jobs(configs, config, tmp_path):
+    study_jobs = study.study_jobs(configs, config, tmp_path)
+    # Every pretraining job first (the long ones: workers take them before any checkpoint).
+    assert [job.job_id.split("/")[0] for job in study_jobs[: len(configs)]] == ["pretrain"] * len(configs)
+    assert all(job.depends_on for job in study_jobs[len(configs) :])
+    for job in study_jobs:
         assert job.in_worker  # Pretraining and every checkpoint stage alike.
         assert pickle.loads(pickle.dumps(job.fn)).func is job.fn.func  # A spawned worker gets it.
 
