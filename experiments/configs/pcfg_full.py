@@ -37,14 +37,14 @@ Why 8 seeds: the seed is the unit, and the smallest exact two-sided Wilcoxon p-v
 (0.0078) reach and 7 (0.0156) do not. The protocol arm's 5 seeds (0.0625) cannot reach 0.05: its
 test is reported, not decided, and the report says so.
 
-Wall time, estimated from measurements on this project's 2-core AMD EPYC with nothing else
-running (2026-12-02, session 8): width-32 AdamW pretraining 80-100 steps/s alone, two worker
-processes about 1.28x one (`benchmarks/RESULTS.md`), the adversary 0.9x AdamW; per checkpoint
-about 16 s of measurement and 8 s of probes (30 s with the input baselines on a process's first),
-plus fine-tuning. Pretraining 8 x (16,000 + 8,000 / 0.9) + 5 x 28,000 = 339,000 steps / 90 =
-63 min of one worker; checkpoints 8 x 3 + 8 x 2 + 5 x 3 = 55 x about 35 s (the trace's budget of
-up to 128 products included) = 32 min; every job runs in the two worker processes (1.28x the
-throughput of one): 74 min; compiling and the report about 8 min: about 1 h 20 min. The
+Wall time, estimated from measurements on this project's 2-core AMD EPYC with nothing else running
+(2026-12-02, session 8): width-32 AdamW pretraining 80-100 steps/s alone, two worker processes about
+1.28x one (`benchmarks/RESULTS.md`), the adversary 0.9x AdamW; per checkpoint about 16 s of
+measurement and 8 s of probes on the idle machine (30 s with the input baselines on a process's
+first; 25-100 s under load), plus fine-tuning. Pretraining 8 x (16,000 + 8,000 / 0.9) + 5 x 28,000 =
+339,000 steps / 90 = 63 min of one worker; checkpoints 8 x 3 + 8 x 2 + 5 x 3 = 55 x about 35 s (the
+trace's budget of up to 128 products included) = 32 min; every job runs in the two worker processes
+(1.28x the throughput of one): 74 min; compiling and the report about 8 min: about 1 h 20 min. The
 previous version (constant rate 6e-3, 8 seeds, no protocol arm) ran in 1 h 06 min.
 
 Not yet run to the end. A first run from a clean clone (2026-12-02 11:33-11:55 UTC, the test suite
