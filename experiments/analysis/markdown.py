@@ -44,6 +44,7 @@ from experiments.analysis.quality_sections import (
 )
 from experiments.analysis.results import (
     CONFIGURATION_COLUMNS,
+    LABEL_COLUMNS,
     RUN_COLUMNS,
     ResultsTable,
     column_role,
@@ -60,7 +61,6 @@ REPORT_SCHEMA = settings.SCHEMA  # The fields of `config.report` (see `settings`
 MAX_ROWS_LISTED = 5
 # The roles of the columns whose missing cells the report lists (bookkeeping is not analysed).
 _ANALYSED_ROLES = ("axis", "indicator", "score", "baseline", "statistic")
-_LABEL_COLUMNS = ("setting", "objective", "schedule", "model")
 POWER = 0.8  # Of the minimum detectable effects.
 PLATEAU_RECORD = "plateau.json"  # Each language run's plateau criterion, with its threshold.
 
@@ -341,7 +341,7 @@ def _cell_kinds(table: ResultsTable, name: str) -> dict[str, np.ndarray]:
     for row, cell in enumerate(table.text(name)):
         if not cell:
             kinds["empty"].append(row)
-        elif name not in _LABEL_COLUMNS and column_role(name) != "indicator":
+        elif name not in LABEL_COLUMNS and column_role(name) != "indicator":
             try:
                 value = float(cell)
             except ValueError:

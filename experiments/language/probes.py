@@ -167,7 +167,7 @@ def _fit(features_of: Any, run: runs.Run, settings: dict[str, Any], task: str) -
 def _standardized(features_of: Any, run: runs.Run, task: str, settings: dict[str, Any]) -> Any:
     """`features_of` with every column centred and scaled by the task's train split (a constant
     column becomes 0)."""
-    train = np.asarray(features_of(_split(run, task, "train", settings["probe_examples"])), np.float64)
+    train = np.asarray(features_of(_train_split(run, task, settings)), np.float64)
     mean, scale = train.mean(axis=0), train.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     return lambda split: (np.asarray(features_of(split), np.float64) - mean) / scale

@@ -41,6 +41,7 @@ import ml_collections
 
 from experiments.core import config_utils
 from experiments.core.config_utils import Field, IntTuple
+from experiments.training import runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,7 @@ def read_arms(config: ml_collections.ConfigDict, sweep: Mapping[str, Any]) -> li
         {
             "steps": Field(int),
             "checkpoint_steps": Field(IntTuple, ()),
-            "schedule": Field(str, "warmup_cosine"),
+            "schedule": runs.PRETRAIN_SCHEMA["schedule"],
         },
         "config.pretrain",
     )
