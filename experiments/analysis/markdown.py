@@ -36,12 +36,7 @@ from experiments.analysis.primary import (
     run_primary_tests,
     sensitivity_analyses,
 )
-from experiments.analysis.quality_sections import (
-    cost_section,
-    duplicates_note,
-    negative_section,
-    row_label,
-)
+from experiments.analysis.quality_sections import cost_section, duplicates_note, negative_section, row_label
 from experiments.analysis.results import (
     CONFIGURATION_COLUMNS,
     LABEL_COLUMNS,
@@ -51,6 +46,7 @@ from experiments.analysis.results import (
     format_number,
     loss_column,
     predictor_columns,
+    pretraining_runs,
     read_results_csv,
     score_columns,
 )
@@ -72,10 +68,13 @@ def _introduction(table: ResultsTable, source: str, report: settings.ReportSetti
     seeds = exploratory.seeds_of(table)
     steps = sorted({s for s in table.values("step") if math.isfinite(s)})
     bootstrap = report.bootstrap
+    trained = pretraining_runs(table)
+    series = f" ({trained} trained: a series of runs over increasing budgets is one here)"
     return [
         "# Do Hessian statistics predict transfer?",
         "",
-        f"{table.num_rows} rows of `results.csv`: {count(len(runs), 'pretraining run')} "
+        f"{table.num_rows} rows of `results.csv`: {count(len(runs), 'pretraining run')}"
+        f"{series if trained > len(runs) else ''} "
         f"({count(len(configurations), 'configuration')} × {count(len(seeds), 'seed')}: "
         f"{', '.join(seeds) or '—'}), "
         f"checkpoints at steps {', '.join(f'{s:g}' for s in steps) or '—'}. Report settings: "

@@ -301,8 +301,9 @@ def plot_densities(
         table: the results.
         workdir: density paths are relative to it.
         pattern: a ``str.format`` pattern filled with the row's cells, e.g.
-            :data:`experiments.analysis.markdown.DEFAULT_DENSITY_PATTERN`; runs whose files are
-            absent are skipped.
+            :data:`experiments.analysis.markdown.DEFAULT_DENSITY_PATTERN`, used when results.csv
+            has no ``density_file`` column (the study writes one: each checkpoint's density file,
+            relative to the workdir); runs whose files are absent are skipped.
         plots_dir: where ``density_<configuration>.png`` files go.
 
     Returns:
@@ -317,12 +318,16 @@ def plot_densities(
             pair = _first_and_last(table, np.intersect1d(rows, configuration))
             if pair is None:
                 continue
-            try:
-                cells = [{n: table.text(n)[r] for n in table.columns} for r in pair]
-                paths = [workdir / pattern.format(**c) for c in cells]
-            except KeyError:  # The pattern names a column this table lacks.
-                return []
-            if all(p.exists() for p in paths):
+            if "density_file" in table.columns:  # The study's own record of each file.
+                names = [table.text("density_file")[r] for r in pair]
+                paths = [workdir / name for name in names if name]
+            else:
+                try:
+                    cells = [{n: table.text(n)[r] for n in table.columns} for r in pair]
+                    paths = [workdir / pattern.format(**c) for c in cells]
+                except KeyError:  # The pattern names a column this table lacks.
+                    return []
+            if len(paths) == 2 and all(p.exists() for p in paths):
                 curves += list(zip((True, False), paths, strict=True))
         if not curves:
             continue

@@ -48,6 +48,7 @@ BOOKKEEPING_COLUMNS = (
     "matvecs_5pct",
     "matvecs_1pct",
     "seconds_hessian",
+    "density_file",
     "nan_reason",
 )  # and every column ending in "_stderr" or starting with "seconds_", "matvecs", "baseline_"
 # (the transfer scores of inputs that need no pretraining, the same for every checkpoint of a run)
@@ -67,6 +68,17 @@ def label_columns(table: ResultsTable) -> tuple[str, ...]:
     the study has several (`experiments.sweep.arms`)."""
     several = len(set(table.text("schedule")) - {""}) > 1
     return ("objective", "schedule", "model") if several else ("objective", "model")
+
+
+def pretraining_runs(table: ResultsTable) -> int:
+    """How many pretraining runs the rows come from, by their density files' run directories
+    (``density_file``, written by the study): an arm of budgets (`experiments.sweep.arms`) trains
+    one run per budget, its rows one group of ``RUN_COLUMNS``. A group without files is one run."""
+    files = table.text("density_file") if "density_file" in table.columns else ("",) * table.num_rows
+    return sum(
+        max(1, len({files[r].rsplit("/", 2)[0] for r in rows if files[r]}))
+        for rows in table.groups(RUN_COLUMNS)
+    )
 
 
 def column_role(name: str) -> str:

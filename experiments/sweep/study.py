@@ -412,6 +412,10 @@ def result_rows(
                 row.update(cells)
                 reasons.update(why)
             study_setting.derive_row(row)
+            # Where the report's density plots find this checkpoint's spectrum: run directories
+            # are not a function of the other cells (`Configuration.variant`).
+            density = c.density_path(workdir, step)
+            row["density_file"] = density.relative_to(workdir).as_posix() if density.exists() else None
             # `;` separates the items of the column (see `experiments.analysis.results`).
             row["nan_reason"] = "; ".join(
                 f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()

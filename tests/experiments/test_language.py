@@ -48,6 +48,8 @@ TINY_OVERRIDES = {
     "hessian.fisher_samples": 4,
     "finetune.probe_steps": 10,
     "finetune.probe_examples": 40,  # Of the tiny grammar's 60 training sentences per task.
+    # One fixed penalty: cross-validating the grid costs 10 fits a view (tested on its own below).
+    "finetune.probe_l2_grid": (),
     "finetune.finetune_steps": 3,
     "finetune.finetune_batch_size": 8,
 }

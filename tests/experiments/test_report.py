@@ -314,6 +314,36 @@ def test_densities_off_the_plateau_are_not_the_plateau_s(tmp_path):
     assert len(list((other / "plots").glob("density_*.png"))) == 1
 
 
+def test_densities_are_read_from_the_study_s_density_file_column(tmp_path):
+    # Run directories are not a function of the row's cells (a run of another schedule or budget
+    # lives in `<objective>_<schedule>_<budget>`): the column the study writes is what counts, and a
+    # checkpoint without a file there is not drawn from the pattern's path, which may be another
+    # run's.
+    rows = report_tables.language_rows(seeds=(0,))
+    _write_densities(tmp_path, seeds=(0,), steps=(2000, 8000))  # The pattern's paths.
+    elsewhere = tmp_path / "hessian/text_transformer_w16_d2/adamw_warmup_linear_8000/seed0/step8000"
+    elsewhere.mkdir(parents=True)
+    np.savez(elsewhere / "density.npz", grid=np.arange(3.0), pdf=np.array([0.25, 0.5, 0.25]))
+    for row in rows:
+        chosen = row["objective"] == "adamw" and row["width"] == 16 and row["step"] in (2000, 8000)
+        step = row["step"]
+        run = "adamw" if step == 2000 else "adamw_warmup_linear_8000"
+        row["density_file"] = f"hessian/text_transformer_w16_d2/{run}/seed0/step{step}/density.npz"
+        row["density_file"] = row["density_file"] if chosen else ""
+    write_study(tmp_path, rows)
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    assert len(list((tmp_path / "plots").glob("density_*.png"))) == 1
+    # Two runs' files in one run's rows: the introduction counts the runs trained.
+    assert "4 pretraining runs (5 trained: a series of runs over increasing budgets" in report
+    for row in rows:
+        row["density_file"] = ""  # No file recorded: nothing drawn, though the pattern's exist.
+    write_study(tmp_path, rows)
+    for old in (tmp_path / "plots").glob("density_*.png"):
+        old.unlink()
+    markdown.write_report(tmp_path, FAST)
+    assert not list((tmp_path / "plots").glob("density_*.png"))
+
+
 def test_missing_results_csv_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.csv does not exist"):
         markdown.write_report(tmp_path)
