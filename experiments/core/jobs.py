@@ -208,24 +208,33 @@ class _Runner:
         self._to_run = {job.job_id for job in pending}
         self._record_failures, self._log = record_failures, log
         self._index = {job.job_id: index for index, job in enumerate(jobs, start=1)}
-        self._durations: list[float] = []
-        self._finished = 0
+        self._durations: dict[str, list[float]] = {}  # By kind: a job id's first segment.
+        self._finished: set[str] = set()
+        self._workers = 1
 
     def _record(self, job: Job, result: JobResult) -> None:
         if result.status in (DONE, FAILED):
-            self._durations.append(result.seconds)
+            self._durations.setdefault(_kind(job.job_id), []).append(result.seconds)
         write_result(self._workdir, result)
         # Exactly what a rerun would read (NaNs restored); not read from the file, which on several
         # processes only the primary one writes.
         self._records[job.job_id] = job_files.as_stored(result)
-        self._finished += 1
-        remaining = len(self._to_run) - self._finished
-        mean = float(np.mean(self._durations)) if self._durations else None
-        eta = format_seconds(mean * remaining) if mean is not None else "unknown"
+        self._finished.add(job.job_id)
+        eta = self._eta()
         self._log(
             f"job {self._index[job.job_id]}/{len(self._jobs)} {job.job_id} {result.status} in "
             f"{format_seconds(result.seconds)}, ETA {eta}"
         )
+
+    def _eta(self) -> str:
+        """The time left: each job still to run at the mean duration of the finished jobs of its
+        kind (`pretrain`, `hessian`, ...; of all kinds for a kind not yet seen), over the workers."""
+        if not self._durations:
+            return "unknown"
+        overall = float(np.mean([d for kind in self._durations.values() for d in kind]))
+        means = {kind: float(np.mean(durations)) for kind, durations in self._durations.items()}
+        left = sum(means.get(_kind(i), overall) for i in self._to_run - self._finished)
+        return format_seconds(left / self._workers)
 
     def _outcome(self, job: Job, run: Callable[[], tuple[dict[str, Any], float]]) -> JobResult:
         start = time.perf_counter()
@@ -270,6 +279,7 @@ class _Runner:
         others here while no worker is busy."""
         use_workers = parallel > 1 and any(job.in_worker for job in self._waiting)
         workers = _worker_pool(parallel) if use_workers else None
+        self._workers = parallel if use_workers else 1
         running: dict[futures.Future, Job] = {}
         try:
             while self._waiting or running:
@@ -294,6 +304,10 @@ class _Runner:
         finally:
             if workers is not None:
                 workers.shutdown(cancel_futures=True)
+
+
+def _kind(job_id: str) -> str:
+    return job_id.split("/", 1)[0]
 
 
 def _worker_pool(parallel: int) -> futures.ProcessPoolExecutor:

@@ -56,6 +56,17 @@ def test_progress_lines_count_jobs_and_give_an_eta(tmp_path):
     assert lines[2].startswith("job 2/2 b done in ")
 
 
+def test_the_eta_prices_each_kind_of_job_apart_over_the_workers(tmp_path):
+    runner = jobs._Runner(tmp_path, [], [], {}, False, lambda _: None)
+    runner._to_run = {"pretrain/a", "pretrain/b", "pretrain/c", "hessian/a", "hessian/b", "probe/a"}
+    runner._finished = {"pretrain/a", "hessian/a"}
+    runner._durations = {"pretrain": [600.0], "hessian": [20.0]}
+    # Left: 2 pretraining runs at 600 s, a measurement at 20 s, a probe job of a kind not yet seen at
+    # the mean of all (310 s): 1,530 s, over 2 workers.
+    runner._workers = 2
+    assert runner._eta() == jobs.format_seconds(765.0)
+
+
 def test_failing_job_leaves_no_file_unless_failures_are_recorded(tmp_path):
     ok, crash = Counter(), Counter(error=RuntimeError("out of memory"))
     with pytest.raises(RuntimeError, match="out of memory"):
