@@ -69,14 +69,15 @@ def _introduction(table: ResultsTable, source: str, report: settings.ReportSetti
     steps = sorted({s for s in table.values("step") if math.isfinite(s)})
     bootstrap = report.bootstrap
     trained = pretraining_runs(table)
-    series = f" ({trained} trained: a series of runs over increasing budgets is one here)"
+    series = f" — {trained} trained, a series of runs over increasing budgets counting as one —"
+    per = len(runs) == len(configurations) * len(seeds)  # Every configuration has every seed.
     return [
         "# Do Hessian statistics predict transfer?",
         "",
         f"{table.num_rows} rows of `results.csv`: {count(len(runs), 'pretraining run')}"
         f"{series if trained > len(runs) else ''} "
-        f"({count(len(configurations), 'configuration')} × {count(len(seeds), 'seed')}: "
-        f"{', '.join(seeds) or '—'}), "
+        f"({count(len(configurations), 'configuration')} {'×' if per else 'over'} "
+        f"{count(len(seeds), 'seed')}: {', '.join(seeds) or '—'}), "
         f"checkpoints at steps {', '.join(f'{s:g}' for s in steps) or '—'}. Report settings: "
         f"{source}.",
         "",

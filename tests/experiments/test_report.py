@@ -334,7 +334,7 @@ def test_densities_are_read_from_the_study_s_density_file_column(tmp_path):
     report = markdown.write_report(tmp_path, FAST).read_text()
     assert len(list((tmp_path / "plots").glob("density_*.png"))) == 1
     # Two runs' files in one run's rows: the introduction counts the runs trained.
-    assert "4 pretraining runs (5 trained: a series of runs over increasing budgets" in report
+    assert "4 pretraining runs — 5 trained, a series of runs over increasing budgets" in report
     for row in rows:
         row["density_file"] = ""  # No file recorded: nothing drawn, though the pattern's exist.
     write_study(tmp_path, rows)
