@@ -47,13 +47,14 @@ trace's budget of up to 128 products included) = 32 min; every job runs in the t
 (1.28x the throughput of one): 74 min; compiling and the report about 8 min: about 1 h 20 min. The
 previous version (constant rate 6e-3, 8 seeds, no protocol arm) ran in 1 h 06 min.
 
-Not yet run to the end. A first run from a clean clone (2026-12-02 11:33-11:55 UTC, the test suite
-beside it: 4 processes on the 2 cores) was stopped after 14 of its 141 jobs because it could not
-finish inside the session: 16,000 AdamW steps took 9 min 21 s per worker; a worker's first
-measurement 6-8 min (compiling, empty cache), later ones 17-25 s; a worker's first transfer job
-2 min, later ones 33-56 s, most of it the 3 x 200 fine-tuning steps. At those rates the whole
-study takes about 2 hours under such load; run it on an otherwise idle machine. What it had
-measured (seeds 0 and 1 of continued training) is in docs/pcfg_results.md, session 8.
+Run from a clean clone on 2026-12-02 (14:53-16:17 UTC, commit 281e6ea, empty compilation cache,
+the machine otherwise idle): 1 h 24 min wall. 16,000 AdamW steps took 5-6 min per run two at a
+time; a worker's first measurement 4 min 20 s (compiling), later ones 9-18 s; transfer jobs
+12-21 s. Outputs and findings: docs/pcfg_full_study/ and the README. Two of the 8
+continued-training seeds (6 and 7) reached the plateau only at 8,000 steps (gap decreases 0.0058 and
+0.0051 nats from 4,000), so their plateau checkpoints span 2x, not 4x: a next version should train
+to 32,000 steps with checkpoints at 8,000, 16,000 and 32,000 (about 20 more minutes) or add one at
+32,000.
 """
 
 import ml_collections
