@@ -25,8 +25,9 @@ labelled sentences with cross-validated penalties) in arms (`config.sweep.arms`,
     checkpoints a doubling apart (gaps 0.002-0.005 apart on the plateau) almost never do, and a
     declared test with fewer than 2 seeds stops the report; the report's exploratory reruns on the
     seeds whose gaps differ by less than the plateau threshold stand in for it;
-  * model size (`:size` only): AdamW at widths 16 and 64, 8,000 steps, compared at step 8,000 with
-    each other (primary) and with width 32; traces also after embedding each model into width 64.
+  * model size (`:size` only): AdamW at widths 16 and 64, 8,000 steps (checkpoints at 4,000 and
+    8,000, for the plateau rule), compared at step 8,000 with each other (primary) and with width
+    32; traces also after embedding each model into width 64.
 
 Tests (`config.report.primary_tests`, declared before the run): continued training (each run's
 first and last checkpoints on the plateau) and the algorithm, each on the Hessian trace and the
@@ -108,7 +109,11 @@ def get_config(options: str = "") -> ml_collections.ConfigDict:
     ]
     if "size" in chosen:
         arms.append(
-            dict(name="size", objectives=("adamw",), widths=(16, 64), steps=ARM_STEPS, checkpoint_steps=())
+            # A checkpoint before the last, so the plateau rule can say whether each run is on it.
+            dict(
+                name="size", objectives=("adamw",), widths=(16, 64), steps=ARM_STEPS,
+                checkpoint_steps=(4000,),
+            )
         )
     config.sweep.arms = tuple(arms)
 

@@ -189,6 +189,7 @@ def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, option
     if options:
         for level in tests["size"].levels:
             assert tests["size"].step in steps[("adamw", level, constant, 0)]
+            assert steps[("adamw", level, constant, 0)] == (4000, 8000)  # The plateau rule's pair.
     assert set(tests) == {"continued_training", "algorithm", "protocol"} | ({"size"} if options else set())
     with pytest.raises(ValueError, match="unknown options"):
         pcfg_full.get_config("widths")
