@@ -32,6 +32,7 @@ from scipy import stats  # noqa: E402
 from experiments.analysis.correlation import MIN_ROWS, kendall_tau  # noqa: E402
 from experiments.analysis.results import (  # noqa: E402
     CONFIGURATION_COLUMNS,
+    DENSITY_COLUMN,
     LABEL_COLUMNS,
     PLATEAU_COLUMN,
     RUN_COLUMNS,
@@ -318,8 +319,8 @@ def plot_densities(
             pair = _first_and_last(table, np.intersect1d(rows, configuration))
             if pair is None:
                 continue
-            if "density_file" in table.columns:  # The study's own record of each file.
-                names = [table.text("density_file")[r] for r in pair]
+            if DENSITY_COLUMN in table.columns:  # The study's own record of each file.
+                names = [table.text(DENSITY_COLUMN)[r] for r in pair]
                 paths = [workdir / name for name in names if name]
             else:
                 try:

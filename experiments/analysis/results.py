@@ -48,7 +48,7 @@ BOOKKEEPING_COLUMNS = (
     "matvecs_5pct",
     "matvecs_1pct",
     "seconds_hessian",
-    "density_file",
+    "density_file",  # DENSITY_COLUMN
     "nan_reason",
 )  # and every column ending in "_stderr" or starting with "seconds_", "matvecs", "baseline_"
 # (the transfer scores of inputs that need no pretraining, the same for every checkpoint of a run)
@@ -59,6 +59,8 @@ BASELINE_COLUMNS = ("pretrain_loss", "pretrain_loss_gap", "pretrain_loss_gap_tra
 # Statistics that are (normalised) traces; everything else is a "non-trace" statistic.
 TRACE_STATISTICS = ("trace", "trace_downstream", "fisher_trace", "trace_per_param")
 NAN_REASON_COLUMN = "nan_reason"
+# Each checkpoint's spectral density file, relative to the workdir (written by the study).
+DENSITY_COLUMN = "density_file"
 # The columns whose values name a configuration in labels as they are (others as `<column><value>`).
 LABEL_COLUMNS = ("setting", "objective", "schedule", "model")
 
@@ -74,7 +76,7 @@ def pretraining_runs(table: ResultsTable) -> int:
     """How many pretraining runs the rows come from, by their density files' run directories
     (``density_file``, written by the study): an arm of budgets (`experiments.sweep.arms`) trains
     one run per budget, its rows one group of ``RUN_COLUMNS``. A group without files is one run."""
-    files = table.text("density_file") if "density_file" in table.columns else ("",) * table.num_rows
+    files = table.text(DENSITY_COLUMN) if DENSITY_COLUMN in table.columns else ("",) * table.num_rows
     return sum(
         max(1, len({files[r].rsplit("/", 2)[0] for r in rows if files[r]}))
         for rows in table.groups(RUN_COLUMNS)

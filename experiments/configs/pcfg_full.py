@@ -49,13 +49,13 @@ trace's budget of up to 128 products included) = 32 min; every job runs in the t
 previous version (constant rate 6e-3, 8 seeds, no protocol arm) ran in 1 h 06 min.
 
 Run from a clean clone on 2026-12-02 (14:53-16:17 UTC, commit 281e6ea, empty compilation cache,
-the machine otherwise idle): 1 h 24 min wall. 16,000 AdamW steps took 5-6 min per run two at a
-time; a worker's first measurement 4 min 20 s (compiling), later ones 9-18 s; transfer jobs
-12-21 s. Outputs and findings: docs/pcfg_full_study/ and the README. Two of the 8
-continued-training seeds (6 and 7) reached the plateau only at 8,000 steps (gap decreases 0.0058 and
-0.0051 nats from 4,000), so their plateau checkpoints span 2x, not 4x: a next version should train
-to 32,000 steps with checkpoints at 8,000, 16,000 and 32,000 (about 20 more minutes) or add one at
-32,000.
+the machine otherwise idle but for a few short test files): 1 h 24 min wall. 16,000 AdamW steps
+took 5-6 min per run two at a time; a worker's first measurement 4 min 20 s (compiling), later ones
+a median 14 s (9-56 s); transfer jobs a median 17 s (12-53 s). Outputs and findings:
+docs/pcfg_full_study/ and the README. Two of the 8 continued-training seeds (6 and 7) reached the
+plateau only at 8,000 steps (gap decreases 0.0058 and 0.0051 nats from 4,000), so their plateau
+checkpoints span 2x, not 4x: a next version should train to 32,000 steps with checkpoints at 8,000,
+16,000 and 32,000 (about 20 more minutes) or add one at 32,000.
 """
 
 import ml_collections

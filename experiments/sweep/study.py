@@ -33,6 +33,7 @@ import ml_collections
 from absl import logging
 
 from experiments.analysis import markdown
+from experiments.analysis import results as analysis_results
 from experiments.analysis import settings as analysis_settings
 from experiments.core import config_utils, jobs, multihost
 from experiments.core.config_utils import Field, IntTuple
@@ -412,10 +413,10 @@ def result_rows(
                 row.update(cells)
                 reasons.update(why)
             study_setting.derive_row(row)
-            # Where the report's density plots find this checkpoint's spectrum: run directories
-            # are not a function of the other cells (`Configuration.variant`).
+            # For the density plots: a run's directory is not a function of its cells (`variant`).
             density = c.density_path(workdir, step)
-            row["density_file"] = density.relative_to(workdir).as_posix() if density.exists() else None
+            relative = density.relative_to(workdir).as_posix() if density.exists() else None
+            row[analysis_results.DENSITY_COLUMN] = relative
             # `;` separates the items of the column (see `experiments.analysis.results`).
             row["nan_reason"] = "; ".join(
                 f"{name}: {why.replace(';', ',')}" for name, why in reasons.items()
