@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from hessjax import _checks
 from hessjax._common import as_function_tree, check_key, resolve_chunk_size
-from hessjax._vectors import Moments, accumulate, array_ops, to_device
+from hessjax._vectors import Moments, accumulate, array_ops, placed_like, to_device
 from hessjax.trace import TraceEstimate
 
 Array = jax.Array
@@ -124,8 +124,8 @@ def fisher_trace(logits_fn: Callable[[Any, Any], Any], params: Any, inputs: Any,
     num = _checks.check_int(num_samples, "num_samples", minimum=2, why=" for an error bar")
     _check_outputs(logits_fn, params, inputs)
     function = as_function_tree(logits_fn)
-    kernel = lambda start, count, previous: _score_moments(function, params, inputs, key, start,
-                                                           previous, count=count)
+    kernel = lambda start, count, previous: _score_moments(
+        function, params, inputs, key, start, placed_like((params, inputs), previous), count=count)
     eager = not _checks.is_tracing(params, inputs, key)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
     moments = accumulate(kernel, num, resolve_chunk_size(chunk_size, num), eager,

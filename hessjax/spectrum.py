@@ -22,6 +22,7 @@ from hessjax._vectors import (
     draw_chunk,
     draw_probes,
     draw_rows,
+    placed_like,
     to_device,
     to_host,
 )
@@ -149,7 +150,7 @@ def _write_row(block: Array, row: Array, vectors: Array) -> Array:
 
 
 def _new_block(vectors: Array) -> Array:
-    return jnp.zeros((vectors.shape[0], GROUP, vectors.shape[-1]), vectors.dtype)
+    return placed_like(vectors, jnp.zeros((vectors.shape[0], GROUP, vectors.shape[-1]), vectors.dtype))
 
 
 def _lanczos_eager(matvec: Any, layout: Layout, restart_key: Array, first: int, starts: np.ndarray,
@@ -163,7 +164,7 @@ def _lanczos_eager(matvec: Any, layout: Layout, restart_key: Array, first: int, 
     discarded and the rows restart from a random vector orthogonal to the basis.
     """
     norms = np.linalg.norm(starts.astype(np.float64), axis=-1, keepdims=True)
-    current = jax.device_put((starts / norms).astype(starts.dtype))
+    current = placed_like(matvec, jax.device_put((starts / norms).astype(starts.dtype)))
     blocks, fill = [_write_row(_new_block(current), 0, current)], 1
     alphas, betas = [], []
     image = apply_chunk(matvec, layout, current)

@@ -151,3 +151,39 @@ def test_partials_with_non_array_arguments_stay_static():
     np.testing.assert_allclose(product, 4.0 * np.ones(3))
     sized = jax.tree_util.Partial(lambda n, p, b: jnp.sum(jnp.ones(n) * p ** 2), 3)
     np.testing.assert_allclose(hessjax.hvp_fn(sized, jnp.ones(3), None)(jnp.ones(3)), 2.0 * np.ones(3))
+
+
+def test_committed_parameters_compile_each_chunk_kernel_once():
+    # Parameters put on a device (a restored checkpoint, `jax.device_put`) make every compiled
+    # result committed; the estimators' own first inputs (no samples yet, the first Lanczos vector)
+    # are placed like them, so a kernel's first and later calls share one program, and the trace,
+    # `trace_until`, the block traces and `hessian_summary` of one operator share one kernel.
+    import importlib
+
+    from hessjax import _vectors, fisher
+
+    trace_module = importlib.import_module("hessjax.trace")  # the module, not the function
+    device = jax.devices()[0]
+    params = jax.device_put(toy.mlp_params(jax.random.key(3), dtype=jnp.float32), device)
+    batches = [jax.device_put(toy.classification_batch(jax.random.key(4), n=8, dtype=jnp.float32),
+                              device)]
+    matvec = hessjax.dataset_hvp_fn(toy.mlp_loss, params, batches)
+    key = jax.random.key(5)
+    moments, products = trace_module._probe_moments._cache_size, _vectors._apply_chunk._cache_size
+    before = moments(), products()
+    hessjax.trace_until(matvec, params, key, rtol=1e-9, max_matvecs=6, chunk_size=2)
+    assert moments() == before[0] + 1  # three chunks, one program
+    for call in (lambda: hessjax.trace(matvec, params, key, num_matvecs=5, chunk_size=2),
+                 lambda: hessjax.block_traces(matvec, params, key, num_matvecs=4, chunk_size=2),
+                 lambda: hessjax.hessian_summary(toy.mlp_loss, params, batches, key, rtol=1e-9,
+                                                 max_matvecs=6, chunk_size=2, top_k=1,
+                                                 lanczos_steps=4, block_matvecs=4,
+                                                 density_probes=0)):
+        call()
+        assert moments() == before[0] + 2  # + the remainder chunk of one probe, once
+    assert products() == before[1] + 1  # Lanczos: the first vector's product and the later ones'
+    hessjax.top_eigenvalues(matvec, params, key, k=1, num_steps=5)
+    assert products() == before[1] + 1
+    scores = fisher._score_moments._cache_size()
+    hessjax.fisher_trace(toy.mlp_logits, params, batches[0][0], key, num_samples=6, chunk_size=2)
+    assert fisher._score_moments._cache_size() == scores + 1
