@@ -191,5 +191,24 @@ def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, option
             assert tests["size"].step in steps[("adamw", level, constant, 0)]
             assert steps[("adamw", level, constant, 0)] == (4000, 8000)  # The plateau rule's pair.
     assert set(tests) == {"continued_training", "algorithm", "protocol"} | ({"size"} if options else set())
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(ValueError, match="unknown or conflicting options"):
         pcfg_full.get_config("widths")
+    with pytest.raises(ValueError, match="unknown or conflicting options"):
+        pcfg_full.get_config("size,size_only")
+
+
+def test_the_size_only_config_runs_three_widths_to_the_plateau_rule(pcfg_data_dir, tmp_path):
+    config = pcfg_full.get_config("size_only")
+    config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
+    configs = study.configurations(config)
+    study._check_primary_tests(config)
+    plateau.check_config(config)
+    assert len(study.study_jobs(configs, config, tmp_path)) == sum(1 + 2 * len(c.steps) for c in configs)
+    assert sorted((c.width, c.seed) for c in configs) == sorted(
+        (width, seed) for width in pcfg_full.SIZE_WIDTHS for seed in pcfg_full.SIZE_SEEDS)
+    assert {c.steps for c in configs} == {(4000, 8000)}  # The plateau rule's pair.
+    assert {c.objective for c in configs} == {"adamw"} and config.hessian.embed_width == 64
+    tests = {t.name: t for t in settings.read_settings(config.report).primary_tests}
+    assert tests["size"].levels == (16, 64) and tests["size"].family == "primary"
+    assert tests["size_embedded"].statistic == "trace_embedded"
+    assert {t.family for name, t in tests.items() if name != "size"} == {"secondary"}
