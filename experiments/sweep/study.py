@@ -7,15 +7,12 @@ config's `sweep` section: every `objectives` x `widths` x `depths` x `seeds` com
 training-iterations axis: `pretrain.checkpoint_steps` and the last step) gets two per-checkpoint
 stages: the measurement stage (`experiments.measurement.stage`, densities in
 `hessian/<model>/<objective>/seed<S>/step<N>/density.npz`) and the transfer stage of the config's
-setting (`Setting.transfer`: the vision setting's linear probe and fine-tuning, the language
-setting's span-task probes).
+setting (`Setting.transfer`: the vision setting's probe and fine-tuning, the language's probes).
 
-Every piece is a job of `experiments.core.jobs` (`jobs/<stage>/<model>/<objective>/seed<S>[/step<N>]`),
-so a rerun skips what is finished and a killed study loses at most the job in flight. A failing
-job is recorded and its dependents skipped; the rest of the study goes on. Progress lines with an
-ETA are logged after every job. Finally `results.csv` (one row per configuration and checkpoint;
-see `experiments.analysis.results` for its conventions) and the report (`report.md`, `plots/`)
-are written.
+Every piece is a job of `experiments.core.jobs` (`jobs/<stage>/<model>/<objective>/seed<S>[/step<N>]`):
+a rerun skips what is finished, a killed study loses at most the job in flight, a failing job's
+dependents are skipped, progress and an ETA are logged. Then `results.csv` (one row per
+configuration and checkpoint; `experiments.analysis.results`) and `report.md`, `plots/`.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from absl import logging
 from experiments.analysis import markdown
 from experiments.analysis import results as analysis_results
 from experiments.analysis import settings as analysis_settings
-from experiments.core import config_utils, jobs, multihost
+from experiments.core import compile_seconds, config_utils, jobs, multihost
 from experiments.core.config_utils import Field, IntTuple
 from experiments.measurement import stage as measurement
 from experiments.sweep import arms
@@ -314,9 +311,12 @@ def score_checkpoint(
     settings: dict[str, Any],
     output_dir: pathlib.Path | None,
 ) -> dict[str, Any]:
-    """`stage.score` of the checkpoint at `step` of the pretraining run in `run_dir`."""
+    """`stage.score` of the checkpoint at `step` of the pretraining run in `run_dir`, and the
+    seconds it spent compiling (`seconds_<stage>_compile`)."""
     params, model_state = runs.restore_checkpoint(run_dir, step, run)
-    return stage.score(run, params, model_state, settings, output_dir)
+    with compile_seconds.CompileSeconds() as compiling:
+        result = stage.score(run, params, model_state, settings, output_dir)
+    return {**result, f"seconds_{stage.name}_compile": compiling.seconds}
 
 
 def run_stage(

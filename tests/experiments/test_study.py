@@ -103,8 +103,9 @@ def test_smoke_study_reproduces_its_stored_results(smoke_study):
     negative mass, effective rank, eigenvalue residuals) changed; every other cell is as before.
     The `schedule` column (runs told apart by their schedule, `experiments.sweep.arms`) was added
     on 2026-12-02 (session 8) with the run's schedule, and the `density_file` column (each
-    checkpoint's spectral density, relative to the workdir) on 2026-12-02 (session 9); no other
-    cell changed.
+    checkpoint's spectral density, relative to the workdir) on 2026-12-02 (session 9), and the
+    `seconds_<stage>_compile` columns (wall times, not compared) in session 10; no other cell
+    changed.
     Floats are compared to a relative 1e-5 (as the resume test below) so that another CPU or XLA
     version, which may round differently, still passes; any change of the computation moves these
     numbers far more.
