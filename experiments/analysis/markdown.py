@@ -1,11 +1,9 @@
 """The markdown report of a study: ``results.csv`` in; ``report.md`` and ``plots/*.png`` out.
 
-:func:`write_report` reads the results (:mod:`experiments.analysis.results`) and the report's
-settings (:mod:`experiments.analysis.settings`), runs the pre-registered primary tests first
-(:mod:`experiments.analysis.primary`), and writes, in this order: the primary tests with their
-Holm-adjusted p-values, the plots a reader looks at first, the missing and non-finite cells, and
-the exploratory sections (:mod:`experiments.analysis.exploratory`) with the critics' questions
-(:mod:`experiments.analysis.critics`).
+:func:`write_report` reads the results (`results`) and the report's settings (`settings`), runs the
+pre-registered primary tests first (`primary`), and writes in order: the primary tests with their
+Holm-adjusted p-values, the plots a reader looks at first, the missing and non-finite cells, and the
+exploratory sections (`exploratory`) with the critics' questions (`critics`).
 """
 
 from __future__ import annotations
@@ -151,6 +149,8 @@ def _holm_floor_lines(hypotheses: Sequence[Hypothesis], alpha: float) -> list[st
     for family in dict.fromkeys(h.test.family for h in tested):
         members = [h for h in tested if h.test.family == family and math.isfinite(h.p_value)]
         first = alpha / len(members) if members else math.nan
+        # Holm rejects nothing when no member can pass its first step.
+        stuck = all(smallest_p_value(h.differences.num_seeds) > first for h in members)
         for h in members:
             n = h.differences.num_seeds
             floor = smallest_p_value(n)
@@ -166,8 +166,9 @@ def _holm_floor_lines(hypotheses: Sequence[Hypothesis], alpha: float) -> list[st
                 lines.append(
                     f"- {where}: its smallest attainable p, 2/2ⁿ = {p_value(floor)}, is above "
                     f"Holm's first threshold α/{len(members)} = {first:.3g} (family {family!r}, "
-                    f"{len(members)} tests): it could only be rejected after another test of "
-                    "its family."
+                    f"{len(members)} tests)"
+                    + (", as is every other test's of its family: none of them can be rejected."
+                       if stuck else ": it could only be rejected after another test of its family.")
                 )
     if not lines:
         return []

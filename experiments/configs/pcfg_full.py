@@ -57,6 +57,13 @@ docs/pcfg_full_study/ and the README. Two of the 8 continued-training seeds (6 a
 plateau only at 8,000 steps (gap decreases 0.0058 and 0.0051 nats from 4,000), so their plateau
 checkpoints span 2x, not 4x: a next version should train to 32,000 steps with checkpoints at 8,000,
 16,000 and 32,000 (about 20 more minutes) or add one at 32,000.
+
+`:size_only` from a clean clone on 2026-12-02 (22:15-23:23 UTC, commit 531e60e, empty compilation
+cache): 1 h 07 min wall; 8,000 steps took 1.8-3 min a run at widths 16 and 32 and 5 min at 64, two at
+a time. The three widths ended at the same held-out gap (0.013-0.014 nats), but width 16 was not on
+the plateau in any seed (its gap fell 0.0066-0.0157 nats from 4,000 to 8,000): a next version
+should train every width to 16,000 steps with checkpoints at 8,000 and 16,000 (about 2x the
+pretraining). Outputs and findings: docs/pcfg_size_study/ and the README.
 """
 
 import ml_collections

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -82,7 +83,8 @@ def test_primary_rows_print_the_mde_and_say_what_was_not_detected(tmp_path):
     ("num_seeds", "expected"),
     [
         (7, None),  # 2/2^7 = 0.0156 <= 0.05/2.
-        (6, "could only be rejected after another test of its family"),  # 0.031 > 0.025.
+        # 0.031 > 0.025, and the family's other test has 6 seeds too: Holm can reject neither.
+        (6, "as is every other test's of its family: none of them can be rejected"),
         (5, "cannot be rejected at all"),  # 0.0625 > 0.05.
     ],
 )
@@ -104,6 +106,27 @@ def test_holm_s_first_threshold_against_the_smallest_attainable_p(tmp_path, num_
         lines = [line for line in text.splitlines() if expected in line]
         assert len(lines) == 2  # The statistic and the score.
         assert f"{num_seeds} seeds" in lines[0]
+
+
+def test_holm_floor_lines_tell_a_stuck_family_from_one_another_test_can_open():
+    """Holm's first step needs p <= alpha/m: with 6 seeds (smallest p 2/2^6 = 0.031) and m = 2 a
+    test can still be rejected once a family member with 8 seeds (0.0078) is; a family whose every
+    member has 6 seeds can reject nothing."""
+
+    def hypothesis(name, family, num_seeds):
+        return types.SimpleNamespace(
+            role="statistic", p_value=0.5, test=types.SimpleNamespace(name=name, family=family),
+            differences=types.SimpleNamespace(num_seeds=num_seeds, column="trace"),
+        )
+
+    mixed = markdown._holm_floor_lines([hypothesis("a", "f", 6), hypothesis("b", "f", 8)], 0.05)
+    stuck = markdown._holm_floor_lines([hypothesis("a", "g", 6), hypothesis("b", "g", 6)], 0.05)
+    assert [line for line in mixed if line.startswith("- ")] == [
+        "- a (`trace`, 6 seeds): its smallest attainable p, 2/2ⁿ = 0.031, is above Holm's first "
+        "threshold α/2 = 0.025 (family 'f', 2 tests): it could only be rejected after another "
+        "test of its family."
+    ]
+    assert len([line for line in stuck if "none of them can be rejected" in line]) == 2
 
 
 def _algorithm_rows(loss_deltas, off_plateau=()):
