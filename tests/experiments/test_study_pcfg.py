@@ -197,34 +197,34 @@ def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, option
         pcfg_full.get_config("size,size_only")
 
 
-def test_the_size_only_config_runs_three_widths_to_the_plateau_rule(pcfg_data_dir, tmp_path):
-    config = pcfg_full.get_config("size_only")
-    config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
+def _checked_option(option, data_dir, workdir):
+    """`pcfg_full.get_config(option)` on the tiny grammar, checked as the study checks it; its
+    configurations and declared tests by name."""
+    config = pcfg_full.get_config(option)
+    config.data.data_dir, config.data.pcfg_config = data_dir, "tiny"  # Not the rooted data.
     configs = study.configurations(config)
     study._check_primary_tests(config)
     plateau.check_config(config)
-    assert len(study.study_jobs(configs, config, tmp_path)) == sum(1 + 2 * len(c.steps) for c in configs)
+    assert len(study.study_jobs(configs, config, workdir)) == sum(1 + 2 * len(c.steps) for c in configs)
+    return config, configs, {t.name: t for t in settings.read_settings(config.report).primary_tests}
+
+
+def test_the_size_only_config_runs_three_widths_to_the_plateau_rule(pcfg_data_dir, tmp_path):
+    config, configs, tests = _checked_option("size_only", pcfg_data_dir, tmp_path)
     assert sorted((c.width, c.seed) for c in configs) == sorted(
         (width, seed) for width in pcfg_full.SIZE_WIDTHS for seed in pcfg_full.SIZE_SEEDS)
     assert {c.steps for c in configs} == {(4000, 8000)}  # The plateau rule's pair.
     assert {c.objective for c in configs} == {"adamw"} and config.hessian.embed_width == 64
-    tests = {t.name: t for t in settings.read_settings(config.report).primary_tests}
     assert tests["size"].levels == (16, 64) and tests["size"].family == "primary"
     assert tests["size_embedded"].statistic == "trace_embedded"
     assert {t.family for name, t in tests.items() if name != "size"} == {"secondary"}
 
 
 def test_the_continued_only_config_trains_past_three_plateau_checkpoints_4x_apart(pcfg_data_dir, tmp_path):
-    config = pcfg_full.get_config("continued_only")
-    config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
-    configs = study.configurations(config)
-    study._check_primary_tests(config)
-    plateau.check_config(config)
-    assert len(study.study_jobs(configs, config, tmp_path)) == sum(1 + 2 * len(c.steps) for c in configs)
+    config, configs, tests = _checked_option("continued_only", pcfg_data_dir, tmp_path)
     assert sorted(c.seed for c in configs) == list(pcfg_full.SEEDS)
     assert {(c.objective, c.width, c.schedule) for c in configs} == {("adamw", 32, "warmup_constant")}
     assert {c.steps for c in configs} == {(8000, 16000, 32000)}  # 4x from the first to the last.
     assert config.pretrain.warmup_steps < 8000  # The rate is constant at every checkpoint.
-    tests = {t.name: t for t in settings.read_settings(config.report).primary_tests}
     assert tests["continued_training"].steps is None and tests["continued_training"].family == "primary"
     assert tests["late_plateau"].steps == (16000, 32000) and tests["late_plateau"].family == "secondary"
