@@ -66,6 +66,11 @@ a time. The three widths ended at the same held-out gap (0.013-0.014 nats), but 
 the plateau in any seed (its gap fell 0.0066-0.0157 nats from 4,000 to 8,000): a next version
 should train every width to 16,000 steps with checkpoints at 8,000 and 16,000 (about 2x the
 pretraining). Outputs and findings: docs/pcfg_size_study/ and the README.
+
+`:continued_only` from a clean clone on 2026-12-03 (01:50-03:04 UTC, commit 14a9e30, a 2-core Intel
+Xeon, empty compilation cache): 1 h 14 min wall; 32,000 steps took 12-16.5 min a run, two at a time.
+Every seed on the plateau at 8,000, 16,000 and 32,000 (gaps 0.0093-0.0131 nats). Outputs and
+findings: docs/pcfg_continued_study/ and the README.
 """
 
 import ml_collections
