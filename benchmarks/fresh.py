@@ -22,23 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
 from benchmarks import timing
+from experiments.core import compile_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
-LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+TRACE_EVENT, LOWER_EVENT, COMPILE_EVENT = (
+    compile_seconds.TRACE_EVENT, compile_seconds.LOWER_EVENT, compile_seconds.COMPILE_EVENT)
 RESULT_PREFIX = "FRESH-RESULT "
-
-_ACTIVE: list[CompileLog] = []
-_LISTENING = False
-
-
-def _listen(event: str, duration: float, **kwargs: Any) -> None:
-    for log in _ACTIVE:
-        log.events.append((event, _program_name(str(kwargs.get("fun_name", "?"))), duration))
 
 
 def _program_name(name: str) -> str:
@@ -46,29 +36,17 @@ def _program_name(name: str) -> str:
     return name[4:-1] if name.startswith("jit(") and name.endswith(")") else name
 
 
-class CompileLog:
+class CompileLog(compile_seconds.CompileEvents):
     """The compilations that happen while the context is active.
 
     Attributes:
-        events: ``(event, program, seconds)`` for every tracing, lowering and XLA compilation.
+        events: ``(event, function name, seconds)`` for every tracing, lowering and XLA compilation.
     """
-
-    def __enter__(self) -> CompileLog:
-        global _LISTENING
-        if not _LISTENING:
-            jax.monitoring.register_event_duration_secs_listener(_listen)
-            _LISTENING = True
-        self.events: list[tuple[str, str, float]] = []
-        _ACTIVE.append(self)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        _ACTIVE.remove(self)
 
     @property
     def programs(self) -> list[str]:
         """The names of the XLA programs compiled, in order (a name twice: two shapes)."""
-        return [name for event, name, _ in self.events if event == COMPILE_EVENT]
+        return [_program_name(name) for event, name, _ in self.events if event == COMPILE_EVENT]
 
     def seconds(self, event: str) -> float:
         return sum(seconds for kind, _, seconds in self.events if kind == event)
@@ -78,7 +56,7 @@ class CompileLog:
         totals: collections.Counter[str] = collections.Counter()
         for event, name, seconds in self.events:
             if event in (LOWER_EVENT, COMPILE_EVENT):
-                totals[name] += seconds
+                totals[_program_name(name)] += seconds
         return totals.most_common(count)
 
     def summary(self) -> dict[str, Any]:
