@@ -1,64 +1,65 @@
-"""The full language study: continued training past the loss plateau, two ways, and the algorithm.
+"""The full language study (version 3): continued training past the loss plateau, and the algorithm.
 
-  python -m experiments.study --config=experiments/configs/pcfg_full.py --workdir=runs/pcfg_full
+  python -m experiments.study --config=experiments/configs/pcfg_full.py --workdir=runs/pcfg_full_v3
 
 Resumable: rerun the same command after a kill and it goes on from the finished jobs
-(`experiments.sweep.study`). `--config=experiments/configs/pcfg_full.py:size` adds the model-size
-arm (below), which does not fit the budget; `--config=experiments/configs/pcfg_full.py:size_only`
-runs the size arm alone, at widths 16, 32 and 64 (`_size_only`);
-`--config=experiments/configs/pcfg_full.py:continued_only` the continued-training arm alone, to
-32,000 steps with checkpoints at 8,000, 16,000 and 32,000 (`_continued_only`, version 3 of that arm).
+(`experiments.sweep.study`). Options (`--config=experiments/configs/pcfg_full.py:<option>`), none of
+which fits the ~90-minute budget beside the default: `protocol` adds Liu et al.'s protocol arm,
+`size` the model-size arm (either or both); `size_only` runs the size arm alone, at widths 16, 32
+and 64 (`_size_only`); `continued_only` the continued-training arm alone on seeds 0-7
+(`_continued_only`). Version 2 of the full study (continued training to 16,000 steps, the protocol
+arm and the algorithm, seeds 0-7) is this file at commit 281e6ea.
 
 `configs/pcfg.py` (the `rooted` grammar, fresh sentences every step, AdamW at 3e-3, probes on 500
 labelled sentences with cross-validated penalties) in arms (`config.sweep.arms`,
-`experiments.sweep.arms`):
-  * continued training (primary), 8 seeds: a constant rate after warmup, 16,000 steps, checkpoints
-    at 4,000, 8,000 and 16,000. Two pilot runs at this rate (seeds 1 and 2, 2026-12-02):
-    held-out gaps 0.031 / 0.016 / 0.012 / 0.010 and 0.032 / 0.017 / 0.013 / 0.012 nats, paired
-    decreases 0.0036 and 0.0049 from 4,000 to 8,000 and 0.0015 and 0.0001 from 8,000 to 16,000:
-    both plateaus start at 4,000 (`config.plateau`), so the checkpoints on it span 4x;
-  * Liu et al.'s protocol (secondary), 5 seeds: separate runs whose rate decays linearly to 0
-    over budgets of 4,000, 8,000 and 16,000 steps (`warmup_linear`), each measured at its end; the
-    three form one series for the plateau criterion. At 6e-3 such runs ended 0.0083 (8,000) and
-    0.0063 (24,000) nats from the optimum;
+`experiments.sweep.arms`), on seeds 8-15 (`FULL_SEEDS`), which no earlier run used:
+  * continued training (primary), 8 seeds: a constant rate after warmup, 32,000 steps, checkpoints
+    at 8,000, 16,000 and 32,000 (`CONTINUED_STEPS`), as in `:continued_only`, where every one of
+    seeds 0-7 was on the plateau at all three (gaps 0.0093-0.0131 nats): 3 plateau checkpoints
+    spanning 4x. Two pilot runs at this rate (seeds 1 and 2, 2026-12-02): held-out gaps 0.031 /
+    0.016 / 0.012 / 0.010 and 0.032 / 0.017 / 0.013 / 0.012 nats at 2,000-16,000 steps;
   * training algorithm (primary), 8 seeds: the adversarial algorithm at the constant rate, 8,000
     steps, checkpoints at 4,000 and 8,000, compared with AdamW at step 8,000, where both
-    are on the plateau in the pilots. Not `step="matched_loss"`: it keeps a seed only when two
+    were on the plateau in version 2. Not `step="matched_loss"`: it keeps a seed only when two
     checkpoints' held-out gaps agree within the gap's standard error (about 0.0002 nats), which
     checkpoints a doubling apart (gaps 0.002-0.005 apart on the plateau) almost never do, and a
     declared test with fewer than 2 seeds stops the report; the report's exploratory reruns on the
     seeds whose gaps differ by less than the plateau threshold stand in for it;
-  * model size (`:size` only): AdamW at widths 16 and 64, 8,000 steps (checkpoints at 4,000 and
+  * Liu et al.'s protocol (`:protocol`, secondary), 5 seeds: separate runs whose rate decays
+    linearly to 0 over budgets of 4,000, 8,000 and 16,000 steps (`warmup_linear`), each measured at
+    its end; the three form one series for the plateau criterion. Run in version 2 (seeds 0-4;
+    docs/pcfg_full_study): 4,000 steps was off the plateau in 3 of 5 seeds;
+  * model size (`:size`): AdamW at widths 16 and 64, 8,000 steps (checkpoints at 4,000 and
     8,000, for the plateau rule), compared at step 8,000 with each other (primary) and with width
     32; traces also after embedding each model into width 64.
 
 Tests (`config.report.primary_tests`, declared before the run): continued training (each run's
 first and last checkpoints on the plateau) and the algorithm, each on the Hessian trace and the
 mean probe accuracy of the paper's view, Holm-adjusted together (family "primary"; with `:size`,
-width 64 - 16 too); the protocol arm's first and last plateau checkpoints in family "secondary".
+width 64 - 16 too); the late plateau (16,000 -> 32,000 steps) and, with `:protocol`, the
+protocol arm's first and last plateau checkpoints in family "secondary". What was known when they
+were declared: on seeds 0-7, the trace fell along the plateau (8,000 -> 32,000: 8 of 8 seeds, Holm
+0.016) and the paper's probe did not move detectably (`:continued_only`); the adversary's probe
+fell on every task and its trace did not differ detectably (version 2). Version 3 asks whether
+those results hold on 8 new seeds in one run.
 Why 8 seeds: the seed is the unit, and the smallest exact two-sided Wilcoxon p-value of n seeds is
 2 / 2^n; Holm's first step over 4 hypotheses needs 0.0125 and over 6 0.0083, which 8 seeds
 (0.0078) reach and 7 (0.0156) do not. The protocol arm's 5 seeds (0.0625) cannot reach 0.05: its
 test is reported, not decided, and the report says so.
 
-Wall time, estimated from measurements on this project's 2-core AMD EPYC with nothing else running
-(2026-12-02, session 8): width-32 AdamW pretraining 80-100 steps/s alone, two worker processes about
-1.28x one (`benchmarks/RESULTS.md`), the adversary 0.9x AdamW; per checkpoint about 16 s of
-measurement and 8 s of probes on the idle machine (30 s with the input baselines on a process's
-first; 25-100 s under load), plus fine-tuning. Pretraining 8 x (16,000 + 8,000 / 0.9) + 5 x 28,000 =
-339,000 steps / 90 = 63 min of one worker; checkpoints 8 x 3 + 8 x 2 + 5 x 3 = 55 x about 35 s (the
-trace's budget of up to 128 products included) = 32 min; every job runs in the two worker processes
-(1.28x the throughput of one): 74 min; compiling and the report about 8 min: about 1 h 20 min. The
-previous version (constant rate 6e-3, 8 seeds, no protocol arm) ran in 1 h 06 min.
+Wall time, estimated from `:continued_only` (the same continued-training arm: 1 h 14 min on the
+2-core Intel Xeon, 2026-12-03) and version 2 (the same algorithm arm; the adversary trains at 0.9x
+AdamW's speed): 8 adversarial runs of 8,000 steps, two at a time, about 17 more minutes, and 16 more
+checkpoints at about 40 s each (measurement and scoring), about 5 more: about 1 h 35 min.
 
-Run from a clean clone on 2026-12-02 (14:53-16:17 UTC, commit 281e6ea, empty compilation cache,
+Version 2 from a clean clone on 2026-12-02 (14:53-16:17 UTC, commit 281e6ea, empty compilation cache,
 the machine otherwise idle but for a few short test files): 1 h 24 min wall. 16,000 AdamW steps
 took 5-6 min per run two at a time; a worker's first measurement 4 min 20 s (compiling), later ones
 a median 14 s (9-56 s); transfer jobs a median 17 s (12-53 s). Outputs and findings:
 docs/pcfg_full_study/ and the README. Two of the 8 continued-training seeds (6 and 7) reached the
 plateau only at 8,000 steps (gap decreases 0.0058 and 0.0051 nats from 4,000), so their plateau
-checkpoints span 2x, not 4x: a next version should train to 32,000 steps with checkpoints at 8,000,
-16,000 and 32,000 (about 20 more minutes) or add one at 32,000.
+checkpoints span 2x, not 4x: hence version 3's 32,000 steps with checkpoints at 8,000, 16,000 and
+32,000.
 
 `:size_only` from a clean clone on 2026-12-02 (22:15-23:23 UTC, commit 531e60e, empty compilation
 cache): 1 h 07 min wall; 8,000 steps took 1.8-3 min a run at widths 16 and 32 and 5 min at 64, two at
@@ -77,9 +78,12 @@ import ml_collections
 
 from experiments.configs import pcfg
 
-SEEDS = tuple(range(8))
-PROTOCOL_SEEDS = tuple(range(5))
-PLATEAU_STEPS = (4000, 8000)  # Checkpoints of the continued-training arm, before its last step.
+# The full study's seeds (version 3): none of them was ever run before it (versions 1-2, the
+# size arm and `:continued_only` used seeds 0-7), so its tests are a replication, not a rerun.
+FULL_SEEDS = tuple(range(8, 16))
+PROTOCOL_SEEDS = FULL_SEEDS[:5]  # `:protocol`.
+SEEDS = tuple(range(8))  # `:continued_only`'s seeds (run 2026-12-03), those of versions 1-2.
+PLATEAU_STEPS = (4000, 8000)  # `_base_config`'s checkpoints (version 2's continued-training arm).
 LONG_STEPS = 16000
 BUDGETS = (4000, 8000, 16000)  # Liu et al.'s protocol: one linearly decayed run per budget.
 ARM_STEPS = 8000  # The algorithm and size arms.
@@ -87,39 +91,34 @@ SIZE_WIDTHS = (16, 32, 64)  # `:size_only`.
 # `:size_only`'s seeds: the smallest exact two-sided Wilcoxon p-value of 7 seeds, 2 / 2^7 = 0.0156,
 # passes Holm's first step over its 2 primary hypotheses (0.025); 6 seeds' 0.031 would not.
 SIZE_SEEDS = tuple(range(7))
-CONTINUED_STEPS = (8000, 16000, 32000)  # `:continued_only`: its checkpoints, the last its end.
+CONTINUED_STEPS = (8000, 16000, 32000)  # The continued-training arm's checkpoints, the last its end.
 
 
 def get_config(options: str = "") -> ml_collections.ConfigDict:
-    """`configs/pcfg.py` in arms (see the module docstring); `options="size"` adds the size arm,
-    `"size_only"` runs it alone (at three widths), `"continued_only"` the continued-training arm
-    alone to 32,000 steps."""
+    """The full study, version 3 (see the module docstring); `options="protocol"` adds Liu et al.'s
+    protocol arm, `"size"` the size arm (both together allowed), `"size_only"` runs the size arm
+    alone (at three widths), `"continued_only"` the continued-training arm alone (seeds 0-7)."""
     chosen = {name for name in options.split(",") if name}
-    unknown = chosen - {"size", "size_only", "continued_only"}
-    if unknown or len(chosen) > 1:
+    unknown = chosen - {"protocol", "size", "size_only", "continued_only"}
+    alone = chosen & {"size_only", "continued_only"}
+    if unknown or (alone and len(chosen) > 1):
         raise ValueError(
             f"configs/pcfg_full.py: unknown or conflicting options {sorted(chosen)}; known: "
-            "'size', 'size_only' or 'continued_only'."
+            "'protocol' and 'size' (either or both), or 'size_only' or 'continued_only' alone."
         )
     if "size_only" in chosen:
         return _size_only(_base_config())
     if "continued_only" in chosen:
         return _continued_only(_base_config())
     config = _base_config()
+    config.pretrain.steps = CONTINUED_STEPS[-1]
+    config.pretrain.checkpoint_steps = CONTINUED_STEPS[:-1]
     config.hessian.embed_width = 64 if "size" in chosen else 0  # Sizes at the same function.
     config.sweep.objectives = ("adamw", "adversarial")
     config.sweep.widths = (32,) + ((16, 64) if "size" in chosen else ())
-    config.sweep.seeds = SEEDS
+    config.sweep.seeds = FULL_SEEDS
     arms = [
         dict(name="continued_training", objectives=("adamw",), widths=(32,)),
-        dict(
-            name="protocol",
-            objectives=("adamw",),
-            widths=(32,),
-            schedule="warmup_linear",
-            budgets=BUDGETS,
-            seeds=PROTOCOL_SEEDS,
-        ),
         dict(
             name="algorithm",
             objectives=("adversarial",),
@@ -128,6 +127,17 @@ def get_config(options: str = "") -> ml_collections.ConfigDict:
             checkpoint_steps=(4000,),
         ),
     ]
+    if "protocol" in chosen:
+        arms.append(
+            dict(
+                name="protocol",
+                objectives=("adamw",),
+                widths=(32,),
+                schedule="warmup_linear",
+                budgets=BUDGETS,
+                seeds=PROTOCOL_SEEDS,
+            )
+        )
     if "size" in chosen:
         arms.append(
             # A checkpoint before the last, so the plateau rule can say whether each run is on it.
@@ -140,14 +150,10 @@ def get_config(options: str = "") -> ml_collections.ConfigDict:
 
     tested = {"statistic": "trace", "score": "linear_probe_acc"}
     constant = {"schedule": "warmup_constant"}
+    continued = {"kind": "delta_along_steps", "where": {"objective": "adamw", "width": 32, **constant}}
     tests = [
         # The first and last checkpoints on the loss plateau of each run (`on_plateau`).
-        dict(
-            tested,
-            name="continued_training",
-            kind="delta_along_steps",
-            where={"objective": "adamw", "width": 32, **constant},
-        ),
+        dict(tested, name="continued_training", **continued),
         # Liu et al.'s adversarial algorithm reaches the loss with a sharper, worse-transferring
         # model: adversarial - AdamW at step 8,000, both on the plateau.
         dict(
@@ -159,15 +165,20 @@ def get_config(options: str = "") -> ml_collections.ConfigDict:
             step=ARM_STEPS,
             where={"width": 32, **constant},
         ),
-        # The same as continued training, over the protocol's budgets (5 seeds: reported only).
-        dict(
-            tested,
-            name="protocol",
-            kind="delta_along_steps",
-            where={"objective": "adamw", "width": 32, "schedule": "warmup_linear"},
-            family="secondary",
-        ),
+        # The late plateau, 16,000 -> 32,000 steps.
+        dict(tested, name="late_plateau", steps=CONTINUED_STEPS[1:], family="secondary", **continued),
     ]
+    if "protocol" in chosen:
+        # The same as continued training, over the protocol's budgets (5 seeds: reported only).
+        tests.append(
+            dict(
+                tested,
+                name="protocol",
+                kind="delta_along_steps",
+                where={"objective": "adamw", "width": 32, "schedule": "warmup_linear"},
+                family="secondary",
+            )
+        )
     if "size" in chosen:
         tests.append(
             dict(

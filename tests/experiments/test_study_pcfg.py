@@ -161,7 +161,7 @@ def test_an_invalid_plateau_threshold_is_refused_before_any_job(pcfg_data_dir, t
     assert not (tmp_path / "jobs").exists()
 
 
-@pytest.mark.parametrize("options", ["", "size"])
+@pytest.mark.parametrize("options", ["", "size", "protocol", "protocol,size"])
 def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, options):
     config = pcfg_full.get_config(options)
     config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
@@ -172,29 +172,40 @@ def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, option
     assert len(study.study_jobs(configs, config, tmp_path)) == sum(1 + 2 * len(c.steps) for c in configs)
     steps = {(c.objective, c.width, c.schedule, c.budget): c.steps for c in configs}
     constant, linear = "warmup_constant", "warmup_linear"
-    assert steps[("adamw", 32, constant, 0)] == (4000, 8000, 16000)  # 4x from the plateau's start.
+    assert steps[("adamw", 32, constant, 0)] == (8000, 16000, 32000)  # 3 plateau checkpoints, 4x.
     assert steps[("adversarial", 32, constant, 0)] == (4000, 8000)
-    for budget in pcfg_full.BUDGETS:  # Liu et al.'s protocol: one run per budget, measured at its end.
-        assert steps[("adamw", 32, linear, budget)] == (budget,)
+    assert config.pretrain.warmup_steps < 4000  # The rate is constant at every checkpoint.
     seeds = {key: sorted(c.seed for c in configs if (c.objective, c.width, c.schedule, c.budget) == key)
              for key in steps}
-    assert seeds[("adamw", 32, linear, 4000)] == list(pcfg_full.PROTOCOL_SEEDS)
-    assert seeds[("adamw", 32, constant, 0)] == list(pcfg_full.SEEDS)
-    assert len(steps) == (7 if options else 5)
+    assert seeds[("adamw", 32, constant, 0)] == list(pcfg_full.FULL_SEEDS) == list(range(8, 16))
+    assert seeds[("adversarial", 32, constant, 0)] == list(pcfg_full.FULL_SEEDS)
+    assert not set(pcfg_full.FULL_SEEDS) & set(pcfg_full.SEEDS)  # A replication on new seeds.
     tests = {t.name: t for t in settings.read_settings(config.report).primary_tests}
     assert tests["continued_training"].steps is None  # The plateau's first and last checkpoints.
     assert ("schedule", constant) in tests["continued_training"].where
-    assert ("schedule", linear) in tests["protocol"].where and tests["protocol"].family == "secondary"
+    assert tests["late_plateau"].steps == (16000, 32000) and tests["late_plateau"].family == "secondary"
     assert tests["algorithm"].step in steps[("adversarial", 32, constant, 0)]
-    if options:
+    assert tests["algorithm"].step in steps[("adamw", 32, constant, 0)]
+    names = {"continued_training", "algorithm", "late_plateau"}
+    if "protocol" in options:
+        for budget in pcfg_full.BUDGETS:  # Liu et al.'s protocol: one run per budget, measured at its end.
+            assert steps[("adamw", 32, linear, budget)] == (budget,)
+        assert seeds[("adamw", 32, linear, 4000)] == list(pcfg_full.PROTOCOL_SEEDS)
+        assert ("schedule", linear) in tests["protocol"].where and tests["protocol"].family == "secondary"
+        names.add("protocol")
+    if "size" in options:
         for level in tests["size"].levels:
             assert tests["size"].step in steps[("adamw", level, constant, 0)]
             assert steps[("adamw", level, constant, 0)] == (4000, 8000)  # The plateau rule's pair.
-    assert set(tests) == {"continued_training", "algorithm", "protocol"} | ({"size"} if options else set())
+        names.add("size")
+    assert len(steps) == 2 + 3 * ("protocol" in options) + 2 * ("size" in options)
+    assert set(tests) == names
     with pytest.raises(ValueError, match="unknown or conflicting options"):
         pcfg_full.get_config("widths")
     with pytest.raises(ValueError, match="unknown or conflicting options"):
         pcfg_full.get_config("size,size_only")
+    with pytest.raises(ValueError, match="unknown or conflicting options"):
+        pcfg_full.get_config("protocol,continued_only")
 
 
 def _checked_option(option, data_dir, workdir):
