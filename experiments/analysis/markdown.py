@@ -477,7 +477,7 @@ def write_report(
     repeated = {d.column for d in duplicates}
     exploratory_scores = [c for c in scores if c not in repeated]
     exploratory_predictors = [c for c in predictors if c not in repeated]
-    first_plots, more_plots = write_plots(table, predictors, scores, workdir, density_pattern)
+    first_plots, more_plots, plot_notes = write_plots(table, predictors, scores, workdir, density_pattern)
 
     def images(paths: Sequence[pathlib.Path]) -> list[str]:
         return [*(f"![{p.stem}](plots/{p.name})" for p in paths), ""]
@@ -487,7 +487,7 @@ def write_report(
     lines += _loss_and_plateau_section(
         table, hypotheses, analyses, report_settings, plateau_threshold
     )
-    lines += ["## Plots", "", *images(first_plots)]
+    lines += ["## Plots", "", *images(first_plots), *(f"{note}\n" for note in plot_notes)]
     lines += _missing_section(table)
     lines += negative_section(table)
     lines += cost_section(table)

@@ -61,7 +61,9 @@ def write_plots(
         density_pattern: where spectral densities are, relative to ``workdir``.
 
     Returns:
-        ``(first, more)``: the PNGs a reader looks at first, and the others, in report order.
+        ``(first, more, notes)``: the PNGs a reader looks at first, and the others, in report
+        order; and a line for each configuration measured at several steps that has no density
+        plot, saying why (`plot_densities`).
     """
     plots_dir = workdir / "plots"
     plots_dir.mkdir(exist_ok=True)
@@ -76,7 +78,8 @@ def write_plots(
         if plot_statistic_vs_score(table, predictors, score, path):
             more.append(path)
     # The densities of the first and last plateau checkpoints are among the first plots.
-    return first + plot_densities(table, workdir, density_pattern, plots_dir), more
+    densities, notes = plot_densities(table, workdir, density_pattern, plots_dir)
+    return first + densities, more, notes
 
 
 def _configuration_label(table: ResultsTable, row: int, columns: Sequence[str]) -> str:
@@ -290,7 +293,7 @@ def _first_and_last(table: ResultsTable, rows: np.ndarray) -> tuple[int, int] | 
 
 def plot_densities(
     table: ResultsTable, workdir: pathlib.Path, pattern: str, plots_dir: pathlib.Path
-) -> list[pathlib.Path]:
+) -> tuple[list[pathlib.Path], list[str]]:
     """Overlays the spectral densities of the first and last plateau checkpoints, per configuration.
 
     One figure per configuration: for each seed, the density at its run's first checkpoint on the
@@ -308,17 +311,22 @@ def plot_densities(
         plots_dir: where ``density_<configuration>.png`` files go.
 
     Returns:
-        The PNGs written (empty when no density file exists).
+        ``(written, notes)``: the PNGs (none when no density file exists), and for each
+        configuration measured at several steps that got none, a line saying why: no run with two
+        checkpoints on the plateau, or no density files.
     """
     if not table.is_numeric("step"):
-        return []
-    written = []
+        return [], []
+    written, notes = [], []
+    step = table.values("step")
     for configuration in table.groups(CONFIGURATION_COLUMNS):
         curves = []  # (first?, path)
+        pairs = 0  # Runs with two checkpoints to compare.
         for rows in table.groups(RUN_COLUMNS):
             pair = _first_and_last(table, np.intersect1d(rows, configuration))
             if pair is None:
                 continue
+            pairs += 1
             if DENSITY_COLUMN in table.columns:  # The study's own record of each file.
                 names = [table.text(DENSITY_COLUMN)[r] for r in pair]
                 paths = [workdir / name for name in names if name]
@@ -327,12 +335,19 @@ def plot_densities(
                     cells = [{n: table.text(n)[r] for n in table.columns} for r in pair]
                     paths = [workdir / pattern.format(**c) for c in cells]
                 except KeyError:  # The pattern names a column this table lacks.
-                    return []
+                    return [], []
             if len(paths) == 2 and all(p.exists() for p in paths):
                 curves += list(zip((True, False), paths, strict=True))
-        if not curves:
-            continue
         label = _configuration_label(table, int(configuration[0]), CONFIGURATION_COLUMNS)
+        if not curves:
+            if len(np.unique(step[configuration][np.isfinite(step[configuration])])) > 1:
+                why = (
+                    "no run of it has two checkpoints on the loss plateau"
+                    if not pairs and plateau_known(table)
+                    else "its spectral density files are absent"
+                )
+                notes.append(f"No spectral density plot for {label}: {why}.")
+            continue
         figure, axes = plt.subplots(figsize=(7, 4.5))
         labelled = set()
         for first, density_path in curves:
@@ -352,4 +367,4 @@ def plot_densities(
         figure.savefig(path, dpi=110)
         plt.close(figure)
         written.append(path)
-    return written
+    return written, notes

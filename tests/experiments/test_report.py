@@ -314,6 +314,31 @@ def test_densities_off_the_plateau_are_not_the_plateau_s(tmp_path):
     assert len(list((other / "plots").glob("density_*.png"))) == 1
 
 
+def test_a_configuration_without_a_density_plot_is_explained(tmp_path):
+    # Width 16 never reaches the plateau (every checkpoint off it): no figure, and the report says
+    # why; width 32's files are absent, which it says too. AdamW at width 32 gets its figure.
+    rows = report_tables.language_rows(seeds=(0, 1))
+    for row in rows:
+        if row["width"] == 16:
+            row["on_plateau"] = "false"
+    write_study(tmp_path, rows)
+    _write_densities(tmp_path, seeds=(0, 1), steps=(2000, 8000))  # Width 16's directories.
+    for seed in (0, 1):
+        for step in (2000, 8000):
+            path = tmp_path / f"hessian/text_transformer_w32_d2/adamw/seed{seed}/step{step}"
+            path.mkdir(parents=True)
+            np.savez(path / "density.npz", grid=np.arange(3.0), pdf=np.ones(3) / 2)
+    plots = section(markdown.write_report(tmp_path, FAST).read_text(), "## Plots")
+    assert len(list((tmp_path / "plots").glob("density_*.png"))) == 1
+    assert "![density_language_adamw_text_transformer_w32_d2" in plots
+    no_plateau = "no run of it has two checkpoints on the loss plateau"
+    for objective in ("adamw", "adversarial"):
+        label = f"language/{objective}/text_transformer_w16_d2/width16/depth2"
+        assert f"No spectral density plot for {label}: {no_plateau}." in plots
+    absent = "adversarial/text_transformer_w32_d2/width32/depth2: its spectral density files are absent."
+    assert absent in plots
+
+
 def test_densities_are_read_from_the_study_s_density_file_column(tmp_path):
     # Run directories are not a function of the row's cells (a run of another schedule or budget
     # lives in `<objective>_<schedule>_<budget>`): the column the study writes is what counts, and a
