@@ -231,6 +231,23 @@ def test_the_size_only_config_runs_three_widths_to_the_plateau_rule(pcfg_data_di
     assert {t.family for name, t in tests.items() if name != "size"} == {"secondary"}
 
 
+def test_the_size_plateau_config_compares_widths_where_each_can_be_on_the_plateau(pcfg_data_dir, tmp_path):
+    config, configs, tests = _checked_option("size_plateau", pcfg_data_dir, tmp_path)
+    assert sorted((c.width, c.seed) for c in configs) == sorted(
+        (width, seed) for width in pcfg_full.SIZE_WIDTHS for seed in pcfg_full.SIZE_PLATEAU_SEEDS)
+    steps = {c.width: c.steps for c in configs}
+    assert steps == {16: (8000, 16000, 32000), 32: (8000, 16000), 64: (8000, 16000)}
+    for test in tests.values():  # Every compared width is measured at the compared step.
+        assert test.step == pcfg_full.SIZE_PLATEAU_STEP and all(test.step in steps[w] for w in test.levels)
+    assert not set(pcfg_full.SIZE_PLATEAU_SEEDS) & (set(pcfg_full.SIZE_SEEDS) | set(pcfg_full.FULL_SEEDS))
+    assert config.hessian.embed_width == 64 and config.hessian.max_matvecs == 256
+    assert tests["size"].levels == (16, 64) and tests["size"].family == "primary"
+    assert tests["size_embedded"].statistic == "trace_embedded"
+    assert sorted(t.family for t in tests.values()) == ["primary", "secondary", "secondary", "secondary"]
+    with pytest.raises(ValueError, match="unknown or conflicting options"):
+        pcfg_full.get_config("size_plateau,protocol")
+
+
 def test_the_continued_only_config_trains_past_three_plateau_checkpoints_4x_apart(pcfg_data_dir, tmp_path):
     config, configs, tests = _checked_option("continued_only", pcfg_data_dir, tmp_path)
     assert sorted(c.seed for c in configs) == list(pcfg_full.SEEDS)
