@@ -29,10 +29,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
-TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
-LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
 # name -> (operator, first call's options, second call's options): the second changes the budget.
 CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "trace hutchinson": ("hvp", {"num_matvecs": 20}, {"num_matvecs": 30}),
@@ -60,34 +56,14 @@ CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-class CompileLog:
-    """Counts the programs XLA compiles and the seconds spent tracing, lowering and compiling."""
+def _counts(log: Any) -> dict[str, Any]:
+    """A finished `benchmarks.fresh.CompileLog`'s programs and seconds, as JSON-ready values."""
+    from experiments.core import compile_seconds
 
-    def __init__(self) -> None:
-        self.seconds: collections.Counter[str] = collections.Counter()
-        self.programs: list[str] = []
-        self.by_name: collections.Counter[str] = collections.Counter()
-        from jax._src import monitoring
-
-        monitoring.register_event_duration_secs_listener(self._record)
-
-    def _record(self, event: str, duration: float, **metadata: Any) -> None:
-        if event in (TRACE_EVENT, LOWER_EVENT, COMPILE_EVENT):
-            self.seconds[event] += duration
-        if event in (LOWER_EVENT, COMPILE_EVENT):
-            self.by_name[str(metadata.get("fun_name", "?"))] += duration
-        if event == COMPILE_EVENT:
-            self.programs.append(str(metadata.get("fun_name", "?")))
-
-    def mark(self) -> tuple[int, collections.Counter[str]]:
-        return len(self.programs), collections.Counter(self.seconds)
-
-    def since(self, mark: tuple[int, collections.Counter[str]]) -> dict[str, Any]:
-        count, seconds = mark
-        return {"programs": len(self.programs) - count,
-                "compile_s": self.seconds[COMPILE_EVENT] - seconds[COMPILE_EVENT],
-                "total_s": sum(self.seconds.values()) - sum(seconds.values()),
-                "names": self.programs[count:]}
+    return {"programs": len(log.programs),
+            "compile_s": log.seconds(compile_seconds.COMPILE_EVENT),
+            "total_s": sum(log.seconds(event) for event in compile_seconds.EVENTS),
+            "names": log.programs}
 
 
 def _digits(batch_size: int) -> tuple[Any, Any]:
@@ -117,11 +93,11 @@ def _small_mlp(sizes: tuple[int, ...] = (64, 32, 10)) -> tuple[Any, Any]:
 
 def run_one(name: str) -> dict[str, Any]:
     """Counts what ``name`` compiles in this (fresh) process; see :data:`CALLS`."""
-    log = CompileLog()
     import jax
     import optax
 
     import hessjax
+    from benchmarks import fresh
 
     kind, first, second = CALLS[name]
     params, logits_fn = _small_mlp((5, 6, 3) if kind == "tiny" else (64, 32, 10))
@@ -144,11 +120,11 @@ def run_one(name: str) -> dict[str, Any]:
         jax.block_until_ready(matvec)
     rows = {}
     for label, options in (("first", first), ("second", {**first, **second})):
-        mark = log.mark()
-        start, cpu = time.perf_counter(), time.process_time()
-        jax.block_until_ready(call(options))
-        rows[label] = {**log.since(mark), "wall_s": time.perf_counter() - start,
-                       "cpu_s": time.process_time() - cpu}
+        with fresh.CompileLog() as log:
+            start, cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(call(options))
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        rows[label] = {**_counts(log), "wall_s": wall, "cpu_s": cpu}
     return rows
 
 
@@ -159,12 +135,13 @@ def readme_example() -> str:
 
 def run_readme() -> dict[str, Any]:
     """The README example in this process, with its compile counts."""
-    log = CompileLog()
-    mark = log.mark()
-    start, cpu = time.perf_counter(), time.process_time()
-    exec(compile(readme_example(), str(README), "exec"), {})
-    return {"first": {**log.since(mark), "wall_s": time.perf_counter() - start,
-                      "cpu_s": time.process_time() - cpu}}
+    from benchmarks import fresh
+
+    with fresh.CompileLog() as log:
+        start, cpu = time.perf_counter(), time.process_time()
+        exec(compile(readme_example(), str(README), "exec"), {})
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"first": {**_counts(log), "wall_s": wall, "cpu_s": cpu}}
 
 
 def _subprocess(args: list[str]) -> tuple[dict[str, Any], float]:
