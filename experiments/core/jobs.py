@@ -228,13 +228,19 @@ class _Runner:
 
     def _eta(self) -> str:
         """The time left: each job still to run at the mean duration of the finished jobs of its
-        kind (`pretrain`, `hessian`, ...; of all kinds for a kind not yet seen), over the workers."""
+        kind (`pretrain`, `hessian`, ...), over the workers; jobs of a kind not yet timed are
+        counted, not priced (a 15-minute pretraining mean would price a 20-second measurement at
+        15 minutes), e.g. ``1h05m + 80 hessian, probe jobs not yet timed``."""
         if not self._durations:
             return "unknown"
-        overall = float(np.mean([d for kind in self._durations.values() for d in kind]))
         means = {kind: float(np.mean(durations)) for kind, durations in self._durations.items()}
-        left = sum(means.get(_kind(i), overall) for i in self._to_run - self._finished)
-        return format_seconds(left / self._workers)
+        left = [_kind(i) for i in self._to_run - self._finished]
+        eta = format_seconds(sum(means[kind] for kind in left if kind in means) / self._workers)
+        unseen = sorted({kind for kind in left if kind not in means})
+        if unseen:
+            count = sum(kind not in means for kind in left)
+            eta += f" + {count} {', '.join(unseen)} job{'s' * (count > 1)} not yet timed"
+        return eta
 
     def _outcome(self, job: Job, run: Callable[[], tuple[dict[str, Any], float]]) -> JobResult:
         start = time.perf_counter()
@@ -307,7 +313,8 @@ class _Runner:
 
 
 def _kind(job_id: str) -> str:
-    return job_id.split("/", 1)[0]
+    """A job's kind, its id's first segment (`pretrain/...`); one kind for ids without one."""
+    return job_id.split("/", 1)[0] if "/" in job_id else "other"
 
 
 def _worker_pool(parallel: int) -> futures.ProcessPoolExecutor:
@@ -330,8 +337,8 @@ def run_jobs(
 
     A job whose result file exists is never rerun (unless it failed or was skipped and
     ``retry_failed``). After each job a progress line is logged: ``job 7/24 hessian/... done in
-    3.2s, ETA 1m10s``; the ETA is the mean time of the jobs run so far in this call times the number
-    still to run.
+    3.2s, ETA 1m10s``; the ETA prices each job still to run at the mean time of the jobs of its kind
+    run so far in this call, over the workers, and counts those of kinds not yet timed.
 
     Args:
         workdir: the study's working directory; results go to ``<workdir>/jobs/<job_id>.json``.

@@ -61,10 +61,14 @@ def test_the_eta_prices_each_kind_of_job_apart_over_the_workers(tmp_path):
     runner._to_run = {"pretrain/a", "pretrain/b", "pretrain/c", "hessian/a", "hessian/b", "probe/a"}
     runner._finished = {"pretrain/a", "hessian/a"}
     runner._durations = {"pretrain": [600.0], "hessian": [20.0]}
-    # Left: 2 pretraining runs at 600 s, a measurement at 20 s, a probe job of a kind not yet seen at
-    # the mean of all (310 s): 1,530 s, over 2 workers.
+    # Left: 2 pretraining runs at 600 s and a measurement at 20 s, over 2 workers: 610 s; and a probe
+    # job, of a kind not yet timed, which the mean of the others would price far too high.
     runner._workers = 2
-    assert runner._eta() == jobs.format_seconds(765.0)
+    assert runner._eta() == jobs.format_seconds(610.0) + " + 1 probe job not yet timed"
+    runner._to_run |= {"probe/b", "transfer/a"}
+    assert runner._eta() == jobs.format_seconds(610.0) + " + 3 probe, transfer jobs not yet timed"
+    runner._durations["probe"] = [4.0]
+    assert runner._eta() == jobs.format_seconds(614.0) + " + 1 transfer job not yet timed"
 
 
 def test_failing_job_leaves_no_file_unless_failures_are_recorded(tmp_path):
