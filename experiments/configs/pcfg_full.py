@@ -73,6 +73,12 @@ pretraining). Outputs and findings: docs/pcfg_size_study/ and the README.
 Xeon, empty compilation cache): 1 h 14 min wall; 32,000 steps took 12-16.5 min a run, two at a time.
 Every seed on the plateau at 8,000, 16,000 and 32,000 (gaps 0.0093-0.0131 nats). Outputs and
 findings: docs/pcfg_continued_study/ and the README.
+
+Version 3 (this file's default) from a clean clone on 2026-12-03 (05:22-07:02 UTC, commit 6fcdd65,
+the 2-core Intel Xeon, empty compilation cache): 1 h 40 min wall, over the ~90-minute budget on
+this machine (its pretraining runs at about 3/4 of the AMD EPYC's speed: 32,000 steps took 13.7-16
+min a run, the adversary's 8,000 about 5.3, two at a time). Every continued-training seed on the
+plateau at 8,000, 16,000 and 32,000 steps. Outputs and findings: docs/pcfg_full_v3/ and the README.
 """
 
 import ml_collections
