@@ -238,17 +238,24 @@ def _size_only(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         dict(name="size", objectives=("adamw",), widths=SIZE_WIDTHS, steps=ARM_STEPS,
              checkpoint_steps=(4000,)),
     )
-    tested = {"statistic": "trace", "score": "linear_probe_acc", "step": ARM_STEPS,
+    config.report.primary_tests = _size_tests(ARM_STEPS)
+    return config
+
+
+def _size_tests(step: int) -> tuple[dict, ...]:
+    """The size arms' declared tests at `step`: width 64 - 16 on the trace and the paper's probe
+    (family "primary"); the same on the trace after embedding into width 64, and 32 - 16 and
+    64 - 32 (family "secondary")."""
+    tested = {"statistic": "trace", "score": "linear_probe_acc", "step": step,
               "kind": "paired_difference", "axis": "width",
               "where": {"objective": "adamw", "schedule": "warmup_constant"}}
-    config.report.primary_tests = (
+    return (
         dict(tested, name="size", levels=(16, 64)),
         dict(tested, name="size_embedded", statistic="trace_embedded", levels=(16, 64),
              family="secondary"),
         dict(tested, name="size_16_32", levels=(16, 32), family="secondary"),
         dict(tested, name="size_32_64", levels=(32, 64), family="secondary"),
     )
-    return config
 
 
 def _size_plateau(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -284,16 +291,7 @@ def _size_plateau(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         dict(name="size_small", objectives=("adamw",), widths=(16,), steps=2 * SIZE_PLATEAU_STEP,
              checkpoint_steps=(8000, SIZE_PLATEAU_STEP)),
     )
-    tested = {"statistic": "trace", "score": "linear_probe_acc", "step": SIZE_PLATEAU_STEP,
-              "kind": "paired_difference", "axis": "width",
-              "where": {"objective": "adamw", "schedule": "warmup_constant"}}
-    config.report.primary_tests = (
-        dict(tested, name="size", levels=(16, 64)),
-        dict(tested, name="size_embedded", statistic="trace_embedded", levels=(16, 64),
-             family="secondary"),
-        dict(tested, name="size_16_32", levels=(16, 32), family="secondary"),
-        dict(tested, name="size_32_64", levels=(32, 64), family="secondary"),
-    )
+    config.report.primary_tests = _size_tests(SIZE_PLATEAU_STEP)
     return config
 
 
