@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import math
 import multiprocessing
 import os
 import signal
@@ -40,7 +41,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
-import numpy as np
 from absl import logging
 
 from experiments.core import job_files, multihost
@@ -80,12 +80,15 @@ class Job:
         in_worker: the job may run in a worker process beside others (``run_jobs(parallel=N)``);
             ``fn`` must then be picklable (e.g. a ``functools.partial`` of a module-level function)
             and touch nothing but its own files.
+        cost: the job's size relative to others of its kind (e.g. a pretraining run's steps); the
+            progress ETA prices a job at its kind's seconds per unit of cost so far. Positive.
     """
 
     job_id: str
     fn: Callable[[], Mapping[str, Any]]
     depends_on: tuple[str, ...] = ()
     in_worker: bool = False
+    cost: float = 1.0
 
 
 def format_seconds(seconds: float) -> str:
@@ -105,6 +108,8 @@ def _as_job(item: Job | Sequence[Any]) -> Job:
     else:
         job = Job(item[0], item[1], tuple(item[2]) if len(item) > 2 else ())
     validate_job_id(job.job_id)
+    if not (isinstance(job.cost, (int, float)) and math.isfinite(job.cost) and job.cost > 0):
+        raise ValueError(f"Job.cost of {job.job_id!r} must be a positive finite number, got {job.cost!r}")
     return job
 
 
@@ -208,13 +213,15 @@ class _Runner:
         self._to_run = {job.job_id for job in pending}
         self._record_failures, self._log = record_failures, log
         self._index = {job.job_id: index for index, job in enumerate(jobs, start=1)}
-        self._durations: dict[str, list[float]] = {}  # By kind: a job id's first segment.
+        # By kind (a job id's first segment): (seconds, cost) of each finished job.
+        self._durations: dict[str, list[tuple[float, float]]] = {}
+        self._costs = {job.job_id: job.cost for job in jobs}
         self._finished: set[str] = set()
         self._workers = 1
 
     def _record(self, job: Job, result: JobResult) -> None:
         if result.status in (DONE, FAILED):
-            self._durations.setdefault(_kind(job.job_id), []).append(result.seconds)
+            self._durations.setdefault(_kind(job.job_id), []).append((result.seconds, job.cost))
         write_result(self._workdir, result)
         # Exactly what a rerun would read (NaNs restored); not read from the file, which on several
         # processes only the primary one writes.
@@ -227,18 +234,22 @@ class _Runner:
         )
 
     def _eta(self) -> str:
-        """The time left: each job still to run at the mean duration of the finished jobs of its
-        kind (`pretrain`, `hessian`, ...), over the workers; jobs of a kind not yet timed are
-        counted, not priced (a 15-minute pretraining mean would price a 20-second measurement at
-        15 minutes), e.g. ``1h05m + 80 hessian, probe jobs not yet timed``."""
+        """The time left: each job still to run at the seconds per unit of cost (`Job.cost`) of the
+        finished jobs of its kind (`pretrain`, `hessian`, ...), over the workers, so a 32,000-step
+        run is priced at twice a 16,000-step one; jobs of a kind not yet timed are counted, not
+        priced (a 15-minute pretraining mean would price a 20-second measurement at 15 minutes),
+        e.g. ``1h05m + 80 hessian, probe jobs not yet timed``."""
         if not self._durations:
             return "unknown"
-        means = {kind: float(np.mean(durations)) for kind, durations in self._durations.items()}
-        left = [_kind(i) for i in self._to_run - self._finished]
-        eta = format_seconds(sum(means[kind] for kind in left if kind in means) / self._workers)
-        unseen = sorted({kind for kind in left if kind not in means})
+        rates = {
+            kind: sum(seconds for seconds, _ in timed) / sum(cost for _, cost in timed)
+            for kind, timed in self._durations.items()
+        }
+        left = [(_kind(i), self._costs.get(i, 1.0)) for i in self._to_run - self._finished]
+        eta = format_seconds(sum(rates[kind] * cost for kind, cost in left if kind in rates) / self._workers)
+        unseen = sorted({kind for kind, _ in left if kind not in rates})
         if unseen:
-            count = sum(kind not in means for kind in left)
+            count = sum(kind not in rates for kind, _ in left)
             eta += f" + {count} {', '.join(unseen)} job{'s' * (count > 1)} not yet timed"
         return eta
 
@@ -337,8 +348,9 @@ def run_jobs(
 
     A job whose result file exists is never rerun (unless it failed or was skipped and
     ``retry_failed``). After each job a progress line is logged: ``job 7/24 hessian/... done in
-    3.2s, ETA 1m10s``; the ETA prices each job still to run at the mean time of the jobs of its kind
-    run so far in this call, over the workers, and counts those of kinds not yet timed.
+    3.2s, ETA 1m10s``; the ETA prices each job still to run at the seconds per unit of cost
+    (``Job.cost``) of the jobs of its kind run so far in this call, over the workers, and counts
+    those of kinds not yet timed.
 
     Args:
         workdir: the study's working directory; results go to ``<workdir>/jobs/<job_id>.json``.

@@ -237,9 +237,8 @@ def study_jobs(
     pretraining, checkpoints = [], []
     for c in configs:
         pretrain_id = jobs.make_job_id("pretrain", *c.parts)
-        pretraining.append(
-            jobs.Job(pretrain_id, functools.partial(_pretrain_job, c, workdir), in_worker=True)
-        )
+        fn = functools.partial(_pretrain_job, c, workdir)  # Priced by its steps in the ETA.
+        pretraining.append(jobs.Job(pretrain_id, fn, in_worker=True, cost=max(c.steps)))
         for step in c.steps:
             for stage in stages:
                 # In a worker too: a checkpoint's stages beside other runs' pretraining and

@@ -60,15 +60,35 @@ def test_the_eta_prices_each_kind_of_job_apart_over_the_workers(tmp_path):
     runner = jobs._Runner(tmp_path, [], [], {}, False, lambda _: None)
     runner._to_run = {"pretrain/a", "pretrain/b", "pretrain/c", "hessian/a", "hessian/b", "probe/a"}
     runner._finished = {"pretrain/a", "hessian/a"}
-    runner._durations = {"pretrain": [600.0], "hessian": [20.0]}
+    runner._durations = {"pretrain": [(600.0, 1.0)], "hessian": [(20.0, 1.0)]}
     # Left: 2 pretraining runs at 600 s and a measurement at 20 s, over 2 workers: 610 s; and a probe
     # job, of a kind not yet timed, which the mean of the others would price far too high.
     runner._workers = 2
     assert runner._eta() == jobs.format_seconds(610.0) + " + 1 probe job not yet timed"
     runner._to_run |= {"probe/b", "transfer/a"}
     assert runner._eta() == jobs.format_seconds(610.0) + " + 3 probe, transfer jobs not yet timed"
-    runner._durations["probe"] = [4.0]
+    runner._durations["probe"] = [(4.0, 1.0)]
     assert runner._eta() == jobs.format_seconds(614.0) + " + 1 transfer job not yet timed"
+
+
+def test_the_eta_prices_a_job_by_its_cost(tmp_path):
+    # Two 8,000-step runs took 300 s and 500 s (0.05 s a step); a 32,000-step run is left, and a
+    # measurement of cost 1.
+    listed = [jobs.Job(f"pretrain/{name}", Counter(), cost=steps)
+              for name, steps in (("a", 8000), ("b", 8000), ("long", 32000))]
+    listed.append(jobs.Job("hessian/a", Counter()))
+    runner = jobs._Runner(tmp_path, listed, listed, {}, False, lambda _: None)
+    runner._durations = {"pretrain": [(300.0, 8000), (500.0, 8000)], "hessian": [(20.0, 1.0)]}
+    runner._finished = {"pretrain/a", "pretrain/b"}
+    assert runner._eta() == jobs.format_seconds(0.05 * 32000 + 20.0)
+    runner._workers = 2
+    assert runner._eta() == jobs.format_seconds((0.05 * 32000 + 20.0) / 2)
+
+
+def test_a_job_cost_must_be_positive(tmp_path):
+    for cost in (0, -1.0, float("nan"), "8000"):
+        with pytest.raises(ValueError, match="Job.cost of 'pretrain/a' must be a positive finite number"):
+            jobs.run_jobs(tmp_path, [jobs.Job("pretrain/a", Counter(), cost=cost)])
 
 
 def test_failing_job_leaves_no_file_unless_failures_are_recorded(tmp_path):

@@ -88,6 +88,9 @@ def test_checkpoint_jobs_may_run_in_worker_processes(pcfg_data_dir, tmp_path):
     # Every pretraining job first (the long ones: workers take them before any checkpoint).
     assert [job.job_id.split("/")[0] for job in study_jobs[: len(configs)]] == ["pretrain"] * len(configs)
     assert all(job.depends_on for job in study_jobs[len(configs) :])
+    # The ETA prices pretraining by its steps, every checkpoint stage alike.
+    assert [job.cost for job in study_jobs[: len(configs)]] == [max(c.steps) for c in configs] == [6, 6]
+    assert {job.cost for job in study_jobs[len(configs) :]} == {1.0}
     for job in study_jobs:
         assert job.in_worker  # Pretraining and every checkpoint stage alike.
         assert pickle.loads(pickle.dumps(job.fn)).func is job.fn.func  # A spawned worker gets it.
