@@ -69,6 +69,7 @@ def test_scale_decoder_remat_and_bfloat16_compute_the_same_curvature():
     assert cosine > 0.99, cosine
 
 
+@pytest.mark.slow  # A benchmark's quick run: every first-call case, fresh processes (~30 s) (suite time).
 def test_first_call_quick_run(capsys):
     from benchmarks import first_call
 
@@ -96,6 +97,7 @@ def test_first_call_reads_the_readme_example_the_readme_test_runs():
     assert first_call.readme_example() == test_readme._library_example()
 
 
+@pytest.mark.slow  # A benchmark's quick run: each call against a bare jit (~15 s) (suite time).
 def test_overhead_quick_run(capsys):
     from benchmarks import overhead
 
@@ -106,6 +108,7 @@ def test_overhead_quick_run(capsys):
         assert call in out, call
 
 
+@pytest.mark.slow  # A benchmark's quick run: runs every peer's rows (~15 s) (suite time).
 def test_jax_peers_quick_run(capsys):
     from benchmarks import jax_peers
 
