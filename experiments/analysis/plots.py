@@ -273,7 +273,7 @@ def load_density(path: str | os.PathLike[str], grid_size: int = 400) -> tuple[np
         nodes, weights = np.ravel(data["nodes"]), np.ravel(data["weights"])
     weights = weights / weights.sum()
     span = float(np.ptp(nodes)) or 1.0
-    sigma = 0.01 * span
+    sigma = 0.01 * span  # The measurement stage's DENSITY_RESOLUTION (its negative mass's margin).
     grid = np.linspace(nodes.min() - 0.05 * span, nodes.max() + 0.05 * span, grid_size)
     pdf = weights @ stats.norm.pdf(grid[None, :], loc=nodes[:, None], scale=sigma)
     return grid, pdf

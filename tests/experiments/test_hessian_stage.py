@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hessjax
 from experiments.core import checkpoints, config_utils, jobs
 from experiments.measurement import stage as hessian
 from experiments.sweep import study
@@ -44,6 +45,21 @@ def test_every_checkpoint_is_measured(smoke_run, measured):
         with np.load(workdir / "hessian" / f"step{step}" / hessian.DENSITY_FILE) as density:
             assert density["weights"].shape == density["nodes"].shape
             assert density["weights"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_negative_mass_counts_what_lies_clearly_below_zero():
+    # The near-zero bulk in one heavy node just above or just below 0 (as Lanczos puts it, either
+    # side from one checkpoint to the next) gives the same mass; a node at -0.5 counts in full.
+    def density(bulk_node):
+        nodes = jnp.array([[bulk_node, 2.0, 5.0, -0.5]])
+        return hessjax.SpectralDensity(nodes, jnp.array([[0.9, 0.04, 0.03, 0.03]]), 1000, 4)
+
+    above, below = hessian.negative_mass(density(1e-4)), hessian.negative_mass(density(-1e-4))
+    assert above == below == pytest.approx(0.03)
+    assert float(density(-1e-4).cdf(0.0)) == pytest.approx(0.93)  # What cdf(0) would say.
+    # Resolution: 1% of the nodes' span (5.5), so a node at -0.06 counts and one at -0.05 does not.
+    assert hessian.negative_mass(density(-0.06)) == pytest.approx(0.93)
+    assert hessian.negative_mass(density(-0.05)) == pytest.approx(0.03)
 
 
 def test_same_probes_and_data_for_every_checkpoint(smoke_run, measured):

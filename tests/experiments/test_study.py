@@ -105,7 +105,8 @@ def test_smoke_study_reproduces_its_stored_results(smoke_study):
     on 2026-12-02 (session 8) with the run's schedule, and the `density_file` column (each
     checkpoint's spectral density, relative to the workdir) on 2026-12-02 (session 9), and the
     `seconds_<stage>_compile` columns (wall times, not compared) in session 10; no other cell
-    changed.
+    changed. In session 13 `density_negative_mass` became the mass clearly below 0
+    (`stage.negative_mass`) instead of `cdf(0)`: that column alone was stored again.
     Floats are compared to a relative 1e-5 (as the resume test below) so that another CPU or XLA
     version, which may round differently, still passes; any change of the computation moves these
     numbers far more.
