@@ -381,3 +381,19 @@ def test_the_plateau_shaded_is_where_every_run_is_on_it():
     assert plots._plateau_span(table, None) is None
     late = plateau & (table.values("step") >= 8000)  # One checkpoint on it: nothing to shade.
     assert plots._plateau_span(table, late) is None
+
+
+def test_plots_are_written_in_256_colours_and_read_back(tmp_path):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    figure, axes = plt.subplots(figsize=(4, 3))
+    for shift in range(12):  # Many antialiased colours, which the palette must absorb.
+        axes.plot(np.linspace(0, 1, 50), np.sin(np.linspace(0, 6, 50) + shift), color=f"C{shift % 10}")
+    path = tmp_path / "lines.png"
+    plots.save_png(figure, path)
+    plt.close(figure)
+    with Image.open(path) as image:
+        assert image.mode == "P" and image.size == (440, 330)  # 4 x 3 inches at 110 dpi.
+        assert len(image.getcolors(maxcolors=256)) > 12  # Antialiasing survives, not 12 flat colours.
+    assert plt.imread(path).shape[:2] == (330, 440)
