@@ -281,7 +281,6 @@ def load_density(path: str | os.PathLike[str], grid_size: int = 400) -> tuple[np
     return grid, pdf
 
 
-
 def save_png(figure: matplotlib.figure.Figure, path: str | os.PathLike[str]) -> None:
     """Writes `figure` at 110 dpi as a PNG of 256 colours: the grids of scatter panels come to about
     a third of their full-colour size (0.34 instead of 0.89 MB), and a study's figures are committed."""
@@ -289,6 +288,7 @@ def save_png(figure: matplotlib.figure.Figure, path: str | os.PathLike[str]) -> 
     figure.savefig(buffer, format="png", dpi=110)
     with Image.open(buffer) as image:
         image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
 
 def _first_and_last(table: ResultsTable, rows: np.ndarray) -> tuple[int, int] | None:
     """A run's first and last checkpoints on the loss plateau (``on_plateau``), or of the run

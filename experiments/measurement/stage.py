@@ -76,7 +76,7 @@ SCHEMA = {
 RELATIVE_ERRORS = {"matvecs_5pct": 0.05, "matvecs_1pct": 0.01}
 DENSITY_FILE = "density.npz"
 # The density's resolution, a fraction of its nodes' span: the margin below 0 that
-# `density_negative_mass` counts, and the kernel width of its plot (`plots.read_density`).
+# `density_negative_mass` counts, and the kernel width of its plot (`plots.load_density`).
 DENSITY_RESOLUTION = 0.01
 FRESH_SAMPLES_FILE = "fresh_trace_samples.npz"
 
