@@ -7,7 +7,8 @@ Resumable: rerun the same command after a kill and it goes on from the finished 
 which fits the ~90-minute budget beside the default: `protocol` adds Liu et al.'s protocol arm,
 `size` the model-size arm (either or both); `size_only` runs the size arm alone, at widths 16, 32
 and 64 (`_size_only`), and `size_plateau` its version 2, where every width can be on the plateau
-(`_size_plateau`, declared, not yet run); `continued_only` the continued-training arm alone on
+(`_size_plateau`; ran 2026-12-03, docs/pcfg_size_plateau: width 64 did not
+settle at the one rate); `continued_only` the continued-training arm alone on
 seeds 0-7 (`_continued_only`). Version 2 of the full study (continued training to 16,000 steps, the protocol
 arm and the algorithm, seeds 0-7) is this file at commit 281e6ea.
 
