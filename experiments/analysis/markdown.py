@@ -34,7 +34,7 @@ from experiments.analysis.primary import (
     run_primary_tests,
     sensitivity_analyses,
 )
-from experiments.analysis.quality_sections import cost_section, duplicates_note, negative_section, row_label
+from experiments.analysis.quality_sections import cost_section, duplicates_note, row_label, trace_sections
 from experiments.analysis.results import (
     CONFIGURATION_COLUMNS,
     LABEL_COLUMNS,
@@ -489,7 +489,7 @@ def write_report(
     )
     lines += ["## Plots", "", *images(first_plots), *(f"{note}\n" for note in plot_notes)]
     lines += _missing_section(table)
-    lines += negative_section(table)
+    lines += trace_sections(table)
     lines += cost_section(table)
     lines += baselines_section(table, bootstrap)
     lines += [

@@ -4,6 +4,11 @@
   has its ``<column>_stderr``) estimates a quantity that is positive for a model at a minimum; a
   negative estimate within 2 standard errors of 0 is noise around a small value, one more than 2
   standard errors below 0 an estimator failure (or a checkpoint far from a minimum).
+* :func:`fresh_disagreements`: a trace on one fixed data sample (``trace``) beside the same
+  trace with a fresh minibatch for every probe (``trace_fresh``). The fixed estimate's standard
+  error covers its probes, not its sample; the fresh one's covers both. Rows where the two differ
+  by more than :data:`FAR_APART` combined standard errors are checkpoints whose fixed sample
+  misstates the curvature beyond the fixed estimate's error bar.
 * :func:`affine_duplicates`: a score or statistic that is an exact affine function of an earlier
   one over every row (``*_gain`` = accuracy minus a constant baseline; ``trace_per_param`` = trace
   over the one model's parameter count), which the exploratory tables would only repeat.
@@ -20,6 +25,8 @@ from experiments.analysis.results import ResultsTable, column_role
 
 STDERR_SUFFIX = "_stderr"
 FAR_BELOW = 2.0  # Standard errors below zero that make a negative estimate an estimator failure.
+FRESH_SUFFIX = "_fresh"
+FAR_APART = 3.0  # Combined standard errors between a fixed-sample and a fresh-minibatch estimate.
 # An affine fit whose largest residual is below this fraction of the column's spread is exact
 # (results.csv prints float32 values to about 7 significant digits).
 AFFINE_TOLERANCE = 1e-5
@@ -73,6 +80,43 @@ def negative_estimates(table: ResultsTable) -> list[NegativeEstimates]:
                 tuple(int(r) for r in np.flatnonzero(far)),
             )
         )
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshDisagreement:
+    """A fixed-sample trace-like column beside its fresh-minibatch counterpart.
+
+    Attributes:
+        column: the fixed-sample column, e.g. ``"trace"`` (its counterpart ``"trace_fresh"``).
+        rows: rows where both estimates and both standard errors are finite.
+        z: per row of ``rows``, (fixed - fresh) / sqrt(stderr_fixed^2 + stderr_fresh^2).
+        far_apart: the rows with ``|z|`` above :data:`FAR_APART`.
+    """
+
+    column: str
+    rows: tuple[int, ...]
+    z: tuple[float, ...]
+    far_apart: tuple[int, ...]
+
+
+def fresh_disagreements(table: ResultsTable) -> list[FreshDisagreement]:
+    """Each trace-like column (:func:`trace_columns`) whose ``<column>_fresh`` is one too, compared
+    row by row with it (see the module docstring)."""
+    columns = trace_columns(table)
+    found = []
+    for name in columns:
+        fresh = name + FRESH_SUFFIX
+        if fresh not in columns:
+            continue
+        a, b = table.values(name), table.values(fresh)
+        se = np.hypot(table.values(name + STDERR_SUFFIX), table.values(fresh + STDERR_SUFFIX))
+        usable = np.isfinite(a) & np.isfinite(b) & np.isfinite(se) & (se > 0)
+        rows = np.flatnonzero(usable)
+        z = (a[rows] - b[rows]) / se[rows]
+        far = rows[np.abs(z) > FAR_APART]
+        found.append(FreshDisagreement(name, tuple(int(r) for r in rows),
+                                       tuple(float(v) for v in z), tuple(int(r) for r in far)))
     return found
 
 

@@ -1,5 +1,6 @@
-"""The report's data-quality sections: negative trace estimates, the cost of the measurements and
-the columns left out as affine copies (`experiments.analysis.quality` finds them)."""
+"""The report's data-quality sections: negative trace estimates, the fixed-sample trace against the
+fresh-minibatch one, the cost of the measurements and the columns left out as affine copies
+(`experiments.analysis.quality` finds them)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import numpy as np
 
 from experiments.analysis import quality
 from experiments.analysis.formatting import code, markdown_table
-from experiments.analysis.results import RUN_COLUMNS, ResultsTable, format_number, label_columns
+from experiments.analysis.results import (
+    CONFIGURATION_COLUMNS,
+    RUN_COLUMNS,
+    ResultsTable,
+    format_number,
+    label_columns,
+)
 
 
 def row_label(table: ResultsTable, row: int) -> str:
@@ -58,6 +65,62 @@ def negative_section(table: ResultsTable) -> list[str]:
         lines += [*listed, ""]
     return lines
 
+
+
+def fresh_section(table: ResultsTable) -> list[str]:
+    """The fixed-sample trace beside the fresh-minibatch trace, per configuration, and the rows
+    where they are far apart (`quality.fresh_disagreements`)."""
+    lines = ["## The fixed-sample trace against the fresh-minibatch trace", ""]
+    found = quality.fresh_disagreements(table)
+    if not found:
+        return lines + [
+            "Not assessable: results.csv has no trace with a fresh-minibatch counterpart "
+            "(`<column>_fresh`) and standard errors for both.",
+            "",
+        ]
+    far = quality.FAR_APART
+    lines += [
+        "The trace is measured on one fixed sample of pretraining data, the same for every "
+        "checkpoint: its standard error covers the probes, not the sample. The fresh-minibatch "
+        "trace draws new data with every probe, so its standard error covers both. Where they "
+        f"differ by more than {far:g} combined standard errors, the fixed sample misstates that "
+        "checkpoint's curvature by more than the fixed estimate's error bar says. Where that error "
+        "differs from seed to seed it widens the spread over seeds; the part shared by every seed "
+        "(one sample for all) is in no interval.",
+        "",
+    ]
+    rows = []
+    listed = []
+    for f in found:
+        fixed, fresh = table.values(f.column), table.values(f.column + quality.FRESH_SUFFIX)
+        z_of = dict(zip(f.rows, f.z, strict=True))
+        for group in table.groups(CONFIGURATION_COLUMNS, np.asarray(f.rows, dtype=int)):
+            difference = fixed[group] - fresh[group]
+            spread = format_number(float(np.std(difference, ddof=1))) if group.size > 1 else "—"
+            label = "/".join(filter(None, (table.text(c)[group[0]] for c in label_columns(table))))
+            apart = sum(abs(z_of[int(r)]) > far for r in group)
+            rows.append([code(f.column), label, str(group.size),
+                         format_number(float(np.mean(difference))), spread, str(apart)])
+        stderr = table.values(f.column + quality.STDERR_SUFFIX)
+        fresh_stderr = table.values(f.column + quality.FRESH_SUFFIX + quality.STDERR_SUFFIX)
+        listed += [
+            f"- {code(f.column)}: {row_label(table, r)}: {format_number(fixed[r])} ± "
+            f"{format_number(stderr[r])} against {format_number(fresh[r])} ± "
+            f"{format_number(fresh_stderr[r])} (z = {z_of[r]:+.1f})"
+            for r in f.far_apart
+        ]
+    lines += markdown_table(
+        ["column", "configuration", "rows", "mean fixed − fresh", "SD of fixed − fresh",
+         f"rows > {far:g} SE apart"], rows)
+    if listed:
+        lines += [f"The rows more than {far:g} combined standard errors apart (configuration/seed/step):",
+                  "", *listed, ""]
+    return lines
+
+
+def trace_sections(table: ResultsTable) -> list[str]:
+    """The trace estimates' quality: `negative_section`, then `fresh_section`."""
+    return negative_section(table) + fresh_section(table)
 
 
 def cost_section(table: ResultsTable) -> list[str]:

@@ -226,6 +226,31 @@ def test_negative_trace_estimates_are_counted_and_those_far_below_zero_listed(tm
     assert "seed0/step1000: -0.5 ± 1\n" in text
 
 
+def test_fixed_sample_traces_far_from_the_fresh_minibatch_trace_are_counted_and_listed(tmp_path):
+    rows = report_tables.language_rows(seeds=(0, 1, 2))
+    for row in rows:
+        row.update(trace=5.0, trace_stderr=0.3, trace_fresh=5.5, trace_fresh_stderr=0.4)  # z = -1.
+    rows[0].update(trace=7.0)  # (7 - 5.5) / 0.5 = +3: at the bar, not over it.
+    rows[1].update(trace=3.0)  # (3 - 5.5) / 0.5 = -5: far apart.
+    rows[2].update(trace_fresh_stderr="")  # No standard error: not compared.
+    write_study(tmp_path, rows)
+    table = results.read_results_csv(tmp_path / "results.csv")
+    (found,) = quality.fresh_disagreements(table)
+    assert found.column == "trace" and found.far_apart == (1,)
+    assert len(found.rows) == len(rows) - 1 and 2 not in found.rows
+    assert found.z[:2] == pytest.approx((3.0, -5.0))
+    report = markdown.write_report(tmp_path, FAST).read_text()
+    assert report.index("## Negative trace estimates") < report.index("## The fixed-sample trace")
+    text = section(report, "## The fixed-sample trace against the fresh-minibatch trace")
+    table_rows = [line for line in text.splitlines() if line.startswith("| `trace` |")]
+    assert sum(int(line.split("|")[3]) for line in table_rows) == len(rows) - 1
+    assert sum(int(line.split("|")[6]) for line in table_rows) == 1
+    listed = "- `trace`: adamw/text_transformer_w16_d2/seed0/step1000: 3 ± 0.3 against 5.5 ± 0.4"
+    assert listed + " (z = -5.0)" in text
+    no_fresh = results.ResultsTable.from_rows([{"seed": "0", "step": "1", "trace": "1"}])
+    assert "Not assessable" in "\n".join(quality_sections.fresh_section(no_fresh))
+
+
 def test_affine_copies_of_a_column_are_left_out_of_the_exploratory_tables(tmp_path):
     rows = report_tables.language_rows(seeds=(0, 1, 2))
     for row in rows:
