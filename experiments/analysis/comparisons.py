@@ -4,7 +4,8 @@ Two designs give one difference per seed:
 
 * **two configurations** (:func:`configuration_pairs`): rows of ``axis = levels[0]`` and of
   ``axis = levels[1]`` matched on everything else (the seed, the step, the other configuration
-  columns), e.g. width 16 vs 32 at the same objective, seed and step;
+  columns), e.g. width 16 vs 32 at the same objective, seed and step; or at the same held-out
+  loss, where the second side can be a :class:`Blend` of two of its checkpoints;
 * **two checkpoints of a run** (:func:`checkpoint_pairs`): the first and last checkpoints on the
   loss plateau (``on_plateau``), or of the run when the column is absent, or two declared steps.
 
@@ -38,8 +39,32 @@ from experiments.analysis.results import (
     plateau_known,
 )
 
-# seed -> the (first row, second row) pairs of that seed; a difference is second minus first.
-Pairs = dict[str, list[tuple[int, int]]]
+
+@dataclasses.dataclass(frozen=True)
+class Blend:
+    """A point between two checkpoints of one run: ``(1 - weight) * low + weight * high`` of every
+    column, with ``0 <= weight <= 1`` (a straight line in the held-out gap, `INTERPOLATED_LOSS`)."""
+
+    low: int
+    high: int
+    weight: float
+
+
+Side = int | Blend  # A row of results.csv, or a blend of two rows of one run.
+# seed -> the (first, second) pairs of that seed; a difference is second minus first.
+Pairs = dict[str, list[tuple[Side, Side]]]
+
+
+def rows_of(side: Side) -> tuple[int, ...]:
+    """The results.csv rows a side reads."""
+    return (side.low, side.high) if isinstance(side, Blend) else (side,)
+
+
+def value_of(values: np.ndarray, side: Side) -> float:
+    """A column's value at a side (a blend's weighted mean of its two rows)."""
+    if isinstance(side, Blend):
+        return float((1 - side.weight) * values[side.low] + side.weight * values[side.high])
+    return float(values[side])
 
 
 def matches(table: ResultsTable, column: str, value: object) -> np.ndarray:
@@ -80,6 +105,7 @@ def matching_columns(axis: str) -> tuple[str, ...]:
 
 
 MATCHED_LOSS = "matched_loss"  # A paired test's `step`: compare at the same held-out loss.
+INTERPOLATED_LOSS = "interpolated_loss"  # The same, reading the second side off a line in the gap.
 
 
 def _matched_loss_pair(
@@ -99,6 +125,28 @@ def _matched_loss_pair(
     reference = on[0]
     nearest = min(candidates, key=lambda row: abs(gap[row] - gap[reference]))
     return (reference, nearest) if abs(gap[nearest] - gap[reference]) <= stderr[reference] else None
+
+
+def _interpolated_loss_pair(
+    table: ResultsTable, first: Mapping[float, int], second: Mapping[float, int]
+) -> tuple[int, Side] | None:
+    """The first side's last checkpoint, and the point of the second side's run at the same
+    held-out gap on the straight line between its two consecutive checkpoints whose gaps bracket
+    it (the latest such pair); None when no pair brackets it (no extrapolation)."""
+    if not table.is_numeric("pretrain_loss_gap"):
+        return None
+    gap = table.values("pretrain_loss_gap")
+    reference = first[max(first)]
+    target = gap[reference]
+    ordered = [row for _, row in sorted(second.items()) if np.isfinite(gap[row])]
+    if not np.isfinite(target):
+        return None
+    for low, high in reversed(list(itertools.pairwise(ordered))):
+        if min(gap[low], gap[high]) <= target <= max(gap[low], gap[high]):
+            span = gap[high] - gap[low]
+            weight = 0.0 if span == 0 else float((target - gap[low]) / span)
+            return reference, Blend(low, high, weight)
+    return None
 
 
 def configuration_pairs(
@@ -121,6 +169,11 @@ def configuration_pairs(
             (``pretrain_loss_gap``) is nearest to it, kept only when the two gaps differ by at
             most the first's standard error (``pretrain_loss_gap_stderr``): the paper's comparison
             of algorithms at the same loss. A seed with no such checkpoint gives no pair.
+            ``"interpolated_loss"``: the first side's last checkpoint against the second side's
+            run read at the same held-out gap, on the straight line between its two consecutive
+            checkpoints whose gaps bracket it (a :class:`Blend`; the latest such pair where the
+            gap is not monotone). A seed whose second run never brackets the gap gives no pair:
+            nothing is extrapolated.
 
     Returns:
         seed -> its pairs (one per match of the other columns).
@@ -142,8 +195,9 @@ def configuration_pairs(
         sides.append(side)
     pairs: Pairs = {}
     for key in sorted(set(sides[0]) & set(sides[1])):
-        if step == MATCHED_LOSS:
-            pair = _matched_loss_pair(table, sides[0][key], sides[1][key])
+        if step in (MATCHED_LOSS, INTERPOLATED_LOSS):
+            match = _matched_loss_pair if step == MATCHED_LOSS else _interpolated_loss_pair
+            pair = match(table, sides[0][key], sides[1][key])
             if pair is not None:
                 pairs.setdefault(key[-1], []).append(pair)
             continue
@@ -234,12 +288,12 @@ def seed_differences(table: ResultsTable, column: str, pairs: Pairs, bootstrap: 
     values = table.values(column)
     per_seed, left_out = [], []
     for seed in sorted(pairs, key=_float_or_nan):
-        differences = [values[b] - values[a] for a, b in pairs[seed]]
+        differences = [value_of(values, b) - value_of(values, a) for a, b in pairs[seed]]
         finite = [d for d in differences if math.isfinite(d)]
         if finite:
             per_seed.append((seed, float(np.mean(finite))))
         if len(finite) < len(differences):
-            rows = np.array([r for pair in pairs[seed] for r in pair])
+            rows = np.array([r for pair in pairs[seed] for side in pair for r in rows_of(side)])
             left_out.append(f"seed {seed}: {table.nan_reason(column, rows[~np.isfinite(values[rows])])}")
     differences = [d for _, d in per_seed]
     estimate = float(np.mean(differences)) if differences else math.nan

@@ -63,6 +63,8 @@ def describe(test: PrimaryTest, which: str = "") -> str:
             "last": "the last common step",
             "matched_loss": "matched loss (the first's first plateau checkpoint, the second's of "
             "the nearest held-out gap, within one standard error)",
+            "interpolated_loss": "the same held-out gap (the first's last checkpoint; the second "
+            "read off a straight line in the gap between its two checkpoints that bracket it)",
         }.get(str(test.step), f"step {test.step}")
         text = f"{test.axis} {test.levels[1]} − {test.levels[0]} at {at}, matched on seed"
     else:
@@ -167,7 +169,10 @@ def on_plateau_pairs(table: ResultsTable, pairs: Pairs) -> Pairs:
     if not plateau_known(table):
         return {}
     plateau = table.flags(PLATEAU_COLUMN) == 1
-    kept = {seed: [(a, b) for a, b in rows if plateau[a] and plateau[b]] for seed, rows in pairs.items()}
+    def on(side: comparisons.Side) -> bool:
+        return all(plateau[row] for row in comparisons.rows_of(side))
+
+    kept = {seed: [(a, b) for a, b in rows if on(a) and on(b)] for seed, rows in pairs.items()}
     return {seed: rows for seed, rows in kept.items() if rows}
 
 

@@ -20,8 +20,9 @@
                                         # that Holm adjusts (the report prints both)
         # "paired_difference" only: two configurations, matched on seed, step and the rest.
         axis="width", levels=(16, 32),  # differences are levels[1] - levels[0]
-        step="last",                    # optional: "last" (default), a step number, or
+        step="last",                    # optional: "last" (default), a step number,
                                         # "matched_loss" (same held-out gap, see comparisons)
+                                        # or "interpolated_loss" (the same, interpolated)
         # "delta_along_steps" only: a run's last checkpoint minus its first.
         steps=(1000, 8000),             # optional: these two steps instead of the first and
                                         # last on the loss plateau (or of the run)
@@ -128,9 +129,10 @@ def _parse_test(entry: Any, where: str) -> PrimaryTest:
         if name in fields and fields[name] is not None and len(fields[name]) != count:
             raise ConfigError(f"{where}.{name} must hold exactly 2 values; got {fields[name]!r}.")
     step = fields.get("step", "last")
-    if isinstance(step, str) and step not in ("last", "matched_loss"):
+    if isinstance(step, str) and step not in ("last", "matched_loss", "interpolated_loss"):
         raise ConfigError(
-            f"{where}.step must be 'last', 'matched_loss' or a step number; got {step!r}."
+            f"{where}.step must be 'last', 'matched_loss', 'interpolated_loss' or a step number; "
+            f"got {step!r}."
         )
     fields["where"] = tuple(
         (column, tuple(v) if isinstance(v, (tuple, list)) else v)

@@ -178,7 +178,7 @@ def test_equivalence_margin_must_be_positive(margin):
     [
         ({"kind": "correlation"}, r"kind must be one of"),
         ({"levels": (8, 16, 32)}, r"levels must hold exactly 2"),
-        ({"step": "first"}, r"step must be 'last', 'matched_loss' or a step number"),
+        ({"step": "first"}, r"step must be 'last', 'matched_loss', 'interpolated_loss' or a step number"),
         ({"test": "t"}, r"test must be one of"),
         ({"steps": (1, 2)}, r"unknown fields \['steps'\]"),
     ],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments.analysis import comparisons, correlation, inference, results
+from experiments.analysis import comparisons, correlation, inference, primary, results, settings
 
 BOOTSTRAP = inference.Bootstrap(num_resamples=400, seed=0)
 
@@ -253,6 +253,59 @@ def test_missing_values_are_left_out_with_their_reason():
     result = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
     assert [s for s, _ in result.per_seed] == ["0", "1", "3"]
     assert "seed 2: 1 row NaN (diverged)" in result.note
+
+
+def _interpolation_table(second_gaps: dict[int, dict[int, float]]) -> results.ResultsTable:
+    """Width 16 ends at gap 0.010 in every seed; width 32's gaps per seed and step are given, and
+    its trace and probe are straight lines in its gap (trace = 100 * gap, probe = 1 - 10 * gap)."""
+    rows = []
+    for seed, by_step in second_gaps.items():
+        rows += [{"width": 16, "seed": seed, "step": step, "pretrain_loss_gap": gap,
+                  "on_plateau": 1, "trace": 5.0, "linear_probe_acc": 0.5}
+                 for step, gap in ((8000, 0.014), (16000, 0.010))]
+        rows += [{"width": 32, "seed": seed, "step": step, "pretrain_loss_gap": gap,
+                  "on_plateau": int(step >= 8000), "trace": 100 * gap, "linear_probe_acc": 1 - 10 * gap}
+                 for step, gap in by_step.items()]
+    return results.ResultsTable.from_rows(rows)
+
+
+def test_interpolated_loss_reads_the_second_run_on_a_line_in_the_gap_and_never_extrapolates():
+    table = _interpolation_table({
+        0: {4000: 0.016, 8000: 0.012, 16000: 0.008},  # brackets 0.010 between 8,000 and 16,000
+        1: {4000: 0.011, 8000: 0.009, 16000: 0.0105},  # brackets it twice: the latest pair wins
+        2: {4000: 0.009, 8000: 0.008, 16000: 0.007},  # always below 0.010: no pair
+        3: {4000: 0.011, 8000: 0.0095, 16000: 0.009},  # between 4,000 (off the plateau) and 8,000
+    })
+    pairs = comparisons.configuration_pairs(table, "width", (16, 32), {}, "interpolated_loss")
+    assert sorted(pairs) == ["0", "1", "3"]
+    steps = table.values("step")
+    [(first, blend)] = pairs["0"]
+    assert steps[first] == 16000 and isinstance(blend, comparisons.Blend)
+    assert (steps[blend.low], steps[blend.high]) == (8000, 16000) and blend.weight == pytest.approx(0.5)
+    [(_, latest)] = pairs["1"]
+    assert (steps[latest.low], steps[latest.high]) == (8000, 16000)
+    assert latest.weight == pytest.approx(2 / 3)  # 0.009 + (2/3) * 0.0015 = 0.010.
+    # At the same gap, 0.010, width 32's trace is 1.0 and its probe 0.9: differences 1 - 5, 0.9 - 0.5.
+    trace = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
+    assert [d for _, d in trace.per_seed] == pytest.approx([-4.0, -4.0, -4.0])
+    probe = comparisons.seed_differences(table, "linear_probe_acc", pairs, BOOTSTRAP)
+    assert [d for _, d in probe.per_seed] == pytest.approx([0.4, 0.4, 0.4])
+    loss = comparisons.seed_differences(table, "pretrain_loss_gap", pairs, BOOTSTRAP)
+    assert [d for _, d in loss.per_seed] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+    # Seed 3's blend reads its 4,000-step checkpoint, off the plateau: not a pair on the plateau.
+    assert sorted(primary.on_plateau_pairs(table, pairs)) == ["0", "1"]
+
+
+def test_a_declared_test_at_interpolated_loss_runs_and_says_how_it_matched():
+    table = _interpolation_table({seed: {4000: 0.016, 8000: 0.012, 16000: 0.008} for seed in range(3)})
+    declared = dict(name="size", kind="paired_difference", statistic="trace", score="linear_probe_acc",
+                    axis="width", levels=(16, 32), step="interpolated_loss")
+    tests = settings.read_settings({"primary_tests": (declared,)}).primary_tests
+    hypotheses, rules = primary.run_primary_tests(table, tests, BOOTSTRAP)
+    by_role = {h.role: h.differences for h in hypotheses}
+    assert by_role["statistic"].estimate == pytest.approx(-4.0)
+    assert by_role["statistic"].num_seeds == 3
+    assert "the same held-out gap" in rules["size"] and "straight line" in rules["size"]
 
 
 def test_matched_loss_pairs_the_first_plateau_checkpoint_with_the_nearest_gap():
