@@ -251,6 +251,28 @@ def test_the_size_plateau_config_compares_widths_where_each_can_be_on_the_platea
         pcfg_full.get_config("size_plateau,protocol")
 
 
+def test_the_size_decay_config_runs_each_width_over_decaying_budgets(pcfg_data_dir, tmp_path):
+    config, configs, tests = _checked_option("size_decay", pcfg_data_dir, tmp_path)
+    budgets = {}
+    for c in configs:
+        assert c.schedule == "warmup_linear" and c.steps == (c.budget,)  # One checkpoint, its end.
+        budgets.setdefault(c.width, set()).add(c.budget)
+    assert budgets == {16: {8000, 16000}, 32: {4000, 8000, 16000}, 64: {4000, 8000, 16000}}
+    assert sorted({c.seed for c in configs}) == list(pcfg_full.SIZE_DECAY_SEEDS)
+    earlier = set(pcfg_full.SIZE_PLATEAU_SEEDS) | set(pcfg_full.SIZE_SEEDS) | set(pcfg_full.FULL_SEEDS)
+    assert not set(pcfg_full.SIZE_DECAY_SEEDS) & earlier
+    assert len(configs) == 8 * len(pcfg_full.SIZE_DECAY_SEEDS)
+    assert tests["size"].family == "primary" and tests["size"].levels == (16, 64)
+    for test in tests.values():  # Compared at the last budget, or at width 16's loss there.
+        assert test.step in (16000, "interpolated_loss") and ("schedule", "warmup_linear") in test.where
+    assert tests["size_same_loss"].step == "interpolated_loss"
+    assert tests["size_embedded"].statistic == "trace_embedded"
+    assert sorted(t.family for t in tests.values()) == ["primary", "secondary", "secondary", "secondary"]
+    assert config.hessian.embed_width == 64
+    with pytest.raises(ValueError, match="unknown or conflicting options"):
+        pcfg_full.get_config("size_decay,size")
+
+
 def test_the_continued_only_config_trains_past_three_plateau_checkpoints_4x_apart(pcfg_data_dir, tmp_path):
     config, configs, tests = _checked_option("continued_only", pcfg_data_dir, tmp_path)
     assert sorted(c.seed for c in configs) == list(pcfg_full.SEEDS)
