@@ -130,22 +130,30 @@ def _matched_loss_pair(
 def _interpolated_loss_pair(
     table: ResultsTable, first: Mapping[float, int], second: Mapping[float, int]
 ) -> tuple[int, Side] | None:
-    """The first side's last checkpoint, and the point of the second side's run at the same
-    held-out gap on the straight line between its two consecutive checkpoints whose gaps bracket
-    it (the latest such pair); None when no pair brackets it (no extrapolation)."""
+    """The first side's last checkpoint (on the loss plateau, where results.csv says which are),
+    and the point of the second side's run at the same held-out gap on the straight line between
+    two of its consecutive checkpoints whose gaps bracket it (the latest such pair); a checkpoint at
+    exactly that gap is used alone. None when the reference is off the plateau or no pair of
+    consecutive checkpoints with finite gaps brackets it (nothing is extrapolated)."""
     if not table.is_numeric("pretrain_loss_gap"):
         return None
     gap = table.values("pretrain_loss_gap")
     reference = first[max(first)]
     target = gap[reference]
-    ordered = [row for _, row in sorted(second.items()) if np.isfinite(gap[row])]
     if not np.isfinite(target):
         return None
+    if plateau_known(table) and table.flags(PLATEAU_COLUMN)[reference] != 1:
+        return None
+    ordered = [row for _, row in sorted(second.items())]
     for low, high in reversed(list(itertools.pairwise(ordered))):
+        if not (np.isfinite(gap[low]) and np.isfinite(gap[high])):
+            continue
         if min(gap[low], gap[high]) <= target <= max(gap[low], gap[high]):
-            span = gap[high] - gap[low]
-            weight = 0.0 if span == 0 else float((target - gap[low]) / span)
-            return reference, Blend(low, high, weight)
+            if gap[high] == target:
+                return reference, high
+            if gap[low] == target:
+                return reference, low
+            return reference, Blend(low, high, float((target - gap[low]) / (gap[high] - gap[low])))
     return None
 
 
@@ -169,11 +177,12 @@ def configuration_pairs(
             (``pretrain_loss_gap``) is nearest to it, kept only when the two gaps differ by at
             most the first's standard error (``pretrain_loss_gap_stderr``): the paper's comparison
             of algorithms at the same loss. A seed with no such checkpoint gives no pair.
-            ``"interpolated_loss"``: the first side's last checkpoint against the second side's
-            run read at the same held-out gap, on the straight line between its two consecutive
-            checkpoints whose gaps bracket it (a :class:`Blend`; the latest such pair where the
-            gap is not monotone). A seed whose second run never brackets the gap gives no pair:
-            nothing is extrapolated.
+            ``"interpolated_loss"``: the first side's last checkpoint (on the loss plateau, where
+            results.csv says) against the second side's run read at the same held-out gap, on
+            the straight line between two consecutive checkpoints whose gaps bracket it (a
+            :class:`Blend`; the latest such pair where the gap is not monotone). A seed whose
+            reference is off the plateau, or whose second run never brackets the gap, gives no
+            pair: nothing is extrapolated. The loss difference is then 0 by construction.
 
     Returns:
         seed -> its pairs (one per match of the other columns).

@@ -63,8 +63,9 @@ def describe(test: PrimaryTest, which: str = "") -> str:
             "last": "the last common step",
             "matched_loss": "matched loss (the first's first plateau checkpoint, the second's of "
             "the nearest held-out gap, within one standard error)",
-            "interpolated_loss": "the same held-out gap (the first's last checkpoint; the second "
-            "read off a straight line in the gap between its two checkpoints that bracket it)",
+            "interpolated_loss": "the same held-out gap (the first's last checkpoint, on the "
+            "plateau; the second read off a straight line in the gap between its two consecutive "
+            "checkpoints that bracket it; the loss difference is 0 by construction)",
         }.get(str(test.step), f"step {test.step}")
         text = f"{test.axis} {test.levels[1]} − {test.levels[0]} at {at}, matched on seed"
     else:
@@ -112,6 +113,10 @@ def pairs_of(table: ResultsTable, test: PrimaryTest) -> tuple[Pairs, str]:
             f"{test.axis} {level}: seeds {_seeds(table, side)}"
             for level, side in zip(test.levels, sides, strict=True)
         ]
+        unpaired = sorted(set(_seeds(table, sides[0])) & set(_seeds(table, sides[1])) - set(pairs),
+                          key=lambda s: (len(s), s))
+        if unpaired:  # E.g. no checkpoint at the same loss: said, not silently dropped.
+            rule += f"; seeds with both configurations but no pair: {', '.join(unpaired)}"
     else:
         pairs, which = comparisons.checkpoint_pairs(table, where, test.steps)
         rule = describe(test, which)

@@ -255,13 +255,15 @@ def test_missing_values_are_left_out_with_their_reason():
     assert "seed 2: 1 row NaN (diverged)" in result.note
 
 
-def _interpolation_table(second_gaps: dict[int, dict[int, float]]) -> results.ResultsTable:
-    """Width 16 ends at gap 0.010 in every seed; width 32's gaps per seed and step are given, and
-    its trace and probe are straight lines in its gap (trace = 100 * gap, probe = 1 - 10 * gap)."""
+def _interpolation_table(second_gaps: dict[int, dict[int, float]], off_plateau: tuple[int, ...] = ()
+                         ) -> results.ResultsTable:
+    """Width 16 ends at gap 0.010 in every seed (on the plateau but in seeds `off_plateau`); width
+    32's gaps per seed and step are given, and its trace and probe are straight lines in its gap
+    (trace = 100 * gap, probe = 1 - 10 * gap)."""
     rows = []
     for seed, by_step in second_gaps.items():
         rows += [{"width": 16, "seed": seed, "step": step, "pretrain_loss_gap": gap,
-                  "on_plateau": 1, "trace": 5.0, "linear_probe_acc": 0.5}
+                  "on_plateau": int(seed not in off_plateau), "trace": 5.0, "linear_probe_acc": 0.5}
                  for step, gap in ((8000, 0.014), (16000, 0.010))]
         rows += [{"width": 32, "seed": seed, "step": step, "pretrain_loss_gap": gap,
                   "on_plateau": int(step >= 8000), "trace": 100 * gap, "linear_probe_acc": 1 - 10 * gap}
@@ -296,6 +298,20 @@ def test_interpolated_loss_reads_the_second_run_on_a_line_in_the_gap_and_never_e
     assert sorted(primary.on_plateau_pairs(table, pairs)) == ["0", "1"]
 
 
+def test_interpolated_loss_skips_unusable_checkpoints_and_off_plateau_references():
+    table = _interpolation_table({
+        0: {4000: 0.016, 8000: math.nan, 16000: 0.008},  # 4,000 and 16,000 are not consecutive
+        1: {4000: 0.012, 8000: 0.010, 16000: math.nan},  # exactly at 8,000: that row alone
+        2: {4000: 0.016, 8000: 0.012, 16000: 0.008},  # its reference is off the plateau
+    }, off_plateau=(2,))
+    pairs = comparisons.configuration_pairs(table, "width", (16, 32), {}, "interpolated_loss")
+    assert sorted(pairs) == ["1"]
+    [(_, exact)] = pairs["1"]
+    assert not isinstance(exact, comparisons.Blend) and table.values("step")[exact] == 8000
+    trace = comparisons.seed_differences(table, "trace", pairs, BOOTSTRAP)
+    assert trace.per_seed == (("1", pytest.approx(-4.0)),) and not trace.note
+
+
 def test_a_declared_test_at_interpolated_loss_runs_and_says_how_it_matched():
     table = _interpolation_table({seed: {4000: 0.016, 8000: 0.012, 16000: 0.008} for seed in range(3)})
     declared = dict(name="size", kind="paired_difference", statistic="trace", score="linear_probe_acc",
@@ -306,6 +322,13 @@ def test_a_declared_test_at_interpolated_loss_runs_and_says_how_it_matched():
     assert by_role["statistic"].estimate == pytest.approx(-4.0)
     assert by_role["statistic"].num_seeds == 3
     assert "the same held-out gap" in rules["size"] and "straight line" in rules["size"]
+    assert "no pair" not in rules["size"]
+    # A seed whose width-32 run never reaches width 16's gap is named, not silently dropped.
+    table = _interpolation_table({0: {4000: 0.016, 8000: 0.012, 16000: 0.008},
+                                  1: {4000: 0.016, 8000: 0.012, 16000: 0.008},
+                                  2: {4000: 0.009, 8000: 0.008, 16000: 0.007}})
+    _, rules = primary.run_primary_tests(table, tests, BOOTSTRAP)
+    assert rules["size"].endswith("seeds with both configurations but no pair: 2")
 
 
 def test_matched_loss_pairs_the_first_plateau_checkpoint_with_the_nearest_gap():

@@ -257,16 +257,20 @@ def test_the_size_decay_config_runs_each_width_over_decaying_budgets(pcfg_data_d
     for c in configs:
         assert c.schedule == "warmup_linear" and c.steps == (c.budget,)  # One checkpoint, its end.
         budgets.setdefault(c.width, set()).add(c.budget)
-    assert budgets == {16: {8000, 16000}, 32: {4000, 8000, 16000}, 64: {4000, 8000, 16000}}
+    assert budgets == {16: {8000, 16000, 32000}, 32: {8000, 16000}, 64: {4000, 8000}}
     assert sorted({c.seed for c in configs}) == list(pcfg_full.SIZE_DECAY_SEEDS)
     earlier = set(pcfg_full.SIZE_PLATEAU_SEEDS) | set(pcfg_full.SIZE_SEEDS) | set(pcfg_full.FULL_SEEDS)
     assert not set(pcfg_full.SIZE_DECAY_SEEDS) & earlier
-    assert len(configs) == 8 * len(pcfg_full.SIZE_DECAY_SEEDS)
-    assert tests["size"].family == "primary" and tests["size"].levels == (16, 64)
-    for test in tests.values():  # Compared at the last budget, or at width 16's loss there.
-        assert test.step in (16000, "interpolated_loss") and ("schedule", "warmup_linear") in test.where
-    assert tests["size_same_loss"].step == "interpolated_loss"
-    assert tests["size_embedded"].statistic == "trace_embedded"
+    assert len(configs) == 7 * len(pcfg_full.SIZE_DECAY_SEEDS)
+    # The primary test: width 16 read at width 64's last budget's loss, on the embedded trace.
+    size = tests["size"]
+    assert size.family == "primary" and size.levels == (64, 16) and size.step == "interpolated_loss"
+    assert size.statistic == "trace_embedded" and size.score == "linear_probe_acc"
+    assert tests["size_raw"].statistic == "trace" and tests["size_raw"].score == "linear_probe_masked_acc"
+    for name in ("size_same_budget", "size_16_32"):  # Every compared width ran that budget.
+        assert all(tests[name].step in budgets[w] for w in tests[name].levels)
+    for test in tests.values():
+        assert ("schedule", "warmup_linear") in test.where
     assert sorted(t.family for t in tests.values()) == ["primary", "secondary", "secondary", "secondary"]
     assert config.hessian.embed_width == 64
     with pytest.raises(ValueError, match="unknown or conflicting options"):
