@@ -26,7 +26,6 @@ def row_label(table: ResultsTable, row: int) -> str:
     )
 
 
-
 def negative_section(table: ResultsTable) -> list[str]:
     """Negative estimates of the trace-like columns, and those far below zero."""
     lines = ["## Negative trace estimates", ""]
@@ -64,7 +63,6 @@ def negative_section(table: ResultsTable) -> list[str]:
         lines += ["The negative estimates (configuration/seed/step: estimate ± standard error):", ""]
         lines += [*listed, ""]
     return lines
-
 
 
 def fresh_section(table: ResultsTable) -> list[str]:
@@ -165,7 +163,6 @@ def cost_section(table: ResultsTable) -> list[str]:
             rows,
         ),
     ]
-
 
 
 def duplicates_note(duplicates: Sequence[quality.AffineDuplicate]) -> list[str]:
