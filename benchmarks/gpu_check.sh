@@ -7,6 +7,9 @@
 # 2. benchmarks/gpu.py: ResNet-18 and a GPT-2-small-sized decoder: gradient vs hvp vs hvp_fn
 #    chunks, reverse-over-reverse, PyTorch double backward, torch.func, a 100-probe trace against
 #    PyHessian, peak memory (limit GPU_CHECK_SECONDS, default 250 s).
+# 3. benchmarks/parallel_seeds.py: 8 seeds of the language study's model, one after another against
+#    stacked in one `jax.vmap`ped program (the study's default on an accelerator), limit
+#    PARALLEL_SEEDS_SECONDS (default 0: off; about 200 s with the grammar's data to prepare).
 #
 # A part whose seconds are 0 is skipped. The whole check needs about 12 minutes (ResNet-18 alone took
 # 4 of gpu.py's): in a 15-minute device budget, run it as two back-to-back calls, e.g.
@@ -43,4 +46,13 @@ if [ "$check_seconds" -gt 0 ]; then
     timeout --signal=INT --kill-after=15 "$check_seconds" "$python" -m benchmarks.gpu "$@"
     echo "benchmarks.gpu exit status: $?"
   } 2>&1 | tee "$out/gpu_log.txt"
+fi
+seeds_seconds="${PARALLEL_SEEDS_SECONDS:-0}"
+if [ "$seeds_seconds" -gt 0 ]; then
+  {
+    timeout --signal=INT --kill-after=15 "$seeds_seconds" \
+      "$python" -m benchmarks.parallel_seeds --seeds=8 --steps=1000 --parallel=1,stacked
+    echo "benchmarks.parallel_seeds exit status: $?"
+    tail -n 12 benchmarks/RESULTS.md
+  } 2>&1 | tee "$out/parallel_seeds_log.txt"
 fi

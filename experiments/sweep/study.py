@@ -36,12 +36,15 @@ from experiments.core import compile_seconds, config_utils, jobs, multihost
 from experiments.core.config_utils import Field, IntTuple
 from experiments.measurement import stage as measurement
 from experiments.sweep import arms
+from experiments.sweep import pretraining as pretrain_jobs
 from experiments.training import runs, setting, train
 
 SWEEP_SCHEMA = {
     # Pretraining runs at once, each in a worker process; None: the caller's default (1 from
     # `run_study`, `default_parallel()` from the `experiments.study` binary).
     "parallel": Field((int, type(None)), None),
+    # Seeds of a configuration as one `jax.vmap`ped program (`experiments.sweep.pretraining`).
+    "stack_seeds": Field(str, "auto"),
     "objectives": Field((tuple, list)),
     "widths": Field(IntTuple),
     "depths": Field(IntTuple),
@@ -205,16 +208,6 @@ def parallelism(config: ml_collections.ConfigDict, default: int = 1) -> int:
     return value
 
 
-def _pretrain_job(configuration: Configuration, workdir: pathlib.Path) -> dict[str, Any]:
-    outcome = train.pretrain(configuration.config, configuration.run_dir(workdir))
-    summary = json.loads((configuration.run_dir(workdir) / train.SUMMARY_FILE).read_text())
-    return {
-        "num_params": outcome.num_params,
-        "num_encoder_params": summary["num_encoder_params"],
-        "checkpoint_steps": outcome.checkpoint_steps,
-    }
-
-
 def stages_of(config: ml_collections.ConfigDict) -> tuple[setting.CheckpointStage, ...]:
     """The per-checkpoint stages of a study: measurement, then the setting's transfer stage."""
     return (measurement.STAGE, setting.of_config(config).transfer)
@@ -234,11 +227,9 @@ def study_jobs(
         stage.read_settings(config)
     # Every pretraining job first: they are the long ones, so workers take them before any
     # checkpoint (the runner starts ready jobs in list order), then the checkpoints fill the workers.
-    pretraining, checkpoints = [], []
+    pretraining, checkpoints = pretrain_jobs.pretraining_jobs(configs, config, workdir), []
     for c in configs:
         pretrain_id = jobs.make_job_id("pretrain", *c.parts)
-        fn = functools.partial(_pretrain_job, c, workdir)  # Priced by its steps in the ETA.
-        pretraining.append(jobs.Job(pretrain_id, fn, in_worker=True, cost=max(c.steps)))
         for step in c.steps:
             for stage in stages:
                 # In a worker too: a checkpoint's stages beside other runs' pretraining and

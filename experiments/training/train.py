@@ -119,6 +119,27 @@ class _MetricsLog:
             file.write(json.dumps(record) + "\n")
 
 
+def train_update(run: runs.Run) -> Callable[..., Any]:
+    """The training update of `run`, not compiled: `make_train_step` jits it, and
+    `experiments.training.stacked` jits its `jax.vmap` over seeds. Same signature as there."""
+
+    def update(params, opt_state, model_state, batch):
+        def loss_of(params):
+            outputs, new_state = models.apply_model(
+                run.model, params, model_state, batch["inputs"], train=True
+            )
+            loss = run.objective.loss(outputs, batch)
+            if run.extras is not None:
+                loss = loss + run.extras.penalty(params, batch["extras_state"], batch["extras_batch"])
+            return loss, new_state
+
+        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        updates, opt_state = run.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, model_state, loss
+
+    return update
+
+
 def make_train_step(run: runs.Run) -> Callable[..., Any]:
     """The jitted training update of `run`.
 
@@ -136,23 +157,7 @@ def make_train_step(run: runs.Run) -> Callable[..., Any]:
     # Data parallel, the gradients of a split batch are all-reduced; pinning the outputs keeps
     # the state replicated from step to step (one compilation) and readable on every process.
     placement = {"out_shardings": multihost.replicated_sharding()} if multihost.data_parallel() else {}
-
-    @functools.partial(jax.jit, **placement)
-    def train_step(params, opt_state, model_state, batch):
-        def loss_of(params):
-            outputs, new_state = models.apply_model(
-                run.model, params, model_state, batch["inputs"], train=True
-            )
-            loss = run.objective.loss(outputs, batch)
-            if run.extras is not None:
-                loss = loss + run.extras.penalty(params, batch["extras_state"], batch["extras_batch"])
-            return loss, new_state
-
-        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-        updates, opt_state = run.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, model_state, loss
-
-    return train_step
+    return jax.jit(train_update(run), **placement)
 
 
 def _training_batches(run: runs.Run, start: int, stop: int) -> Iterator[dict[str, Any]]:
@@ -162,12 +167,19 @@ def _training_batches(run: runs.Run, start: int, stop: int) -> Iterator[dict[str
     second thread changes nothing but the time: on a CPU, XLA runs the small models' steps on one
     core and the batch (about 15% of a step of the language setting) is made on the other.
     """
+    return prefetched(functools.partial(training_batch, run), start, stop)
 
-    def make(step: int) -> dict[str, Any]:
-        return objectives.training_batch(
-            run.objective, run.task.train, run.settings["batch_size"], run.seed, step
-        )
 
+def training_batch(run: runs.Run, step: int) -> dict[str, Any]:
+    """The prepared batch of `run`'s training step `step`."""
+    return objectives.training_batch(
+        run.objective, run.task.train, run.settings["batch_size"], run.seed, step
+    )
+
+
+def prefetched(make: Callable[[int], Any], start: int, stop: int) -> Iterator[Any]:
+    """`make(step)` for steps `start .. stop - 1`, each made on a second thread while the caller
+    works on the one before."""
     with futures.ThreadPoolExecutor(1, thread_name_prefix="batches") as worker:
         pending = worker.submit(make, start) if start < stop else None
         for step in range(start, stop):
@@ -386,16 +398,25 @@ def pretrain(
                 checkpoint(step, state)
         saved = sorted(manager.all_steps())
 
-    size = models.num_params(state.params)
+    seconds = time.perf_counter() - start_time
+    size = write_summary(workdir, state.params, steps, saved, seconds, steps - start_step)
+    multihost.barrier("pretrain: finished")
+    return PretrainResult(state.params, state.model_state, size, saved)
+
+
+def write_summary(workdir: pathlib.Path, params: models.Params, steps: int, saved: list[int],
+                  seconds: float, steps_trained: int, **extra: Any) -> int:
+    """Writes the finished run's `summary.json` (primary process); returns its parameter count."""
+    size = models.num_params(params)
     summary = {
         "num_params": size,
-        "num_encoder_params": models.num_params(state.params["encoder"]),
+        "num_encoder_params": models.num_params(params["encoder"]),
         "steps": steps,
         "checkpoint_steps": saved,
-        "seconds_this_session": time.perf_counter() - start_time,
-        "steps_this_session": steps - start_step,
+        "seconds_this_session": seconds,
+        "steps_this_session": steps_trained,
+        **extra,
     }
     if multihost.is_primary():
         (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    multihost.barrier("pretrain: finished")
-    return PretrainResult(state.params, state.model_state, size, saved)
+    return size
