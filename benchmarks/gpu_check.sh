@@ -49,10 +49,11 @@ if [ "$check_seconds" -gt 0 ]; then
 fi
 seeds_seconds="${PARALLEL_SEEDS_SECONDS:-0}"
 if [ "$seeds_seconds" -gt 0 ]; then
+  before="$(wc -l < benchmarks/RESULTS.md)"
   {
     timeout --signal=INT --kill-after=15 "$seeds_seconds" \
       "$python" -m benchmarks.parallel_seeds --seeds=8 --steps=1000 --parallel=1,stacked
     echo "benchmarks.parallel_seeds exit status: $?"
-    tail -n 12 benchmarks/RESULTS.md
+    tail -n "+$((before + 1))" benchmarks/RESULTS.md  # Only this run's table, if it finished.
   } 2>&1 | tee "$out/parallel_seeds_log.txt"
 fi

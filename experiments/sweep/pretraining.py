@@ -3,12 +3,13 @@
 `config.sweep.stack_seeds` chooses:
   * `"auto"` (default): stacked on an accelerator, where a small model leaves the device idle and
     one `jax.vmap`ped program trains every seed of a configuration (`training.stacked`); one job
-    per run on a CPU, where seeds run side by side in worker processes instead (`--parallel`),
-    because a stacked step there was slower per seed than one seed alone
-    (`benchmarks/parallel_seeds.py` compares the two);
+    per run on a CPU, where seeds run side by side in worker processes instead (`--parallel`):
+    on a quiet 2-core machine a vmap of 5 or 8 seeds was slower per seed-step than one seed
+    alone (`benchmarks/parallel_seeds.py` compares them; BUILD.md has the numbers and caveats);
   * `"always"` / `"never"`: stacked on any backend / never.
 Only configurations without a per-step extra term are stacked (the adversary's is updated on the
-host, seed by seed, so its runs stay one job each), and only in a single process.
+host, seed by seed, so its runs stay one job each), whose seeds share every other setting, and
+only in one process on one device (several devices train each run data parallel instead).
 
 A stacked configuration gets a `pretrain_stacked/<model>/<objective>` job that trains its seeds;
 each run keeps its `pretrain/...` job, which then only reads the run's summary, so the checkpoint
@@ -48,11 +49,12 @@ def stacks_seeds(config: ml_collections.ConfigDict) -> bool:
             f"config.sweep.stack_seeds must be one of {', '.join(map(repr, STACK_CHOICES))}; "
             f"got {value!r}."
         )
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 or jax.device_count() > 1:
         if value == "always":
             raise config_utils.ConfigError(
-                "config.sweep.stack_seeds='always' needs one process; this JAX has "
-                f"{jax.process_count()} (each run is data parallel over them instead)."
+                "config.sweep.stack_seeds='always' needs one process on one device; this JAX has "
+                f"{jax.process_count()} processes and {jax.device_count()} devices (each run is "
+                "data parallel over them instead): use 'auto' or 'never'."
             )
         return False
     return value == "always" or (value == "auto" and jax.default_backend() != "cpu")
@@ -82,20 +84,31 @@ def pretraining_jobs(
     groups: dict[tuple[str, ...], list[Configuration]] = {}
     for c in configs:
         groups.setdefault(c.parts[:-1], []).append(c)  # The parts end with the seed.
-    stack = stacks_seeds(config)
+    stacked_ids: dict[str, str] = {}  # Run's job id -> its configuration's stacked job.
     result = []
-    for key, group in groups.items():
-        together = (stack and len(group) > 1 and runs.build_run(group[0].config).extras is None)
-        stacked_id = jobs.make_job_id("pretrain_stacked", *key)
-        if together:
-            fn = functools.partial(_stacked_job, group, workdir)
-            result.append(jobs.Job(stacked_id, fn, in_worker=True, cost=max(group[0].steps)))
-        for c in group:
-            run_id = jobs.make_job_id("pretrain", *c.parts)
-            if together:
-                fn = functools.partial(_summary, c, workdir)
-                result.append(jobs.Job(run_id, fn, (stacked_id,)))
-            else:
-                fn = functools.partial(pretrain_job, c, workdir)  # Priced by its steps in the ETA.
-                result.append(jobs.Job(run_id, fn, in_worker=True, cost=max(c.steps)))
+    if stacks_seeds(config):
+        for key, group in groups.items():
+            if len(group) > 1 and _stackable(group):
+                stacked_id = jobs.make_job_id("pretrain_stacked", *key)
+                fn = functools.partial(_stacked_job, group, workdir)
+                result.append(jobs.Job(stacked_id, fn, in_worker=True, cost=max(group[0].steps)))
+                stacked_ids.update({jobs.make_job_id("pretrain", *c.parts): stacked_id for c in group})
+    for c in configs:  # In the configs' order, as without stacking.
+        run_id = jobs.make_job_id("pretrain", *c.parts)
+        if run_id in stacked_ids:  # Only reads the summary; in a worker, so it never waits for one.
+            result.append(jobs.Job(run_id, functools.partial(_summary, c, workdir),
+                                   (stacked_ids[run_id],), in_worker=True))
+        else:
+            fn = functools.partial(pretrain_job, c, workdir)  # Priced by its steps in the ETA.
+            result.append(jobs.Job(run_id, fn, in_worker=True, cost=max(c.steps)))
     return result
+
+
+def _stackable(group: Sequence[Configuration]) -> bool:
+    """Whether the runs of `group` (one model and objective) can train as one program: the same
+    config but the seed (arms may give disjoint seeds other budgets) and no per-step extra term."""
+    try:
+        stacked.check_stackable([c.config for c in group])
+    except stacked.StackingError:
+        return False
+    return runs.build_run(group[0].config).extras is None

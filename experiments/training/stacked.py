@@ -3,8 +3,9 @@
 A small model leaves an accelerator mostly idle, so a study there trains the seeds of each
 configuration stacked on a leading axis, one compiled update for all of them (`pretrain_stacked`;
 the study does it where `config.sweep.stack_seeds` says, `experiments.sweep.pretraining`). On a CPU
-it is slower per seed-step than one seed alone, and seeds run as separate processes instead
-(`benchmarks/parallel_seeds.py` has both).
+the study runs seeds as separate processes instead: a vmap of 5 or 8 seeds was measured slower
+per seed-step than one seed alone on a quiet 2-core machine (`benchmarks/parallel_seeds.py`
+compares them; BUILD.md has the numbers and their caveats).
 
 Each seed keeps its own workdir, written as `train.pretrain` writes it (config, Orbax checkpoints,
 metrics, summary), so every later stage reads it unchanged, and `train.pretrain` can resume it.
@@ -29,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from experiments.core import checkpoints, config_utils, multihost
-from experiments.training import runs, train
+from experiments.training import models, runs, train
 
 
 class StackingError(config_utils.ConfigError):
@@ -115,7 +116,8 @@ def pretrain_stacked(
     results: list[train.PretrainResult | None] = [None] * len(configs)
     with contextlib.ExitStack() as opened:
         managers = [opened.enter_context(checkpoints.manager(w)) for w in workdirs]
-        starts = [manager.latest_step() or 0 for manager in managers]
+        # None (nothing saved yet) apart from 0 (step 0 saved): only the first saves step 0.
+        starts = [-1 if (latest := manager.latest_step()) is None else latest for manager in managers]
         for start in sorted(set(starts)):
             group = [i for i, first in enumerate(starts) if first == start]
             outcomes = _train_group([members[i] for i in group], [workdirs[i] for i in group],
@@ -148,11 +150,14 @@ def _train_group(members: list[runs.Run], workdirs: list[pathlib.Path],
             record = metrics_of[index](own.params, own.model_state)
             logs[index].write({"step": step, **record})  # Before the save, as in `train.pretrain`.
             checkpoints.save(manager, step, own.items())
+            logging.info("Checkpoint of seed %d at step %d: %s.", members[index].seed, step, ", ".join(
+                f"{name} {value:.4f}" for name, value in record.items() if isinstance(value, (int, float))))
 
     if latest is None and 0 in first.saved_steps:
         checkpoint(0, state)
     start_time, start_step = time.perf_counter(), step
     progress = [train._ProgressLog(run, log, step) for run, log in zip(members, logs, strict=True)]
+    log_every, losses = first.settings["log_every"], 0.0  # One sum of the stacked losses.
     make = lambda step: jax.tree.map(  # noqa: E731 - one seed's batch after another, stacked.
         lambda *leaves: np.stack(leaves), *[train.training_batch(run, step) for run in members])
     for batch in train.prefetched(make, step, steps):
@@ -160,8 +165,11 @@ def _train_group(members: list[runs.Run], workdirs: list[pathlib.Path],
                                                       state.model_state, batch)
         state = train._State(params, opt_state, model_state, None)
         step += 1
-        for index, log in enumerate(progress):
-            log.add(step, loss[index])
+        losses += loss
+        if step % log_every == 0 or step == steps:  # Each seed's log line: its sum since the last.
+            for index, log in enumerate(progress):
+                log.add(step, float(losses[index]))
+            losses = 0.0
         if step in first.saved_steps:
             checkpoint(step, state)
     seconds = time.perf_counter() - start_time
@@ -169,8 +177,11 @@ def _train_group(members: list[runs.Run], workdirs: list[pathlib.Path],
     for index, (manager, workdir) in enumerate(zip(managers, workdirs, strict=True)):
         own = _member(state, index)
         saved = sorted(manager.all_steps())
-        size = train.write_summary(workdir, own.params, steps, saved, seconds, steps - start_step,
-                                   stacked_seeds=len(members))
+        if start_step < steps or not (workdir / train.SUMMARY_FILE).exists():
+            # `stacked_seeds`: how many seeds the program that trained its last steps held.
+            train.write_summary(workdir, own.params, steps, saved, seconds, steps - start_step,
+                                stacked_seeds=len(members))
+        size = models.num_params(own.params)
         outcomes.append(train.PretrainResult(own.params, own.model_state, size, saved))
     return outcomes
 

@@ -75,20 +75,28 @@ def test_stacked_seeds_equal_separate_runs_and_write_the_same_files(tiny_config,
 
 
 def test_stacked_seeds_resume_from_their_own_checkpoints(tiny_config, tmp_path):  # noqa: F811
-    configs = _seed_configs(tiny_config, (0, 1, 2))
+    configs = _seed_configs(tiny_config, (0, 1, 2, 3, 4))
     workdirs = [tmp_path / f"seed{config.seed}" for config in configs]
     first = stacked.pretrain_stacked(configs, workdirs)
-    kept = (workdirs[0] / train.METRICS_FILE).read_text()
-    # Seed 1 as if killed after its checkpoint at step 3, seed 2 before its first.
-    shutil.rmtree(workdirs[1] / "checkpoints" / "6")
-    (workdirs[1] / train.SUMMARY_FILE).unlink()
-    shutil.rmtree(workdirs[2])
+    kept = (workdirs[0] / train.SUMMARY_FILE).read_text()
+    # As if killed: seeds 1 and 2 after their checkpoint at step 3 (restored and stacked together),
+    # seed 3 after its step-0 checkpoint, seed 4 before any. Seed 0 finished.
+    for seed, removed in ((1, (6,)), (2, (6,)), (3, (3, 6)), (4, None)):
+        if removed is None:
+            shutil.rmtree(workdirs[seed])
+            continue
+        for step in removed:
+            shutil.rmtree(workdirs[seed] / "checkpoints" / str(step))
+        (workdirs[seed] / train.SUMMARY_FILE).unlink()
     again = stacked.pretrain_stacked(configs, workdirs)
-    assert (workdirs[0] / train.METRICS_FILE).read_text() == kept  # Finished: left as it was.
-    assert json.loads((workdirs[1] / train.SUMMARY_FILE).read_text())["steps_this_session"] == 3
+    assert (workdirs[0] / train.SUMMARY_FILE).read_text() == kept  # Finished: left as it was.
+    summaries = [json.loads((w / train.SUMMARY_FILE).read_text()) for w in workdirs]
+    assert [(s["steps_this_session"], s["stacked_seeds"]) for s in summaries[1:]] == [
+        (3, 2), (3, 2), (6, 1), (6, 1)]
     for before, after, workdir in zip(first, again, workdirs, strict=True):
         _assert_close(after.params, before.params)
         assert after.checkpoint_steps == [0, 3, 6]
+        # One line per checkpoint (0, 3, 6) and per log step (3, 6): none lost, none twice.
         assert [line["step"] for line in _lines(workdir)] == [0, 3, 3, 6, 6]
 
 
@@ -124,7 +132,7 @@ def test_a_study_stacks_the_seeds_of_each_configuration_where_asked(pcfg_data_di
     assert [job.job_id for job in planned if job.job_id.startswith("pretrain_stacked")] == [together]
     for seed in SEEDS:  # AdamW's runs wait for the stacked job; the adversary's train alone.
         member = by_id[f"pretrain/text_transformer_w16_d1/adamw/seed{seed}"]
-        assert member.depends_on == (together,) and not member.in_worker
+        assert member.depends_on == (together,) and member.in_worker
         alone = by_id[f"pretrain/text_transformer_w16_d1/adversarial/seed{seed}"]
         assert alone.depends_on == () and alone.in_worker
     assert pickle.loads(pickle.dumps(by_id[together].fn)).func is by_id[together].fn.func
@@ -144,3 +152,13 @@ def test_a_study_stacks_the_seeds_of_each_configuration_where_asked(pcfg_data_di
     config.sweep.stack_seeds = "sometimes"
     with pytest.raises(config_utils.ConfigError, match="config.sweep.stack_seeds must be one of 'auto'"):
         study.study_jobs(configs, config, tmp_path)
+
+
+def test_auto_and_always_do_not_stack_over_several_devices(tiny_config, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(pretraining.jax, "device_count", lambda: 2)  # As on a multi-GPU host.
+    tiny_config.sweep.stack_seeds = "auto"
+    assert not pretraining.stacks_seeds(tiny_config)
+    tiny_config.sweep.stack_seeds = "always"
+    with pytest.raises(config_utils.ConfigError, match=r"stack_seeds='always' needs one process on one "
+                       r"device; this JAX has 1 processes and 2 devices"):
+        pretraining.stacks_seeds(tiny_config)
