@@ -81,7 +81,8 @@ class Job:
             ``fn`` must then be picklable (e.g. a ``functools.partial`` of a module-level function)
             and touch nothing but its own files.
         cost: the job's size relative to others of its kind (e.g. a pretraining run's steps); the
-            progress ETA prices a job at its kind's seconds per unit of cost so far. Positive.
+            progress ETA prices a job at its kind's seconds per unit of cost so far. Positive, or
+            0 for bookkeeping (e.g. a stacked run's summary): neither timed nor priced.
     """
 
     job_id: str
@@ -108,8 +109,9 @@ def _as_job(item: Job | Sequence[Any]) -> Job:
     else:
         job = Job(item[0], item[1], tuple(item[2]) if len(item) > 2 else ())
     validate_job_id(job.job_id)
-    if not (isinstance(job.cost, (int, float)) and math.isfinite(job.cost) and job.cost > 0):
-        raise ValueError(f"Job.cost of {job.job_id!r} must be a positive finite number, got {job.cost!r}")
+    if not (isinstance(job.cost, (int, float)) and math.isfinite(job.cost) and job.cost >= 0):
+        raise ValueError(
+            f"Job.cost of {job.job_id!r} must be a positive finite number (or 0), got {job.cost!r}")
     return job
 
 
@@ -220,7 +222,7 @@ class _Runner:
         self._workers = 1
 
     def _record(self, job: Job, result: JobResult) -> None:
-        if result.status in (DONE, FAILED):
+        if result.status in (DONE, FAILED) and job.cost > 0:
             self._durations.setdefault(_kind(job.job_id), []).append((result.seconds, job.cost))
         write_result(self._workdir, result)
         # Exactly what a rerun would read (NaNs restored); not read from the file, which on several

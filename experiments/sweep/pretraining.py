@@ -95,9 +95,10 @@ def pretraining_jobs(
                 stacked_ids.update({jobs.make_job_id("pretrain", *c.parts): stacked_id for c in group})
     for c in configs:  # In the configs' order, as without stacking.
         run_id = jobs.make_job_id("pretrain", *c.parts)
-        if run_id in stacked_ids:  # Only reads the summary; in a worker, so it never waits for one.
+        if run_id in stacked_ids:  # Only reads the summary (in a worker: it never waits for one;
+            # cost 0: not timed, or the ETA would price the other runs' steps at nothing).
             result.append(jobs.Job(run_id, functools.partial(_summary, c, workdir),
-                                   (stacked_ids[run_id],), in_worker=True))
+                                   (stacked_ids[run_id],), in_worker=True, cost=0))
         else:
             fn = functools.partial(pretrain_job, c, workdir)  # Priced by its steps in the ETA.
             result.append(jobs.Job(run_id, fn, in_worker=True, cost=max(c.steps)))

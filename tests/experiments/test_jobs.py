@@ -85,10 +85,23 @@ def test_the_eta_prices_a_job_by_its_cost(tmp_path):
     assert runner._eta() == jobs.format_seconds((0.05 * 32000 + 20.0) / 2)
 
 
-def test_a_job_cost_must_be_positive(tmp_path):
-    for cost in (0, -1.0, float("nan"), "8000"):
+def test_a_job_cost_must_be_positive_or_zero(tmp_path):
+    for cost in (-1.0, float("nan"), float("inf"), "8000"):
         with pytest.raises(ValueError, match="Job.cost of 'pretrain/a' must be a positive finite number"):
             jobs.run_jobs(tmp_path, [jobs.Job("pretrain/a", Counter(), cost=cost)])
+
+
+def test_a_job_of_cost_zero_is_neither_timed_nor_priced(tmp_path):
+    # A stacked run's summary job (cost 0, instant) finishes first: it must not make the kind's
+    # seconds per step 0, which would price the 8,000-step run left at nothing.
+    listed = [jobs.Job("pretrain/summary", Counter(), cost=0), jobs.Job("pretrain/run", Counter(), cost=8000)]
+    lines = []
+    results = jobs.run_jobs(tmp_path, listed, log=lines.append)
+    assert all(record.status == jobs.DONE for record in results.values())
+    assert lines[1].endswith("ETA unknown")  # After the summary: nothing timed yet, not "0s".
+    runner = jobs._Runner(tmp_path, listed, listed, {}, False, lambda _: None)
+    runner._record(listed[0], results["pretrain/summary"])
+    assert runner._durations == {}
 
 
 def test_failing_job_leaves_no_file_unless_failures_are_recorded(tmp_path):

@@ -132,7 +132,7 @@ def test_a_study_stacks_the_seeds_of_each_configuration_where_asked(pcfg_data_di
     assert [job.job_id for job in planned if job.job_id.startswith("pretrain_stacked")] == [together]
     for seed in SEEDS:  # AdamW's runs wait for the stacked job; the adversary's train alone.
         member = by_id[f"pretrain/text_transformer_w16_d1/adamw/seed{seed}"]
-        assert member.depends_on == (together,) and member.in_worker
+        assert member.depends_on == (together,) and member.in_worker and member.cost == 0
         alone = by_id[f"pretrain/text_transformer_w16_d1/adversarial/seed{seed}"]
         assert alone.depends_on == () and alone.in_worker
     assert pickle.loads(pickle.dumps(by_id[together].fn)).func is by_id[together].fn.func
