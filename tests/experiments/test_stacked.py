@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 import shutil
@@ -162,3 +163,32 @@ def test_auto_and_always_do_not_stack_over_several_devices(tiny_config, monkeypa
     with pytest.raises(config_utils.ConfigError, match=r"stack_seeds='always' needs one process on one "
                        r"device; this JAX has 1 processes and 2 devices"):
         pretraining.stacks_seeds(tiny_config)
+
+
+@pytest.mark.slow  # Two tiny studies, measured and scored (~3 min).
+def test_a_stacked_study_gives_the_results_of_one_run_per_seed(pcfg_data_dir, tmp_path):
+    config = _tiny_study_config(pcfg_data_dir)
+    config.sweep.seeds, config.sweep.objectives = SEEDS, ("adamw",)
+    config.report.primary_tests = ()
+    tables = {}
+    for stack in ("never", "always"):
+        config.sweep.stack_seeds = stack
+        study.run_study(config, tmp_path / stack)
+        with open(tmp_path / stack / study.RESULTS_FILE, newline="") as stream:
+            tables[stack] = list(csv.DictReader(stream))
+    assert len(tables["never"]) == len(tables["always"]) == 2
+    compared = 0
+    for alone, together in zip(tables["never"], tables["always"], strict=True):
+        assert list(alone) == list(together)
+        for name, value in alone.items():
+            if name.startswith("seconds_") or name == "density_file":
+                continue
+            try:
+                expected = float(value)
+            except ValueError:
+                assert together[name] == value, name
+                continue
+            # Every number of the row, measurements and scores too, to rounding.
+            assert float(together[name]) == pytest.approx(expected, rel=1e-4, abs=1e-5, nan_ok=True), name
+            compared += 1
+    assert compared > 100
