@@ -9,7 +9,7 @@ which fits the ~90-minute budget beside the default: `protocol` adds Liu et al.'
 and 64 (`_size_only`), and `size_plateau` its version 2, where every width can be on the plateau
 (`_size_plateau`; ran 2026-12-03, docs/pcfg_size_plateau: width 64 did not
 settle at the one rate), `size_decay` its version 3 on the paper's decaying schedule (`_size_decay`;
-declared, not yet run); `continued_only` the continued-training arm alone on
+declared; started 2026-12-03, not yet finished); `continued_only` the continued-training arm alone on
 seeds 0-7 (`_continued_only`). Version 2 of the full study (continued training to 16,000 steps, the protocol
 arm and the algorithm, seeds 0-7) is this file at commit 281e6ea.
 
@@ -117,7 +117,7 @@ def get_config(options: str = "") -> ml_collections.ConfigDict:
     protocol arm, `"size"` the size arm (both together allowed), `"size_only"` runs the size arm
     alone (at three widths), `"size_plateau"` its version 2 (every width on the plateau),
     `"continued_only"` the continued-training arm alone (seeds 0-7), `"size_decay"` the size arm's
-    version 3 (the paper's decaying schedule; declared, not yet run)."""
+    version 3 (the paper's decaying schedule; declared; started 2026-12-03, not yet finished)."""
     chosen = {name for name in options.split(",") if name}
     unknown = chosen - {"protocol", "size", "size_only", "size_plateau", "size_decay", "continued_only"}
     alone = chosen & {"size_only", "size_plateau", "size_decay", "continued_only"}
