@@ -146,18 +146,14 @@ def _train_group(members: list[runs.Run], workdirs: list[pathlib.Path],
 
     def checkpoint(step: int, state: train._State) -> None:
         for index, manager in enumerate(managers):
-            own = _member(state, index)
-            record = metrics_of[index](own.params, own.model_state)
-            logs[index].write({"step": step, **record})  # Before the save, as in `train.pretrain`.
-            checkpoints.save(manager, step, own.items())
-            logging.info("Checkpoint of seed %d at step %d: %s.", members[index].seed, step, ", ".join(
-                f"{name} {value:.4f}" for name, value in record.items() if isinstance(value, (int, float))))
+            train.save_checkpoint(manager, logs[index], metrics_of[index], step, _member(state, index),
+                                  f" of seed {members[index].seed}")
 
     if latest is None and 0 in first.saved_steps:
         checkpoint(0, state)
     start_time, start_step = time.perf_counter(), step
     progress = [train._ProgressLog(run, log, step) for run, log in zip(members, logs, strict=True)]
-    log_every, losses = first.settings["log_every"], 0.0  # One sum of the stacked losses.
+    losses = 0.0  # One sum of the stacked losses.
     make = lambda step: jax.tree.map(  # noqa: E731 - one seed's batch after another, stacked.
         lambda *leaves: np.stack(leaves), *[train.training_batch(run, step) for run in members])
     for batch in train.prefetched(make, step, steps):
@@ -166,7 +162,7 @@ def _train_group(members: list[runs.Run], workdirs: list[pathlib.Path],
         state = train._State(params, opt_state, model_state, None)
         step += 1
         losses += loss
-        if step % log_every == 0 or step == steps:  # Each seed's log line: its sum since the last.
+        if progress[0].due(step):  # Each seed's log line: its sum since the last.
             for index, log in enumerate(progress):
                 log.add(step, float(losses[index]))
             losses = 0.0

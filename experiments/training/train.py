@@ -251,6 +251,20 @@ def _initial_state(run: runs.Run, manager: Any) -> tuple[_State, int | None]:
     return _State(**restored), latest
 
 
+def save_checkpoint(manager: Any, metrics: _MetricsLog, measure: Callable[[Any, Any], dict],
+                    step: int, state: _State, who: str = "") -> None:
+    """Writes a checkpoint's line of `metrics.jsonl`, saves the checkpoint and logs its metrics.
+
+    The line goes first: if the run is killed before the save completes, the resumed run drops the
+    line together with everything else past its checkpoint. `who` names the run in the log line.
+    """
+    record = measure(state.params, state.model_state)
+    metrics.write({"step": step, **record})
+    checkpoints.save(manager, step, state.items())
+    logging.info("Checkpoint%s at step %d: %s.", who, step, ", ".join(
+        f"{name} {value:.4f}" for name, value in record.items() if isinstance(value, (int, float))))
+
+
 class _ProgressLog:
     """The training-loss lines of `metrics.jsonl` and the log, every `log_every` steps."""
 
@@ -258,13 +272,17 @@ class _ProgressLog:
         self._run, self._metrics = run, metrics
         self._loss_sum, self._time, self._step = 0.0, time.perf_counter(), step
 
+    def due(self, step: int) -> bool:
+        """Whether the step that ended at `step` ends a logging interval (or the run)."""
+        settings = self._run.settings
+        return step % settings["log_every"] == 0 or step == settings["steps"]
+
     def add(self, step: int, loss: jax.Array) -> None:
         """Records the loss of the step that ended at `step` (no host sync unless logging)."""
         self._loss_sum += loss
-        settings = self._run.settings
-        steps = settings["steps"]
-        if step % settings["log_every"] and step != steps:
+        if not self.due(step):
             return
+        steps = self._run.settings["steps"]
         now = time.perf_counter()
         rate = (step - self._step) / (now - self._time)
         record = {
@@ -362,20 +380,7 @@ def pretrain(
         train_step = make_train_step(run)
 
         def checkpoint(step: int, state: _State) -> None:
-            # The metrics line goes first: if the run is killed before the save completes, the
-            # resumed run drops the line together with everything else past its checkpoint.
-            record = checkpoint_metrics(state.params, state.model_state)
-            metrics.write({"step": step, **record})
-            checkpoints.save(manager, step, state.items())
-            logging.info(
-                "Checkpoint at step %d: %s.",
-                step,
-                ", ".join(
-                    f"{name} {value:.4f}"
-                    for name, value in record.items()
-                    if isinstance(value, (int, float))
-                ),
-            )
+            save_checkpoint(manager, metrics, checkpoint_metrics, step, state)
 
         if latest is None and 0 in run.saved_steps:
             checkpoint(0, state)
