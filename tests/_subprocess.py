@@ -18,6 +18,10 @@ from typing import IO
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
+# A limit on a child's (or a wait's) wall time is a guard against a hang, never a speed target:
+# generous enough for a 2-core host loaded 8-9 by a study running beside the suite.
+HANG_GUARD_SECONDS = 600
+
 # The programs are tiny and compiling them is most of the run time: XLA's cheapest CPU backend
 # settings halve it, and cannot change a float64 result beyond rounding.
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

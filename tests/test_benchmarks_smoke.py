@@ -13,6 +13,7 @@ import pytest
 
 import hessjax
 from benchmarks import workloads
+from tests._subprocess import HANG_GUARD_SECONDS
 
 BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "first_call", "fresh", "gpu", "gpu_scale",
                      "jax_peers", "overhead", "peers", "timing", "workloads")
@@ -85,7 +86,7 @@ def test_run_script_reads_the_programs_from_jax_compile_log(tmp_path):
 
     script = tmp_path / "script.py"
     script.write_text("import jax\nprint(jax.jit(lambda x: x * 2)(3.0))\n")
-    result = fresh.run_script(script, timeout=120)
+    result = fresh.run_script(script, timeout=HANG_GUARD_SECONDS)
     assert "6.0" in result["stdout"], result
     assert "<lambda>" in result["program_names"] and result["compile_s"] > 0, result
 

@@ -27,6 +27,7 @@ from experiments.language import (
 from experiments.measurement import embedded
 from experiments.measurement import stage as measurement
 from experiments.training import heads, models, objectives, runs, train
+from tests._subprocess import HANG_GUARD_SECONDS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_OVERRIDES = {
@@ -186,7 +187,7 @@ def test_binary_pretrains_the_pcfg_config_with_overrides(pcfg_data_dir, tmp_path
         f"--config.data.data_dir={pcfg_data_dir}",
         *overrides,
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoints.steps(tmp_path) == [0, 3, 6]
     records = [json.loads(line) for line in (tmp_path / train.METRICS_FILE).open()]

@@ -17,6 +17,7 @@ import pytest
 from experiments.configs import smoke
 from experiments.core import checkpoints, config_utils
 from experiments.training import objectives, runs, train
+from tests._subprocess import HANG_GUARD_SECONDS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -212,17 +213,17 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(smoke_config, digits
     command = _pretrain_command(workdir, digits_data_dir, *overrides)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
         while not (workdir / checkpoints.CHECKPOINT_DIR / "5").exists():
             assert process.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            assert time.monotonic() < deadline, f"no checkpoint within {HANG_GUARD_SECONDS} s"
             time.sleep(0.01)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
     assert steps not in checkpoints.steps(workdir), "the run finished before it was killed"
 
-    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stderr
     metric_steps = [r["step"] for r in _metrics(workdir)]
@@ -239,7 +240,7 @@ def test_binary_reports_user_errors_without_a_stack_trace(digits_data_dir, tmp_p
     empty = tmp_path / "empty_tfds"
     empty.mkdir()
     command = _pretrain_command(tmp_path / "run", empty, "--config.data.name=mnist")
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert result.returncode == 1
     assert "DatasetNotPreparedError: TFDS dataset 'mnist' is not prepared" in result.stderr
     assert "Traceback" not in result.stderr

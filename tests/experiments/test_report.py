@@ -16,6 +16,7 @@ import pytest
 from experiments.analysis import correlation, critics, inference, markdown, plots, primary, results, settings
 from experiments.configs import digits, pcfg, smoke
 from experiments.core.config_utils import ConfigError
+from tests._subprocess import HANG_GUARD_SECONDS
 from tests.experiments import report_tables
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -261,14 +262,14 @@ def test_study_settings_are_recorded_for_the_command_line(tmp_path):
     recorded = json.loads((tmp_path / settings.RECORD_FILE).read_text())
     assert recorded["primary_tests"][0]["name"] == "continued_training"
     command = [sys.executable, "-m", "experiments.report", f"--workdir={tmp_path}", "--seed=3"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert done.returncode == 0, done.stderr
     report = (tmp_path / "report.md").read_text()
     assert "| primary | continued_training | `trace` |" in report
     assert "50 resamples (seed 3)" in report
     assert json.loads((tmp_path / settings.RECORD_FILE).read_text()) == recorded
     (tmp_path / settings.RECORD_FILE).write_text(json.dumps({"equivalence_margin": 0}))
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "ConfigError: config.report.equivalence_margin must be > 0" in done.stderr
 

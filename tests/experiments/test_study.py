@@ -15,6 +15,7 @@ from experiments.configs import smoke
 from experiments.core import jobs
 from experiments.core.config_utils import ConfigError
 from experiments.sweep import study
+from tests._subprocess import HANG_GUARD_SECONDS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SMOKE_CONFIG = REPO / "experiments" / "configs" / "smoke.py"
@@ -133,9 +134,9 @@ def test_killed_study_resumes_without_recomputing(smoke_study, digits_data_dir, 
     try:
         # A guard against a hang, not a speed target: on a 2-core host loaded 8-9 by a study beside
         # the suite the first job took over 120 s (2026-12-03).
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
         while not _job_files(workdir) and process.poll() is None:
-            assert time.monotonic() < deadline, "no job finished in 600 s"
+            assert time.monotonic() < deadline, f"no job finished in {HANG_GUARD_SECONDS} s"
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
     finally:
