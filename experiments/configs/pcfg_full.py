@@ -9,7 +9,7 @@ which fits the ~90-minute budget beside the default: `protocol` adds Liu et al.'
 and 64 (`_size_only`), and `size_plateau` its version 2, where every width can be on the plateau
 (`_size_plateau`; ran 2026-12-03, docs/pcfg_size_plateau: width 64 did not
 settle at the one rate), `size_decay` its version 3 on the paper's decaying schedule (`_size_decay`;
-declared; started 2026-12-03, not yet finished); `continued_only` the continued-training arm alone on
+ran 2026-12-03, docs/pcfg_size_decay); `continued_only` the continued-training arm alone on
 seeds 0-7 (`_continued_only`). Version 2 of the full study (continued training to 16,000 steps, the protocol
 arm and the algorithm, seeds 0-7) is this file at commit 281e6ea.
 
@@ -117,7 +117,7 @@ def get_config(options: str = "") -> ml_collections.ConfigDict:
     protocol arm, `"size"` the size arm (both together allowed), `"size_only"` runs the size arm
     alone (at three widths), `"size_plateau"` its version 2 (every width on the plateau),
     `"continued_only"` the continued-training arm alone (seeds 0-7), `"size_decay"` the size arm's
-    version 3 (the paper's decaying schedule; declared; started 2026-12-03, not yet finished)."""
+    version 3 (the paper's decaying schedule; ran 2026-12-03, docs/pcfg_size_decay)."""
     chosen = {name for name in options.split(",") if name}
     unknown = chosen - {"protocol", "size", "size_only", "size_plateau", "size_decay", "continued_only"}
     alone = chosen & {"size_only", "size_plateau", "size_decay", "continued_only"}
@@ -334,6 +334,10 @@ def _size_decay(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Estimated wall time on the 2-core CPU from the pilots' speeds (two runs at a time): pretraining
     about 2 h 30 min, the 56 checkpoints' measurements and scores 40-60 min: about 3 h 15 min to
     3 h 30 min (version 2's own estimate was 46% short: plan for 4 h).
+    Ran from a clean clone of 7eb0e09 on 2026-12-03 (14:49-18:56 UTC, stopped and resumed once): 3 h 28
+    min of active wall time. Every width on the plateau at the compared budgets; primary: the embedded
+    trace not detectably different (+1.23), the paper's probe 2.2 points lower at width 16 (Holm
+    0.016), 1.7 of which the untrained encoders' probe shows too. docs/pcfg_size_decay and the README.
     """
     config.hessian.embed_width = max(SIZE_WIDTHS)
     config.hessian.max_matvecs = 256
