@@ -59,12 +59,14 @@ def describe(test: PrimaryTest, which: str = "") -> str:
     rows where objective=adamw``; ``which``: the checkpoints a ``delta_along_steps`` test used."""
     where = ", ".join(f"{c}={v}" for c, v in test.where)
     if test.kind == "paired_difference":
+        # Named by level: the difference reads second − first, so "the first" would mislead.
+        reference, other = (f"{test.axis} {level}" for level in test.levels)
         at = {
             "last": "the last common step",
-            "matched_loss": "matched loss (the first's first plateau checkpoint, the second's of "
+            "matched_loss": f"matched loss ({reference}'s first plateau checkpoint, {other}'s of "
             "the nearest held-out gap, within one standard error)",
-            "interpolated_loss": "the same held-out gap (the first's last checkpoint, on the "
-            "plateau; the second read off a straight line in the gap between its two consecutive "
+            "interpolated_loss": f"the same held-out gap ({reference}'s last checkpoint, on the "
+            f"plateau; {other} read off a straight line in the gap between its two consecutive "
             "checkpoints that bracket it; the loss difference is 0 by construction)",
         }.get(str(test.step), f"step {test.step}")
         text = f"{test.axis} {test.levels[1]} − {test.levels[0]} at {at}, matched on seed"

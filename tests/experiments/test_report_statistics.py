@@ -322,6 +322,10 @@ def test_a_declared_test_at_interpolated_loss_runs_and_says_how_it_matched():
     assert by_role["statistic"].estimate == pytest.approx(-4.0)
     assert by_role["statistic"].num_seeds == 3
     assert "the same held-out gap" in rules["size"] and "straight line" in rules["size"]
+    # Each side is named by its level: the reference (16) is the fixed checkpoint, 32 is read off
+    # the line, and the difference is printed 32 − 16.
+    assert rules["size"].startswith("width 32 − 16 at the same held-out gap (width 16's last "
+                                    "checkpoint, on the plateau; width 32 read off a straight line")
     assert "no pair" not in rules["size"]
     # A seed whose width-32 run never reaches width 16's gap is named, not silently dropped.
     table = _interpolation_table({0: {4000: 0.016, 8000: 0.012, 16000: 0.008},
