@@ -335,9 +335,10 @@ def _size_decay(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     about 2 h 30 min, the 56 checkpoints' measurements and scores 40-60 min: about 3 h 15 min to
     3 h 30 min (version 2's own estimate was 46% short: plan for 4 h).
     Ran from a clean clone of 7eb0e09 on 2026-12-03 (14:49-18:56 UTC, stopped and resumed once): 3 h 28
-    min of active wall time. Every width on the plateau at the compared budgets; primary: the embedded
-    trace not detectably different (+1.23), the paper's probe 2.2 points lower at width 16 (Holm
-    0.016), 1.7 of which the untrained encoders' probe shows too. docs/pcfg_size_decay and the README.
+    min of active wall time. The compared budgets pass the plateau rule; primary: the embedded trace
+    not detectably different (+1.23, inconclusive), the paper's probe 2.2 points lower at width 16
+    (Holm 0.016; its features grow with the width, and the masked-prediction probe's difference,
+    -0.5, is not detected). docs/pcfg_size_decay and the README.
     """
     config.hessian.embed_width = max(SIZE_WIDTHS)
     config.hessian.max_matvecs = 256
