@@ -132,8 +132,7 @@ def test_killed_study_resumes_without_recomputing(smoke_study, digits_data_dir, 
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        # A guard against a hang, not a speed target: on a 2-core host loaded 8-9 by a study beside
-        # the suite the first job took over 120 s (2026-12-03).
+        # On a 2-core host loaded 8-9 the first job took over 120 s (2026-12-03).
         deadline = time.monotonic() + HANG_GUARD_SECONDS
         while not _job_files(workdir) and process.poll() is None:
             assert time.monotonic() < deadline, f"no job finished in {HANG_GUARD_SECONDS} s"
@@ -204,7 +203,7 @@ def test_binary_reports_bad_input_in_one_line(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,  # A guard against a hang (it fails within seconds on a quiet machine).
+        timeout=HANG_GUARD_SECONDS,  # It fails within seconds on a quiet machine.
     )
     assert completed.returncode != 0
     assert "EmptySweepError: The sweep is empty: config.sweep.objectives" in completed.stderr
