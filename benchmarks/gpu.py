@@ -55,12 +55,22 @@ AGREEMENT_RTOL_GPU = 1e-2
 NUM_PROBES = 100
 
 
-def workloads(tiny: bool) -> list[Workload]:
-    """The two GPU workloads, or tiny versions of them that run on a CPU in seconds."""
+WORKLOADS = ("resnet18", "decoder")
+
+
+def workloads(tiny: bool, names: tuple[str, ...] = WORKLOADS) -> list[Workload]:
+    """The GPU workloads named in `names` (of `WORKLOADS`), or tiny versions of them that run on
+    a CPU in seconds."""
+    unknown = sorted(set(names) - set(WORKLOADS))
+    if unknown or not names:
+        raise ValueError(f"workloads must be a non-empty subset of {WORKLOADS}; got {names!r}.")
     if tiny:
-        return [synthetic_resnet18(batch_size=8, image_size=8, width=4),
-                synthetic_transformer(2, 16, TransformerShape(100, 16, 32, 2, 4))]
-    return [synthetic_resnet18(batch_size=128), synthetic_transformer(8, 256)]
+        made = {"resnet18": lambda: synthetic_resnet18(batch_size=8, image_size=8, width=4),
+                "decoder": lambda: synthetic_transformer(2, 16, TransformerShape(100, 16, 32, 2, 4))}
+    else:
+        made = {"resnet18": lambda: synthetic_resnet18(batch_size=128),
+                "decoder": lambda: synthetic_transformer(8, 256)}
+    return [made[name]() for name in WORKLOADS if name in names]
 
 
 def jax_peak_memory() -> str:
@@ -149,7 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per figure")
     parser.add_argument("--skip-check", action="store_true",
                         help="skip the JAX/PyTorch agreement check (saves its compile time)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)} (default: both)")
     args = parser.parse_args(argv)
+    try:
+        names = tuple(filter(None, args.workloads.split(",")))
+        workloads(True, names)  # Checks the names before anything is measured.
+    except ValueError as error:
+        parser.error(f"--workloads: {error}")
     jax.config.update("jax_default_matmul_precision", "highest")
     device = torch_device()
     out = os.environ.get("OUT")
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     checked = []
     # First, for every workload, the figures the targets are about, so that a run cut short by
     # its time limit still has them; then the remaining product figures.
-    for workload in workloads(args.tiny):
+    for workload in workloads(args.tiny, names):
         table.add(workload.name, "parameters", f"{workload.num_params:,}")
         if device is not None and not args.skip_check:
             try:

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The one GPU check for a lent H100: `bash benchmarks/gpu_check.sh` from the repository root.
+# The one GPU check for a lent H100 or H200: `bash benchmarks/gpu_check.sh` from the repository root.
 #
+# 0. benchmarks/parallel_seeds.py (first, when asked for): 8 seeds of the language study's model, one
+#    after another against stacked in one `jax.vmap`ped program (the study's default on an
+#    accelerator), limit PARALLEL_SEEDS_SECONDS (default 0: off; on an H200 on 2026-12-04 the two
+#    settings took 114 + 120 s after 8 s of preparing the grammar's data: give it 300).
+#    It needs tensorflow-datasets, array-record and ml-collections as wheels (below).
 # 1. benchmarks/gpu_scale.py: the largest GPT-2-style decoder whose 100-probe trace fits on the
 #    card, without and with remat, and its time (limit GPU_SCALE_SECONDS, default 250 s;
 #    GPU_SCALE_SETTINGS picks settings, e.g. "1" for remat only).
 # 2. benchmarks/gpu.py: ResNet-18 and a GPT-2-small-sized decoder: gradient vs hvp vs hvp_fn
 #    chunks, reverse-over-reverse, PyTorch double backward, torch.func, a 100-probe trace against
-#    PyHessian, peak memory (limit GPU_CHECK_SECONDS, default 250 s).
-# 3. benchmarks/parallel_seeds.py: 8 seeds of the language study's model, one after another against
-#    stacked in one `jax.vmap`ped program (the study's default on an accelerator), limit
-#    PARALLEL_SEEDS_SECONDS (default 0: off; about 200 s with the grammar's data to prepare).
+#    PyHessian, peak memory (limit GPU_CHECK_SECONDS, default 250 s); the argument
+#    `--workloads=decoder`, passed on to gpu.py, measures the decoder alone.
 #
 # A part whose seconds are 0 is skipped. The whole check needs about 12 minutes (ResNet-18 alone took
 # 4 of gpu.py's): in a 15-minute device budget, run it as two back-to-back calls, e.g.
@@ -19,7 +22,12 @@
 # $OUT/gpu_results.md, $OUT/gpu_scale.md, logs $OUT/gpu_log.txt and $OUT/gpu_scale_log.txt.
 # PyHessian (pure Python) travels as a wheel: fetch it into .whl/ (ignored by git) with
 #   pip download --no-deps -d .whl pyhessian==0.1
-# and name .whl in the device call's `carry`. Extra arguments go to benchmarks/gpu.py.
+# and name .whl in the device call's `carry`. Part 0 needs the experiments' packages the device
+# image lacks, fetched the same way for its Python (3.12) with `--only-binary=:all: --python-version
+# 3.12 --platform manylinux_2_17_x86_64` (and _2_24/_2_28 for dm-tree): tensorflow-datasets,
+# array_record, ml_collections, immutabledict, tensorflow-metadata, termcolor, toml, dm-tree at the
+# versions `pip list` shows here, and promise (an sdist: `pip wheel --no-deps -w .whl promise==2.3`).
+# Extra arguments go to benchmarks/gpu.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp}"
@@ -30,6 +38,16 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu_scale_log.txt" || true
+seeds_seconds="${PARALLEL_SEEDS_SECONDS:-0}"
+if [ "$seeds_seconds" -gt 0 ]; then
+  before="$(wc -l < benchmarks/RESULTS.md)"
+  {
+    timeout --signal=INT --kill-after=15 "$seeds_seconds" \
+      "$python" -m benchmarks.parallel_seeds --seeds=8 --steps=1000 --parallel=1,stacked
+    echo "benchmarks.parallel_seeds exit status: $?"
+    tail -n "+$((before + 1))" benchmarks/RESULTS.md  # Only this run's table, if it finished.
+  } 2>&1 | tee "$out/parallel_seeds_log.txt"
+fi
 scale_seconds="${GPU_SCALE_SECONDS:-250}"
 if [ "$scale_seconds" -gt 0 ]; then
   {
@@ -46,14 +64,4 @@ if [ "$check_seconds" -gt 0 ]; then
     timeout --signal=INT --kill-after=15 "$check_seconds" "$python" -m benchmarks.gpu "$@"
     echo "benchmarks.gpu exit status: $?"
   } 2>&1 | tee "$out/gpu_log.txt"
-fi
-seeds_seconds="${PARALLEL_SEEDS_SECONDS:-0}"
-if [ "$seeds_seconds" -gt 0 ]; then
-  before="$(wc -l < benchmarks/RESULTS.md)"
-  {
-    timeout --signal=INT --kill-after=15 "$seeds_seconds" \
-      "$python" -m benchmarks.parallel_seeds --seeds=8 --steps=1000 --parallel=1,stacked
-    echo "benchmarks.parallel_seeds exit status: $?"
-    tail -n "+$((before + 1))" benchmarks/RESULTS.md  # Only this run's table, if it finished.
-  } 2>&1 | tee "$out/parallel_seeds_log.txt"
 fi

@@ -123,3 +123,15 @@ def test_jax_peers_quick_run(capsys):
     if missing:
         pytest.skip(f"hessjax's rows ran; {', '.join(missing)} not installed, their rows skipped "
                     "(pip install traceax==1.0.2 matfree==0.6.3)")
+
+
+def test_gpu_benchmark_runs_the_workloads_asked_for():
+    from benchmarks import gpu
+
+    assert [w.name for w in gpu.workloads(True, ("decoder",))] == ["GPT-2-style d32 L2"]
+    assert len(gpu.workloads(True)) == 2
+    for names in (("resnet18", "vgg"), ()):
+        with pytest.raises(ValueError, match="workloads must be a non-empty subset"):
+            gpu.workloads(True, names)
+    with pytest.raises(SystemExit):
+        gpu.main(["--tiny", "--workloads=decoder,vgg"])
