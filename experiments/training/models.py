@@ -28,6 +28,7 @@ dropout, so `train=False` is deterministic; with BatchNorm it uses the running s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -387,11 +388,18 @@ def init_model(
     # The "rbg" generator compiles several times faster than the default threefry on CPU, where
     # compiling the initializer dominates the start-up of these small models.
     key = jax.random.key(seed, impl="rbg")
-    # One compiled program: op-by-op dispatch would compile every initializer separately.
-    init = jax.jit(model.init, static_argnames="train")
-    variables = dict(init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False))
+    variables = dict(_compiled_init(model)(key, jnp.zeros((1, *input_shape), jnp.float32),
+                                           train=False))
     params = variables.pop("params")
     return params, variables
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_init(model: nn.Module) -> Callable[..., Any]:
+    """`model.init` as one compiled program (op-by-op dispatch would compile every initializer
+    separately), shared by equal modules: the seeds of one configuration compile it once, which on
+    a GPU, where each compile costs seconds, was most of a stacked run's start-up."""
+    return jax.jit(model.init, static_argnames="train")
 
 
 def apply_model(

@@ -21,6 +21,7 @@ model in evaluation mode, BatchNorm statistics fixed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -188,3 +189,13 @@ def make_eval_loss(
         return objective.loss(outputs, batch)
 
     return loss_fn
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_eval_loss(
+    model: nn.Module, objective: Objective
+) -> Callable[[models.Params, models.ModelState, Batch], jax.Array]:
+    """`make_eval_loss` as one jitted `loss(params, model_state, batch)`, shared by equal models
+    and objectives, so the seeds of one configuration compile it once."""
+    return jax.jit(lambda params, model_state, batch: make_eval_loss(model, objective, model_state)(
+        params, batch))

@@ -196,7 +196,7 @@ def _test_loss(run: runs.Run) -> Callable[[models.Params, models.ModelState], fl
         for step in range(run.task.test.num_examples // batch_size)
     ]
     # A Python loop over batches: XLA:CPU runs convolutions inside `lax.map` many times slower.
-    loss = jax.jit(lambda params, model_state, batch: run.eval_loss(model_state)(params, batch))
+    loss = objectives.compiled_eval_loss(run.model, run.objective)
 
     def mean_loss(params: models.Params, model_state: models.ModelState) -> float:
         return float(np.mean([loss(params, model_state, batch) for batch in batches]))

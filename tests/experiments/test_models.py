@@ -69,6 +69,28 @@ def test_forward_pass_and_features(name):
     np.testing.assert_allclose(outputs, head_only, rtol=1e-5, atol=1e-6)
 
 
+def test_equal_models_share_one_compiled_initializer():
+    """Seeds of one configuration build equal modules: they compile `init` once (a compile costs
+    seconds on a GPU), and each seed's parameters are still its own, as a fresh `jax.jit` gives."""
+    config = _config("mlp", 8, 2)
+    first, second = models.build_model(config, 3), models.build_model(config, 3)
+    assert first is not second and first == second
+    before = models._compiled_init.cache_info()
+    params = [models.init_model(model, seed, IMAGE_SHAPE)[0]
+              for model, seed in ((first, 0), (second, 1), (second, 0))]
+    after = models._compiled_init.cache_info()
+    assert after.hits - before.hits >= 2 and after.misses - before.misses <= 1
+    fresh = jax.jit(second.init, static_argnames="train")(
+        jax.random.key(1, impl="rbg"), jnp.zeros((1, *IMAGE_SHAPE)), train=False)["params"]
+    jax.tree.map(np.testing.assert_array_equal, params[1], fresh)
+    jax.tree.map(np.testing.assert_array_equal, params[0], params[2])
+    leaves = zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1]), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in leaves)
+    other = models.build_model(_config("mlp", 16, 2), 3)
+    models.init_model(other, 0, IMAGE_SHAPE)
+    assert models._compiled_init.cache_info().misses - after.misses == 1
+
+
 def test_batchnorm_train_updates_statistics_and_eval_uses_them():
     model = models.build_model(_config("resnet_batchnorm", 8, 1), 3)
     params, state = models.init_model(model, 0, IMAGE_SHAPE)

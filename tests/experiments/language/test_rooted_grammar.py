@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from experiments.language import paper_tasks
+from experiments.language import paper_tasks, sampling
 from experiments.language.grammar import Grammar, length_distribution, make_grammar
 from experiments.language.inside_outside import sentence_log_prob
 from experiments.language.rooted_grammar import RootedGrammarSpec, root_pairs, rooted_grammar
@@ -101,6 +101,31 @@ def test_sample_tokens_follows_the_grammar(cyclic_grammar):
         for _ in range(2)
     )
     np.testing.assert_array_equal(first[0], second[0])
+
+
+def test_sample_tokens_caches_the_acceptance_per_grammar_and_bounds(cyclic_grammar):
+    """The acceptance probability is cached: a cache filled under other bounds or another
+    grammar must not change a batch (it sets how many derivations are drawn from the stream),
+    and bad bounds still get the clear error after a hit."""
+
+    def batch(grammar, min_len, max_len):
+        return sample_tokens(grammar, 64, rng=np.random.default_rng(7), min_len=min_len,
+                             max_len=max_len)
+
+    sampling._ACCEPTANCE.clear()
+    cold = batch(cyclic_grammar, 2, 3)
+    sampling._ACCEPTANCE.clear()
+    batch(cyclic_grammar, 1, 3)
+    batch(_with_start(cyclic_grammar, 1), 2, 3)
+    warm = [batch(cyclic_grammar, 2, 3) for _ in range(2)]
+    assert len(sampling._ACCEPTANCE) == 3
+    for tokens, lengths in warm:
+        np.testing.assert_array_equal(tokens, cold[0])
+        np.testing.assert_array_equal(lengths, cold[1])
+    with pytest.raises(ValueError, match="min_len <= max_len"):
+        batch(cyclic_grammar, 3, 2)
+    with pytest.raises(ValueError, match="min_len: expected a positive integer"):
+        batch(cyclic_grammar, 2.0, 3)
 
 
 def _with_start(grammar: Grammar, start: int) -> Grammar:
