@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from experiments.sweep.study import Configuration
 
 STACK_CHOICES = ("auto", "always", "never")
+STACK_DEFAULT = "auto"  # `study.SWEEP_SCHEMA`'s default too.
 
 
 def stacks_seeds(config: ml_collections.ConfigDict) -> bool:
@@ -43,7 +44,7 @@ def stacks_seeds(config: ml_collections.ConfigDict) -> bool:
     Raises:
       ConfigError: not one of `STACK_CHOICES`, or `"always"` on several processes.
     """
-    value = config.sweep.get("stack_seeds", "auto")
+    value = config.sweep.get("stack_seeds", STACK_DEFAULT)
     if value not in STACK_CHOICES:
         raise config_utils.ConfigError(
             f"config.sweep.stack_seeds must be one of {', '.join(map(repr, STACK_CHOICES))}; "

@@ -44,7 +44,7 @@ SWEEP_SCHEMA = {
     # `run_study`, `default_parallel()` from the `experiments.study` binary).
     "parallel": Field((int, type(None)), None),
     # Seeds of a configuration as one `jax.vmap`ped program (`experiments.sweep.pretraining`).
-    "stack_seeds": Field(str, "auto"),
+    "stack_seeds": Field(str, pretrain_jobs.STACK_DEFAULT),
     "objectives": Field((tuple, list)),
     "widths": Field(IntTuple),
     "depths": Field(IntTuple),
