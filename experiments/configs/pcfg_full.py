@@ -82,6 +82,8 @@ the 2-core Intel Xeon, empty compilation cache): 1 h 40 min wall, over the ~90-m
 this machine (its pretraining runs at about 3/4 of the AMD EPYC's speed: 32,000 steps took 13.7-16
 min a run, the adversary's 8,000 about 5.3, two at a time). Every continued-training seed on the
 plateau at 8,000, 16,000 and 32,000 steps. Outputs and findings: docs/pcfg_full_v3/ and the README.
+Rerun 2026-12-04 from a clean clone of fa6b5a9 on a faster 2-core Intel Xeon: 44 min 13 s, the same
+results.csv but for timings and the since-redefined density_negative_mass (docs/pcfg_full_v3/RUN.md).
 """
 
 import ml_collections
