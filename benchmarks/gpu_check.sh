@@ -3,8 +3,9 @@
 #
 # 0. benchmarks/parallel_seeds.py (first, when asked for): 8 seeds of the language study's model, one
 #    after another against stacked in one `jax.vmap`ped program (the study's default on an
-#    accelerator), limit PARALLEL_SEEDS_SECONDS (default 0: off; on an H200 on 2026-12-04 the two
-#    settings took 114 + 120 s after 8 s of preparing the grammar's data: give it 300).
+#    accelerator), limit PARALLEL_SEEDS_SECONDS (default 0: off). On an H200 on 2026-12-04 this
+#    part took 8 s to prepare the grammar's data and 134 s for the seeds one after another, and the
+#    stacked run took 114 s in a separate call: give it 300.
 #    It needs tensorflow-datasets, array-record and ml-collections as wheels (below).
 # 1. benchmarks/gpu_scale.py: the largest GPT-2-style decoder whose 100-probe trace fits on the
 #    card, without and with remat, and its time (limit GPU_SCALE_SECONDS, default 250 s;
