@@ -5,7 +5,8 @@
 #    after another against stacked in one `jax.vmap`ped program (the study's default on an
 #    accelerator), limit PARALLEL_SEEDS_SECONDS (default 0: off). On an H200 on 2026-12-04 this
 #    part took 8 s to prepare the grammar's data and 134 s for the seeds one after another, and the
-#    stacked run took 114 s in a separate call: give it 300.
+#    stacked run took 114 s in a separate call: give it 300. `benchmarks/host_costs.py` runs first
+#    (its own limit, 120 s): the time of a batch on the device's host and a stacked run's compiles.
 #    It needs tensorflow-datasets, array-record and ml-collections as wheels (below).
 # 1. benchmarks/gpu_scale.py: the largest GPT-2-style decoder whose 100-probe trace fits on the
 #    card, without and with remat, and its time (limit GPU_SCALE_SECONDS, default 250 s;
@@ -43,6 +44,10 @@ seeds_seconds="${PARALLEL_SEEDS_SECONDS:-0}"
 if [ "$seeds_seconds" -gt 0 ]; then
   before="$(wc -l < benchmarks/RESULTS.md)"
   {
+    # The host's share first (a batch's time on this host, a stacked run's compiles): about 20 s on
+    # a 2-core CPU, more where each compile costs more.
+    timeout --signal=INT --kill-after=15 120 "$python" -m benchmarks.host_costs
+    echo "benchmarks.host_costs exit status: $?"
     timeout --signal=INT --kill-after=15 "$seeds_seconds" \
       "$python" -m benchmarks.parallel_seeds --seeds=8 --steps=1000 --parallel=1,stacked
     echo "benchmarks.parallel_seeds exit status: $?"

@@ -36,7 +36,6 @@ _SEEDS = flags.DEFINE_integer("seeds", 4, "Seeds to pretrain in each setting.")
 _STEPS = flags.DEFINE_integer("steps", 600, "Pretraining steps of each seed.")
 _PARALLEL = flags.DEFINE_list(
     "parallel", ["1", "2", "stacked"], "Worker processes to compare, or `stacked` (one program).")
-_RESULTS = pathlib.Path(__file__).parent / "RESULTS.md"
 
 
 def _config(seeds: int, steps: int):
@@ -118,9 +117,7 @@ def main(argv: list[str]) -> None:
         f"each, through the study's job runner. {timing.machine()}; {timing.load()}; "
         f"{timing.versions_line()}.\n\n{table}\n"
     )
-    print(text)
-    with _RESULTS.open("a") as stream:
-        stream.write(text)
+    timing.record(text)
 
 
 if __name__ == "__main__":

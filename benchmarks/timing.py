@@ -102,6 +102,13 @@ def load() -> str:
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
+def record(text: str) -> None:
+    """Prints `text` and appends it to `benchmarks/RESULTS.md`."""
+    print(text)
+    with pathlib.Path(__file__).with_name("RESULTS.md").open("a") as stream:
+        stream.write(text)
+
+
 def now() -> str:
     return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 

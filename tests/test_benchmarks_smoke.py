@@ -16,7 +16,7 @@ from benchmarks import workloads
 from tests._subprocess import HANG_GUARD_SECONDS
 
 BENCHMARK_MODULES = ("accuracy", "cpu", "figures", "first_call", "fresh", "gpu", "gpu_scale",
-                     "jax_peers", "overhead", "peers", "timing", "workloads")
+                     "host_costs", "jax_peers", "overhead", "peers", "timing", "workloads")
 
 
 def _tiny_workloads():
