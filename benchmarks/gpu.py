@@ -58,12 +58,16 @@ NUM_PROBES = 100
 WORKLOADS = ("resnet18", "decoder")
 
 
+def check_workloads(names: tuple[str, ...]) -> None:
+    """Raises ValueError unless `names` is a non-empty subset of `WORKLOADS`."""
+    if not names or set(names) - set(WORKLOADS):
+        raise ValueError(f"workloads must be a non-empty subset of {WORKLOADS}; got {names!r}.")
+
+
 def workloads(tiny: bool, names: tuple[str, ...] = WORKLOADS) -> list[Workload]:
     """The GPU workloads named in `names` (of `WORKLOADS`), or tiny versions of them that run on
     a CPU in seconds."""
-    unknown = sorted(set(names) - set(WORKLOADS))
-    if unknown or not names:
-        raise ValueError(f"workloads must be a non-empty subset of {WORKLOADS}; got {names!r}.")
+    check_workloads(names)
     if tiny:
         made = {"resnet18": lambda: synthetic_resnet18(batch_size=8, image_size=8, width=4),
                 "decoder": lambda: synthetic_transformer(2, 16, TransformerShape(100, 16, 32, 2, 4))}
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         names = tuple(filter(None, args.workloads.split(",")))
-        workloads(True, names)  # Checks the names before anything is measured.
+        check_workloads(names)  # Before anything is built or measured.
     except ValueError as error:
         parser.error(f"--workloads: {error}")
     jax.config.update("jax_default_matmul_precision", "highest")

@@ -36,12 +36,16 @@ class _RuleTable(NamedTuple):
     right: np.ndarray  # [N, M] right child, or the word
 
 
+def _grammar_of(grammar_key: tuple[bytes, bytes, int, tuple[int, int]]) -> Grammar:
+    binary_bytes, emit_bytes, start, (n, v) = grammar_key
+    return Grammar(np.frombuffer(binary_bytes).reshape(n, n, n),
+                   np.frombuffer(emit_bytes).reshape(n, v), start)
+
+
 @functools.lru_cache(maxsize=8)
 def _table(grammar_key: tuple[bytes, bytes, int, tuple[int, ...]]) -> _RuleTable:
-    binary_bytes, emit_bytes, start, shape = grammar_key
-    n, v = shape
-    binary = np.frombuffer(binary_bytes).reshape(n, n, n)
-    emit = np.frombuffer(emit_bytes).reshape(n, v)
+    binary, emit, _ = _grammar_of(grammar_key)
+    n = binary.shape[0]
     probs = np.concatenate([binary.reshape(n, n * n), emit], axis=1)
     width = max(int((probs > 0).sum(axis=1).max()), 1)
     cumulative = np.full((n, width), 2.0)
@@ -67,23 +71,21 @@ def _rule_table(grammar: Grammar) -> _RuleTable:
     return _table(_grammar_key(grammar))
 
 
-# Acceptance probabilities by (grammar, min_len, max_len): the length distribution's einsums took
-# two thirds of a 256-sentence batch's time, for a constant of the grammar.
-_ACCEPTANCE: dict[tuple, float] = {}
-
-
 def _acceptance(grammar: Grammar, min_len: int, max_len: int) -> float:
     """P(min_len <= |w| <= max_len), after `_check_length_bounds`; cached per grammar and bounds."""
-    integers = all(isinstance(v, int | np.integer) for v in (min_len, max_len))
-    key = (_grammar_key(grammar), int(min_len), int(max_len)) if integers else None
-    if key is not None and key in _ACCEPTANCE:
-        return _ACCEPTANCE[key]
+    if not all(isinstance(v, int | np.integer) for v in (min_len, max_len)):
+        _check_length_bounds(grammar, min_len, max_len)  # Raises the bounds' own error.
+    return _cached_acceptance(_grammar_key(grammar), int(min_len), int(max_len))
+
+
+# The length distribution's einsums took two thirds of a 256-sentence batch's time, for a constant of
+# the grammar. Errors are not cached: bad bounds raise on every call.
+@functools.lru_cache(maxsize=8)
+def _cached_acceptance(grammar_key: tuple[bytes, bytes, int, tuple[int, int]], min_len: int,
+                       max_len: int) -> float:
+    grammar = _grammar_of(grammar_key)
     _check_length_bounds(grammar, min_len, max_len)
-    accept = float(length_distribution(grammar, max_len)[min_len:].sum())
-    if len(_ACCEPTANCE) >= 8:
-        _ACCEPTANCE.clear()
-    _ACCEPTANCE[key] = accept
-    return accept
+    return float(length_distribution(grammar, max_len)[min_len:].sum())
 
 
 def _derive(

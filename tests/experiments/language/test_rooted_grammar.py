@@ -112,13 +112,13 @@ def test_sample_tokens_caches_the_acceptance_per_grammar_and_bounds(cyclic_gramm
         return sample_tokens(grammar, 64, rng=np.random.default_rng(7), min_len=min_len,
                              max_len=max_len)
 
-    sampling._ACCEPTANCE.clear()
+    sampling._cached_acceptance.cache_clear()
     cold = batch(cyclic_grammar, 2, 3)
-    sampling._ACCEPTANCE.clear()
+    sampling._cached_acceptance.cache_clear()
     batch(cyclic_grammar, 1, 3)
     batch(_with_start(cyclic_grammar, 1), 2, 3)
     warm = [batch(cyclic_grammar, 2, 3) for _ in range(2)]
-    assert len(sampling._ACCEPTANCE) == 3
+    assert sampling._cached_acceptance.cache_info().currsize == 3
     for tokens, lengths in warm:
         np.testing.assert_array_equal(tokens, cold[0])
         np.testing.assert_array_equal(lengths, cold[1])
