@@ -164,8 +164,8 @@ def test_an_invalid_plateau_threshold_is_refused_before_any_job(pcfg_data_dir, t
     assert not (tmp_path / "jobs").exists()
 
 
-@pytest.mark.parametrize("options", ["", "size", "protocol", "protocol,size"])
-def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, options):
+@pytest.mark.parametrize("options", ["v3", "v3,size", "v3,protocol", "v3,protocol,size"])
+def test_the_version3_config_passes_the_study_checks(pcfg_data_dir, tmp_path, options):
     config = pcfg_full.get_config(options)
     config.data.data_dir, config.data.pcfg_config = pcfg_data_dir, "tiny"  # Not the rooted data.
     config.finetune.probe_examples = 40
@@ -209,6 +209,37 @@ def test_the_full_config_passes_the_study_checks(pcfg_data_dir, tmp_path, option
         pcfg_full.get_config("size,size_only")
     with pytest.raises(ValueError, match="unknown or conflicting options"):
         pcfg_full.get_config("protocol,continued_only")
+    with pytest.raises(ValueError, match="unknown or conflicting options"):
+        pcfg_full.get_config("protocol")  # Version 3's arms, not version 4's.
+
+
+def test_the_default_full_config_runs_the_four_arms_in_one_study(pcfg_data_dir, tmp_path):
+    config, configs, tests = _checked_option("", pcfg_data_dir, tmp_path)
+    runs = {}
+    for c in configs:
+        runs.setdefault((c.objective, c.width, c.schedule), {}).setdefault(c.steps, set()).add(c.seed)
+    full, five = set(pcfg_full.V4_SEEDS), set(pcfg_full.V4_SMALL_SEEDS)
+    constant, linear = "warmup_constant", "warmup_linear"
+    assert runs == {
+        ("adamw", 32, constant): {(8000, 16000, 32000): full},  # 3 plateau checkpoints, 4x apart.
+        ("adversarial", 32, constant): {(4000, 8000): full},
+        ("adamw", 32, linear): {(8000,): five, (16000,): five},  # One run per budget, its end.
+        ("adamw", 16, linear): {(16000,): five, (32000,): five},
+        ("adamw", 64, linear): {(4000,): five, (8000,): five},
+    }
+    assert len(full) == 8 and len(five) == 5  # The minimum of 5 seeds everywhere.
+    earlier = (set(pcfg_full.FULL_SEEDS) | set(pcfg_full.SEEDS) | set(pcfg_full.SIZE_SEEDS)
+               | set(pcfg_full.SIZE_PLATEAU_SEEDS) | set(pcfg_full.SIZE_DECAY_SEEDS))
+    assert not full & earlier  # A replication on new seeds.
+    assert config.pretrain.warmup_steps < 4000 and config.hessian.embed_width == 64
+    families = {name: test.family for name, test in tests.items()}
+    assert families == {"continued_training": "primary", "algorithm": "primary",
+                        "late_plateau": "secondary", "protocol": "five_seeds", "size": "five_seeds"}
+    assert tests["algorithm"].step == 8000 and ("schedule", constant) in tests["algorithm"].where
+    assert ("schedule", linear) in tests["protocol"].where
+    size = tests["size"]
+    assert size.levels == (64, 16) and size.step == "interpolated_loss"
+    assert size.statistic == "trace_embedded" and ("schedule", linear) in size.where
 
 
 def _checked_option(option, data_dir, workdir):
