@@ -208,28 +208,18 @@ def _version4(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """
     config.hessian.embed_width = max(SIZE_WIDTHS)
     config.hessian.max_matvecs = 256  # Width 64's traces reached 128 products in `:size_only`.
-    config.pretrain.steps = CONTINUED_STEPS[-1]
-    config.pretrain.checkpoint_steps = CONTINUED_STEPS[:-1]
-    config.sweep.objectives = ("adamw", "adversarial")
+    arms, tests = _primary_arms(config, V4_SEEDS)
     config.sweep.widths = SIZE_WIDTHS
-    config.sweep.seeds = V4_SEEDS
     linear = "warmup_linear"
     config.sweep.arms = (
-        dict(name="continued_training", objectives=("adamw",), widths=(32,)),
-        dict(name="algorithm", objectives=("adversarial",), widths=(32,), steps=ARM_STEPS,
-             checkpoint_steps=(4000,)),
+        *arms,
         *(dict(name="protocol" if width == 32 else f"size_w{width}", objectives=("adamw",),
                widths=(width,), schedule=linear, budgets=budgets, seeds=V4_SMALL_SEEDS)
           for width, budgets in V4_BUDGETS.items()),
     )
-    continued, late_plateau = _continued_tests()
     tested = {"statistic": "trace", "score": "linear_probe_acc"}
     config.report.primary_tests = (
-        continued,
-        dict(tested, name="algorithm", kind="paired_difference", axis="objective",
-             levels=("adamw", "adversarial"), step=ARM_STEPS,
-             where={"width": 32, "schedule": "warmup_constant"}),
-        late_plateau,
+        *tests,
         dict(tested, name="protocol", kind="delta_along_steps", family="five_seeds",
              where={"objective": "adamw", "width": 32, "schedule": linear}),
         dict(tested, name="size", statistic="trace_embedded", kind="paired_difference", axis="width",
@@ -241,22 +231,9 @@ def _version4(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _version3(config: ml_collections.ConfigDict, chosen: set[str]) -> ml_collections.ConfigDict:
     """Version 3 (`:v3`, the module docstring), with the arms `chosen` names."""
-    config.pretrain.steps = CONTINUED_STEPS[-1]
-    config.pretrain.checkpoint_steps = CONTINUED_STEPS[:-1]
     config.hessian.embed_width = 64 if "size" in chosen else 0  # Sizes at the same function.
-    config.sweep.objectives = ("adamw", "adversarial")
+    arms, primary = _primary_arms(config, FULL_SEEDS)
     config.sweep.widths = (32,) + ((16, 64) if "size" in chosen else ())
-    config.sweep.seeds = FULL_SEEDS
-    arms = [
-        dict(name="continued_training", objectives=("adamw",), widths=(32,)),
-        dict(
-            name="algorithm",
-            objectives=("adversarial",),
-            widths=(32,),
-            steps=ARM_STEPS,
-            checkpoint_steps=(4000,),
-        ),
-    ]
     if "protocol" in chosen:
         arms.append(
             dict(
@@ -280,23 +257,7 @@ def _version3(config: ml_collections.ConfigDict, chosen: set[str]) -> ml_collect
 
     tested = {"statistic": "trace", "score": "linear_probe_acc"}
     constant = {"schedule": "warmup_constant"}
-    continued, late_plateau = _continued_tests()
-    tests = [
-        # The first and last checkpoints on the loss plateau of each run (`on_plateau`).
-        continued,
-        # Liu et al.'s adversarial algorithm reaches the loss with a sharper, worse-transferring
-        # model: adversarial - AdamW at step 8,000, both on the plateau.
-        dict(
-            tested,
-            name="algorithm",
-            kind="paired_difference",
-            axis="objective",
-            levels=("adamw", "adversarial"),
-            step=ARM_STEPS,
-            where={"width": 32, **constant},
-        ),
-        late_plateau,  # 16,000 -> 32,000 steps.
-    ]
+    tests = list(primary)
     if "protocol" in chosen:
         # The same as continued training, over the protocol's budgets (5 seeds: reported only).
         tests.append(
@@ -322,6 +283,31 @@ def _version3(config: ml_collections.ConfigDict, chosen: set[str]) -> ml_collect
         )
     config.report.primary_tests = tuple(tests)
     return config
+
+
+def _primary_arms(config: ml_collections.ConfigDict, seeds: tuple[int, ...]) -> tuple[list, tuple]:
+    """The two primary arms of versions 3 and 4 on `seeds` (written into `config`): continued
+    training (AdamW, width 32, the constant rate to 32,000 steps, checkpoints at 8,000 and 16,000)
+    and the algorithm (the adversary, 8,000 steps, a checkpoint at 4,000); and their tests, in
+    order: continued training (each run's first and last checkpoints on the loss plateau), the
+    algorithm (Liu et al.'s adversary reaches the loss with a sharper, worse-transferring model:
+    adversarial - AdamW at step 8,000), the late plateau (16,000 -> 32,000 steps, secondary)."""
+    config.pretrain.steps = CONTINUED_STEPS[-1]
+    config.pretrain.checkpoint_steps = CONTINUED_STEPS[:-1]
+    config.sweep.objectives = ("adamw", "adversarial")
+    config.sweep.seeds = seeds
+    arms = [
+        dict(name="continued_training", objectives=("adamw",), widths=(32,)),
+        dict(name="algorithm", objectives=("adversarial",), widths=(32,), steps=ARM_STEPS,
+             checkpoint_steps=(4000,)),
+    ]
+    continued, late_plateau = _continued_tests()
+    algorithm = dict(
+        statistic="trace", score="linear_probe_acc", name="algorithm", kind="paired_difference",
+        axis="objective", levels=("adamw", "adversarial"), step=ARM_STEPS,
+        where={"width": 32, "schedule": "warmup_constant"},
+    )
+    return arms, (continued, algorithm, late_plateau)
 
 
 def _base_config() -> ml_collections.ConfigDict:
